@@ -1,0 +1,81 @@
+"""Small real inputs for tests: the shipped CIFAR-10 JPEG sample, written into TFRecords.
+
+`write_data_dir` writes a data directory in the exact format the Beam job writes (same schema
+module, same dataset_info.json), from real JPEG bytes, without running Beam, so that trainer
+tests do not pay Beam's start-up. The Beam job itself is tested in tests/pipeline/.
+"""
+
+import json
+import os
+import pathlib
+
+from pipeline import dataset_info
+from pipeline import features
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SAMPLE_DIR = REPO / "pipeline" / "sample_data" / "cifar10"
+SAMPLE_CSV = REPO / "pipeline" / "sample_data" / "cifar10.csv"
+# ../shared/data beside the checkout (read-only; absent on a user's machine).
+SHARED_DATA = REPO.parent / "shared" / "data"
+CIFAR100_META = SHARED_DATA / "cifar100-meta" / "meta"
+
+
+def sample_files(split="train", classes=None, per_class=None):
+  """[(path, class_name)] of the shipped sample, sorted, optionally limited."""
+  out = []
+  for class_dir in sorted((SAMPLE_DIR / split).iterdir()):
+    if classes is not None and class_dir.name not in classes:
+      continue
+    files = sorted(class_dir.glob("*.jpg"))[:per_class]
+    out.extend((f, class_dir.name) for f in files)
+  return out
+
+
+def write_data_dir(out_dir, *, classes=("airplane", "automobile", "bird"),
+                   per_class=None, num_shards=2, validation_every=5):
+  """Writes TFRecords + dataset_info.json from the sample's real JPEGs.
+
+  Train images go to `train`, except every `validation_every`-th one, which goes to
+  `validation`; the sample's test images go to `test`. Returns the loaded DatasetInfo.
+  """
+  import tensorflow as tf
+  out_dir = str(out_dir)
+  os.makedirs(out_dir, exist_ok=True)
+  examples = {"train": [], "validation": [], "test": []}
+  for split in ("train", "test"):
+    for i, (path, name) in enumerate(sample_files(split, classes, per_class)):
+      target = split
+      if split == "train" and i % validation_every == validation_every - 1:
+        target = "validation"
+      label = classes.index(name)
+      examples[target].append(features.encode_example(
+          key=f"{split}/{name}/{path.name}", image=path.read_bytes(), image_format="jpeg",
+          height=32, width=32, label=label))
+  splits = {}
+  for split, records in examples.items():
+    shards = [features.shard_name(split, i, num_shards) for i in range(num_shards)]
+    for i, shard in enumerate(shards):
+      with tf.io.TFRecordWriter(os.path.join(out_dir, shard)) as w:
+        for record in records[i::num_shards]:
+          w.write(record)
+    per_class_counts = [0] * len(classes)
+    for r in records:
+      per_class_counts[int(features.parse_single(r)[features.LABEL])] += 1
+    splits[split] = {"num_examples": len(records), "shards": shards,
+                     "per_class": per_class_counts}
+  info = {
+      "format_version": dataset_info.FORMAT_VERSION,
+      "source": f"tests.testdata:{SAMPLE_DIR}",
+      "class_names": list(classes),
+      "coarse_class_names": [],
+      "image_shape": [32, 32, 3],
+      "splits": splits,
+      "train_mean": [125.0, 123.0, 114.0],
+      "train_std": [63.0, 62.0, 66.0],
+      "rejected": {"total": 0, "by_reason": {}},
+      "converted": {},
+      "command": "tests.testdata.write_data_dir",
+  }
+  with open(os.path.join(out_dir, features.INFO_FILE), "w") as f:
+    json.dump(info, f, indent=2)
+  return dataset_info.load(out_dir)
