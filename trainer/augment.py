@@ -1,0 +1,200 @@
+"""Image augmentation as one projective transform per image: pure tensor functions.
+
+The lab report being reproduced trained with Keras'
+`ImageDataGenerator(horizontal_flip=True, rotation_range=15, zoom_range=0.1,
+width_shift_range=0.1, height_shift_range=0.1)` (fill_mode "nearest", bilinear). That
+class draws, per image, a rotation, a shift, a zoom and a flip, and resamples the image
+with scipy, one image at a time in Python. Here the same draws are made for a whole batch
+with stateless random ops, each is written as a 3x3 matrix, the four are multiplied into
+one matrix per image, and the batch is resampled by ONE `ImageProjectiveTransformV3` call.
+That runs in tf.data on the host or inside a compiled train step on an accelerator.
+
+Conventions (shared by every matrix builder below):
+  * A matrix maps an OUTPUT pixel (x, y, 1) to the INPUT point it samples, which is what
+    `ImageProjectiveTransformV3` takes. x is the column, y the row, in pixels; pixel
+    centres sit at integer coordinates, so the image centre is ((W-1)/2, (H-1)/2).
+  * Applying transform A to an image and then B to the result equals applying
+    `compose(A, B) == A @ B` once (the output of B samples the output of A).
+  * Matrices are float32, batched: [B, 3, 3]. `to_params` turns them into the op's [B, 8].
+
+The draws follow ImageDataGenerator's (keras/src/legacy/preprocessing/image.py):
+rotation angle uniform in [-rotation_deg, rotation_deg]; shifts uniform in
+[-shift, shift] * size; zoom factors zx, zy drawn independently, uniform in [1-zoom, 1+zoom]
+and applied to the sampling coordinates (so > 1 shows more of the image, i.e. zooms out);
+horizontal flip with probability 1/2; order rotate -> shift -> zoom -> flip.
+"""
+
+import dataclasses
+import math
+
+import tensorflow as tf
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+  """What `augment_batch` draws per image. Defaults are the report's ImageDataGenerator."""
+  flip: bool = True           # horizontal flip with probability 1/2
+  rotation_deg: float = 15.0  # angle uniform in [-rotation_deg, +rotation_deg], degrees
+  zoom: float = 0.1           # sampling scale per axis uniform in [1 - zoom, 1 + zoom]
+  width_shift: float = 0.1    # horizontal shift uniform in [-s, s], fraction of the width
+  height_shift: float = 0.1   # vertical shift uniform in [-s, s], fraction of the height
+
+  def __post_init__(self):
+    for name in ("rotation_deg", "zoom", "width_shift", "height_shift"):
+      if getattr(self, name) < 0:
+        raise ValueError(f"AugmentConfig.{name} must be >= 0, got {getattr(self, name)}")
+    if self.zoom >= 1:
+      raise ValueError(f"AugmentConfig.zoom must be < 1 (a fraction), got {self.zoom}")
+    if self.width_shift >= 1 or self.height_shift >= 1:
+      raise ValueError("AugmentConfig shifts are fractions of the size and must be < 1, got "
+                       f"width_shift={self.width_shift}, height_shift={self.height_shift}")
+
+  @classmethod
+  def none(cls):
+    """The identity: no augmentation."""
+    return cls(flip=False, rotation_deg=0.0, zoom=0.0, width_shift=0.0, height_shift=0.0)
+
+  @property
+  def enabled(self):
+    return bool(self.flip or self.rotation_deg or self.zoom or self.width_shift
+                or self.height_shift)
+
+
+# --- single transforms, each [B, 3, 3] ------------------------------------------------------
+
+
+def _float(x):
+  return tf.cast(x, tf.float32)
+
+
+def _affine(a0, a1, a2, b0, b1, b2):
+  """[B, 3, 3] from per-image rows; every argument is [B] (or broadcastable to it)."""
+  values = [_float(v) for v in (a0, a1, a2, b0, b1, b2)]
+  # Broadcast scalars (e.g. a constant 0) to the batch shape of the per-image values.
+  batch_zeros = tf.zeros_like(values[0] + values[1] + values[2] + values[3] + values[4]
+                              + values[5])
+  a0, a1, a2, b0, b1, b2 = (v + batch_zeros for v in values)
+  zero = tf.zeros_like(a0)
+  one = tf.ones_like(a0)
+  rows = [tf.stack([a0, a1, a2], -1), tf.stack([b0, b1, b2], -1),
+          tf.stack([zero, zero, one], -1)]
+  return tf.stack(rows, axis=-2)
+
+
+def _centre(height, width):
+  return (_float(width) - 1.0) / 2.0, (_float(height) - 1.0) / 2.0
+
+
+def flip_matrix(flip, width):
+  """Mirrors left-right the images where `flip` [B] (bool) is true; exact (no resampling):
+  output column x samples input column W-1-x."""
+  sign = tf.where(tf.cast(flip, tf.bool), -1.0, 1.0)
+  offset = tf.where(tf.cast(flip, tf.bool), _float(width) - 1.0, 0.0)
+  return _affine(sign, 0.0, offset, 0.0, 1.0, 0.0)
+
+
+def rotation_matrix(angle_rad, height, width):
+  """Rotates the content counter-clockwise (as displayed, rows growing downwards) by
+  `angle_rad` [B] radians about the image centre."""
+  angle = _float(angle_rad)
+  cx, cy = _centre(height, width)
+  c, s = tf.cos(angle), tf.sin(angle)
+  # input = R (output - centre) + centre, where R is the inverse (clockwise) rotation in
+  # y-down pixel coordinates: a point to the right of the centre lands above it.
+  return _affine(c, -s, cx - c * cx + s * cy, s, c, cy - s * cx - c * cy)
+
+
+def zoom_matrix(zx, zy, height, width):
+  """Scales the sampling coordinates about the centre by zx (columns), zy (rows), each [B]:
+  a factor > 1 samples a larger area, so the content shrinks (zooms out), as in Keras."""
+  zx, zy = _float(zx), _float(zy)
+  cx, cy = _centre(height, width)
+  return _affine(zx, 0.0, cx - zx * cx, 0.0, zy, cy - zy * cy)
+
+
+def shift_matrix(dx, dy):
+  """Moves the content right by dx and down by dy pixels, each [B]."""
+  return _affine(1.0, 0.0, -_float(dx), 0.0, 1.0, -_float(dy))
+
+
+def compose(*matrices):
+  """One matrix equal to applying `matrices` to the image in the order given."""
+  out = matrices[0]
+  for m in matrices[1:]:
+    out = tf.linalg.matmul(out, m)
+  return out
+
+
+def to_params(matrices):
+  """[B, 3, 3] -> the op's [B, 8] rows (a0 a1 a2 b0 b1 b2 c0 c1), normalised so m22 = 1."""
+  flat = tf.reshape(matrices, [-1, 9])
+  return flat[:, :8] / flat[:, 8:9]
+
+
+# --- random draws and the batched resample --------------------------------------------------
+
+
+def random_transforms(batch_size, height, width, cfg, seed):
+  """Draws one composed transform per image: [batch_size, 8] float32 for the op.
+
+  `seed` is a shape-[2] integer tensor (a stateless seed): the same seed gives the same
+  draws on any device, which keeps runs reproducible.
+  """
+  seed = tf.cast(seed, tf.int64)
+  seeds = tf.random.experimental.stateless_split(seed, num=6)
+  shape = tf.reshape(tf.cast(batch_size, tf.int32), [1])
+
+  def uniform(i, half_range, centre=0.0):
+    return tf.random.stateless_uniform(shape, seeds[i], centre - half_range,
+                                       centre + half_range)
+
+  height_f, width_f = _float(height), _float(width)
+  angle = uniform(0, cfg.rotation_deg * math.pi / 180.0)
+  dx = uniform(1, cfg.width_shift) * width_f
+  dy = uniform(2, cfg.height_shift) * height_f
+  zx = uniform(3, cfg.zoom, centre=1.0)
+  zy = uniform(4, cfg.zoom, centre=1.0)
+  if cfg.flip:
+    flip = tf.random.stateless_uniform(shape, seeds[5]) < 0.5
+  else:
+    flip = tf.zeros(shape, tf.bool)
+  matrix = compose(rotation_matrix(angle, height, width), shift_matrix(dx, dy),
+                   zoom_matrix(zx, zy, height, width), flip_matrix(flip, width))
+  return to_params(matrix)
+
+
+def apply_transforms(images, params):
+  """Resamples images [B, H, W, C] with per-image params [B, 8] (or [1, 8] for all) in one
+  `ImageProjectiveTransformV3` call: bilinear, edges extended ("nearest", as the report).
+  Returns the input dtype. Integer images are resampled in float32 and rounded: the op's
+  own uint8 path truncates (a 0/1 edge half a pixel over gives 0) and is slower here."""
+  images = tf.convert_to_tensor(images)
+  dtype = images.dtype
+  work = images if dtype == tf.float32 else tf.cast(images, tf.float32)
+  out = tf.raw_ops.ImageProjectiveTransformV3(
+      images=work, transforms=tf.cast(params, tf.float32),
+      output_shape=tf.shape(images)[1:3], fill_value=0.0,
+      interpolation="BILINEAR", fill_mode="NEAREST")
+  out = tf.ensure_shape(out, images.shape)
+  if dtype == tf.float32:
+    return out
+  if dtype.is_integer:
+    return tf.saturate_cast(tf.round(out), dtype)
+  return tf.cast(out, dtype)
+
+
+def augment_batch(images, cfg, seed=None):
+  """Augments a batch [B, H, W, C] (uint8 or float) per `cfg`; same dtype and shape out.
+
+  `seed`: a shape-[2] integer tensor for reproducible draws (in tf.data, derive one per
+  batch, e.g. with `tf.random.experimental.stateless_fold_in`); None draws a fresh seed.
+  Labels are not an argument: the geometry of a CIFAR label does not change.
+  """
+  if cfg is None or not cfg.enabled:
+    return images
+  images = tf.convert_to_tensor(images)
+  if seed is None:
+    seed = tf.random.uniform([2], maxval=tf.int64.max, dtype=tf.int64)
+  shape = tf.shape(images)
+  params = random_transforms(shape[0], shape[1], shape[2], cfg, seed)
+  return apply_transforms(images, params)

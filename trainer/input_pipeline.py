@@ -1,0 +1,235 @@
+"""tf.data input pipelines from the TFRecord shards that `pipeline/` writes.
+
+    shard files -> parallel interleave of TFRecordDataset -> batches of records -> parse_batch
+    -> decode (+ resize) -> cache decoded uint8 -> shuffle -> repeat -> batch -> augment
+    -> prefetch
+
+What the pipelines yield (the model rescales its input itself):
+  train: (images uint8 [B, H, W, 3], labels int32 [B]), endless, every batch full.
+  eval:  (images uint8 [B, H, W, 3], labels int32 [B], weights float32 [B]), finite.
+Images stay uint8 after augmentation too (resampled in float32, rounded): one dtype for
+train and eval, and 4x fewer bytes per image in buffers and host-to-device copies than
+float32.
+
+Both take a `tf.distribute.InputContext`, to be called from
+`strategy.distribute_datasets_from_function`, with a per-replica batch size.
+"""
+
+import math
+
+import tensorflow as tf
+
+from pipeline import features
+from trainer import augment as augment_lib
+
+AUTOTUNE = tf.data.AUTOTUNE
+# Records parsed per `parse_batch` call: parsing a batch amortises the per-call overhead
+# of tf.io.parse_example over many small (~1-3 KB) CIFAR records.
+PARSE_BATCH = 256
+DEFAULT_SHUFFLE_BUFFER = 10_000  # examples; 10k CIFAR images are 30 MiB of uint8
+
+
+def _pipeline_position(input_context):
+  """(number of input pipelines, this pipeline's id, replicas fed by this pipeline)."""
+  if input_context is None:
+    return 1, 0, 1
+  n = input_context.num_input_pipelines
+  replicas = max(1, input_context.num_replicas_in_sync // n)
+  return n, input_context.input_pipeline_id, replicas
+
+
+def output_size(info, image_size=None):
+  """(height, width) of the images the pipelines yield."""
+  if image_size:
+    if isinstance(image_size, int):
+      return (image_size, image_size)
+    return tuple(int(s) for s in image_size)
+  if info.image_shape:
+    return tuple(int(s) for s in info.image_shape[:2])
+  raise ValueError(
+      f"The images in {info.data_dir} differ in size (dataset_info.json has no image_shape); "
+      "pass --image_size to resize them to one size.")
+
+
+def _decoder(info, image_size):
+  """Returns fn(parsed example dict) -> (uint8 [H, W, 3], int32 label)."""
+  height, width = output_size(info, image_size)
+  # Resize only when the data's size is unknown or differs: for a fixed-size dataset read at
+  # its own size the pixels stay exactly as decoded.
+  may_differ = info.image_shape is None or tuple(info.image_shape[:2]) != (height, width)
+
+  def decode(example):
+    image = tf.io.decode_image(example[features.IMAGE], channels=3,
+                               expand_animations=False)
+    if may_differ:
+      def resize():
+        # antialias: downscaling large photos without it aliases fine detail.
+        resized = tf.image.resize(image, (height, width), antialias=True)
+        return tf.saturate_cast(tf.round(resized), tf.uint8)
+      same = tf.reduce_all(tf.equal(tf.shape(image)[:2], [height, width]))
+      image = tf.cond(same, lambda: image, resize)
+    image = tf.ensure_shape(image, [height, width, 3])
+    return image, tf.cast(example[features.LABEL], tf.int32)
+
+  return decode
+
+
+def _read_decoded(files, info, image_size, *, deterministic, shard=None):
+  """Decoded (image, label) examples from `files`, in file order when deterministic.
+
+  `shard` = (num_shards, index) keeps every num_shards-th record from `index` on, before
+  decoding, so that a pipeline decodes only its share.
+  """
+  ds = tf.data.Dataset.from_tensor_slices(list(files))
+  # Several files read at once hides per-file latency (remote storage); in deterministic
+  # mode the interleave still emits records in a fixed order.
+  ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
+                     block_length=1 if deterministic else PARSE_BATCH,
+                     num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+  if shard is not None and shard[0] > 1:
+    ds = ds.shard(*shard)
+  ds = ds.batch(PARSE_BATCH).map(features.parse_batch, num_parallel_calls=AUTOTUNE)
+  ds = ds.unbatch()
+  return ds.map(_decoder(info, image_size), num_parallel_calls=AUTOTUNE)
+
+
+def _cache(ds, cache, name):
+  """cache=None: no cache; "": in memory; else a file path prefix (one file per `name`,
+  so train and eval, or two image sizes, never share one)."""
+  if cache is None:
+    return ds
+  if cache == "":
+    return ds.cache()
+  return ds.cache(f"{cache}-{name}")
+
+
+def _options(deterministic):
+  options = tf.data.Options()
+  # Train: let parallel stages hand out elements as soon as they are ready (the shuffle
+  # makes order moot). Eval: fixed order so that runs and workers agree.
+  options.deterministic = deterministic
+  # Sharding is done here by file or by element; keep tf.distribute from re-sharding.
+  options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+  return options
+
+
+def train_dataset(info, *, batch_size, input_context=None, seed=0, augment=None, cache="",
+                  image_size=None, shuffle_buffer=DEFAULT_SHUFFLE_BUFFER):
+  """Endless training batches for one input pipeline.
+
+  Args:
+    info: pipeline.dataset_info.DatasetInfo of the data directory.
+    batch_size: examples per batch, per replica
+      (`input_context.get_per_replica_batch_size(global_batch_size)`).
+    input_context: tf.distribute.InputContext or None. With several input pipelines each
+      reads a disjoint share of the shard files: files[id::num_input_pipelines].
+    seed: int; seeds the shuffle and the augmentation draws (per pipeline and batch).
+    augment: trainer.augment.AugmentConfig or None (no augmentation).
+    cache: "" caches decoded images in memory, a path caches them in files with that
+      prefix, None does not cache (for data larger than memory).
+    image_size: int or (height, width) to resize to; required when the images differ.
+    shuffle_buffer: examples held for shuffling (capped at the examples in the share).
+
+  Yields (images uint8 [batch_size, H, W, 3], labels int32 [batch_size]).
+  """
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  files = list(info.split("train").shards)
+  if not files:
+    raise ValueError(f"The train split of {info.data_dir} has no shard files.")
+  num_pipelines, pipeline_id, _ = _pipeline_position(input_context)
+  if num_pipelines > 1:
+    if len(files) < num_pipelines:
+      raise ValueError(
+          f"The train split of {info.data_dir} has {len(files)} shard files but there are "
+          f"{num_pipelines} input pipelines (workers); each needs at least one file. "
+          f"Rebuild the data with at least {num_pipelines} train shards (ideally 10x as "
+          "many).")
+    files = files[pipeline_id::num_pipelines]
+  height, width = output_size(info, image_size)
+  ds = _read_decoded(files, info, image_size, deterministic=False)
+  ds = _cache(ds, cache, f"train-{height}x{width}-{pipeline_id}of{num_pipelines}")
+  # Shuffle after the cache (else every epoch replays the first one's order) and before
+  # repeat (so each epoch is a full pass before the next starts).
+  num_examples = max(1, info.split("train").num_examples // num_pipelines)
+  buffer = max(1, min(shuffle_buffer, num_examples))
+  ds = ds.shuffle(buffer, seed=seed * 1_000_003 + pipeline_id, reshuffle_each_iteration=True)
+  ds = ds.repeat()
+  # Full batches only: replicas must agree on batch shapes, and XLA compiles one shape.
+  ds = ds.batch(batch_size, drop_remainder=True, num_parallel_calls=AUTOTUNE)
+  if augment is not None and augment.enabled:
+    base_seed = tf.constant([seed, pipeline_id], tf.int64)
+
+    def augment_with_seed(step, batch):
+      images, labels = batch
+      batch_seed = tf.random.experimental.stateless_fold_in(base_seed, step)
+      return augment_lib.augment_batch(images, augment, seed=batch_seed), labels
+
+    # Each batch's draws depend only on (seed, pipeline, batch number): reproducible.
+    ds = ds.enumerate().map(augment_with_seed, num_parallel_calls=AUTOTUNE)
+  ds = ds.prefetch(AUTOTUNE)
+  return ds.with_options(_options(deterministic=False))
+
+
+def eval_steps(num_examples, *, batch_size, num_pipelines=1, replicas_per_pipeline=1):
+  """Global steps so that each pipeline's share fits in steps * replicas batches."""
+  per_pipeline = math.ceil(num_examples / num_pipelines)
+  return max(1, math.ceil(per_pipeline / (replicas_per_pipeline * batch_size)))
+
+
+def eval_dataset(info, split, *, batch_size, input_context=None, image_size=None, cache=""):
+  """A finite, deterministic, never augmented pass over `split` for one input pipeline.
+
+  Each pipeline takes every num_input_pipelines-th example (by index, from its id) and
+  pads its share with weight-0 examples to exactly `steps * replicas` full batches, so that
+  all workers run the same number of steps (collectives hang otherwise). Weighted metrics,
+  sum(w * x) / sum(w), then count every real example exactly once.
+
+  Returns (dataset of (images uint8 [B, H, W, 3], labels int32 [B], weights float32 [B]),
+  steps), where `steps` is the number of global steps (batches per replica) in one pass.
+  """
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  split_info = info.split(split)
+  num_pipelines, pipeline_id, replicas = _pipeline_position(input_context)
+  steps = eval_steps(split_info.num_examples, batch_size=batch_size,
+                     num_pipelines=num_pipelines, replicas_per_pipeline=replicas)
+  total = steps * replicas * batch_size  # examples this pipeline yields, padding included
+  height, width = output_size(info, image_size)
+  if not split_info.shards:
+    raise ValueError(f"The {split} split of {info.data_dir} has no shard files.")
+  ds = _read_decoded(split_info.shards, info, image_size, deterministic=True,
+                     shard=(num_pipelines, pipeline_id))
+  # This pipeline's share of the records: indices pipeline_id, pipeline_id + n, ...
+  share = len(range(pipeline_id, split_info.num_examples, num_pipelines))
+
+  def weight_one(index, example):
+    # More records than dataset_info.json counts would be cut by `take` below: fail instead.
+    check = tf.debugging.assert_less(
+        index, tf.constant(share, tf.int64),
+        message=f"the {split} shards hold more records than the {split_info.num_examples} "
+                f"that {info.data_dir}/dataset_info.json says")
+    with tf.control_dependencies([check]):
+      return example[0], example[1], tf.constant(1.0)
+
+  ds = ds.enumerate().map(weight_one)
+  ds = _cache(ds, cache, f"{split}-{height}x{width}-{pipeline_id}of{num_pipelines}")
+  padding = tf.data.Dataset.from_tensors(
+      (tf.zeros([height, width, 3], tf.uint8), tf.constant(0, tf.int32), tf.constant(0.0)))
+  # Endless padding then `take`: the count is exact even if the shards hold a different
+  # number of records than dataset_info.json says (more would be cut, so check below).
+  ds = ds.concatenate(padding.repeat()).take(total)
+  ds = ds.batch(batch_size, drop_remainder=True)
+  ds = ds.prefetch(AUTOTUNE)
+  return ds.with_options(_options(deterministic=True)), steps
+
+
+def steps_per_epoch(info, global_batch_size):
+  """Train steps in one pass over the train split (at least 1)."""
+  num_examples = info.split("train").num_examples
+  if num_examples <= 0:
+    raise ValueError(f"The train split of {info.data_dir} is empty (dataset_info.json "
+                     "says 0 examples); nothing to train on.")
+  if global_batch_size < 1:
+    raise ValueError(f"global batch size must be >= 1, got {global_batch_size}")
+  return max(1, num_examples // global_batch_size)
