@@ -42,7 +42,8 @@ def load_build(pkg):
   env = {"load": ignore, "package": ignore, "exports_files": ignore, "filegroup": ignore,
          "glob": glob, "select": lambda d: [], "test_suite": ignore, "sh_test": ignore,
          "py_library": rule("py_library"), "py_binary": rule("py_binary"),
-         "py_test": rule("py_test"), "py_pytest": rule("py_pytest")}
+         "py_test": rule("py_test"), "py_pytest": rule("py_pytest"),
+         "py_module_binary": rule("py_module_binary")}
   path = os.path.join(REPO, pkg, "BUILD")
   if os.path.exists(path):
     with open(path) as f:

@@ -1,6 +1,6 @@
 """Runs one pytest file under `bazel test`, as `pytest` from the repository root would.
 
-`py_pytest` (pytest.bzl) passes the test file as an argument. The working directory is the
+`py_pytest` (defs.bzl) passes the test file as an argument. The working directory is the
 workspace's runfiles tree, which mirrors the repository (only the files the target declares),
 so the test, tests/conftest.py and the imported modules resolve as they do in a checkout.
 """
@@ -12,6 +12,10 @@ import pytest
 
 
 def main():
+  # Python put this file's real directory (in the source tree) first on sys.path; imports must
+  # come from the runfiles tree only, as declared by the target.
+  if sys.path and os.path.realpath(sys.path[0]) == os.path.dirname(os.path.realpath(__file__)):
+    del sys.path[0]
   opts = [
       # The runfiles tree is Bazel's, not ours: keep pytest from writing .pytest_cache into it.
       "-p", "no:cacheprovider",
