@@ -1,0 +1,262 @@
+"""The Beam job: planned elements -> checked, encoded records -> sharded TFRecords + metadata.
+
+Stages are named, module-level (Beam pickles them, and the multi-processing DirectRunner and
+remote runners import them) and counted in the `build_tfrecords` metrics namespace:
+
+  examples/<split>               records written per split
+  examples/<split>/<class name>  records written per split and class
+  rejected/<reason>              inputs sent to rejected.csv instead of a shard
+  converted/<kind>               images converted to 8-bit RGB (grayscale, rgba, palette, ...)
+  excluded/class_subset          examples of classes left out by --classes/--num_classes
+"""
+
+import csv
+import io
+import json
+import logging
+import math
+import time
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+
+from pipeline import dataset_info
+from pipeline import features
+from pipeline import images
+from pipeline import sources
+
+NAMESPACE = "build_tfrecords"
+REJECTED = "rejected"
+CONVERTED = "converted"
+STATS = "stats"
+EXAMPLES_PER_SHARD = 5000  # ~10 MB of CIFAR-size JPEG/PNG per shard (TF guidance: >= 10 MB).
+FAILED_INFO_FILE = "dataset_info.failed.json"
+
+
+def default_num_shards(num_examples):
+  return max(1, math.ceil(num_examples / EXAMPLES_PER_SHARD))
+
+
+def counter(name):
+  return Metrics.counter(NAMESPACE, name)
+
+
+class AssignSplitAndClass(beam.DoFn):
+  """Holds out validation (and test, when the source has none) by key hash; remaps labels."""
+
+  def __init__(self, kept, validation_fraction, test_fraction, has_test):
+    self._new_label = {old: new for new, old in enumerate(kept)}
+    self._fractions = (validation_fraction, test_fraction, has_test)
+
+  def process(self, element):
+    new_label = self._new_label.get(element["label"])
+    if new_label is None:
+      counter("excluded/class_subset").inc()
+      return
+    element = dict(element, label=new_label)
+    element["split"] = sources.assign_split(element["key"], element["split"], *self._fractions)
+    yield element
+
+
+class EncodeExample(beam.DoFn):
+  """Reads, checks, converts and encodes one image; bad inputs go to the `rejected` output."""
+
+  def __init__(self, class_names, image_size=None):
+    self._class_names = class_names
+    self._image_size = image_size
+
+  def setup(self):
+    self._done = 0
+    self._start = time.time()
+
+  def process(self, element):
+    source = element.get("path") or element["key"]
+    try:
+      if "pixels" in element:
+        encoded, fmt, pixels = images.from_pixels(element["pixels"], self._image_size)
+        kind = None
+      else:
+        encoded, fmt, pixels, kind = images.prepare(_read(element["path"]), self._image_size)
+    except images.BadImage as e:
+      counter(f"rejected/{e.reason}").inc()
+      yield beam.pvalue.TaggedOutput(REJECTED, (source, e.reason, e.detail))
+      return
+    if kind:
+      counter(f"converted/{kind}").inc()
+      yield beam.pvalue.TaggedOutput(CONVERTED, kind)
+    split, label = element["split"], element["label"]
+    height, width = pixels.shape[:2]
+    record = features.encode_example(
+        key=element["key"], image=encoded, image_format=fmt, height=height, width=width,
+        label=label, coarse_label=element.get("coarse_label", features.NO_COARSE_LABEL))
+    counter(f"examples/{split}").inc()
+    counter(f"examples/{split}/{self._class_names[label]}").inc()
+    if split == "train":
+      flat = pixels.reshape(-1, 3).astype(np.float64)
+      yield beam.pvalue.TaggedOutput(
+          STATS, np.concatenate([flat.sum(0), (flat * flat).sum(0), [len(flat)]]))
+    self._done += 1
+    if self._done % 5000 == 0:  # Progress: the DirectRunner shows none of its own.
+      logging.info("encoded %d images in this worker (%.0f/s)", self._done,
+                   self._done / (time.time() - self._start))
+    yield {"split": split, "label": label, "shape": (height, width), "record": record}
+
+
+def _read(path):
+  try:
+    return sources.read_bytes(path)
+  except FileNotFoundError:
+    raise images.BadImage("missing_file", "no such file") from None
+  except IsADirectoryError:
+    raise images.BadImage("not_an_image", "a directory") from None
+  except OSError as e:
+    raise images.BadImage("read_error", f"{type(e).__name__}: {e}") from None
+
+
+def sum_stats(values):
+  total = np.zeros(7)
+  for v in values:
+    total += v
+  return total
+
+
+def rejected_csv_line(rejection):
+  buf = io.StringIO()
+  csv.writer(buf, lineterminator="").writerow(rejection)
+  return buf.getvalue()
+
+
+def split_of(example, num_partitions, split_names):
+  return split_names.index(example["split"])
+
+
+def get_record(example):
+  return example["record"]
+
+
+def split_label_one(example):
+  return (example["split"], example["label"]), 1
+
+
+def reason_one(rejection):
+  return rejection[1], 1
+
+
+def kind_one(kind):
+  return kind, 1
+
+
+def get_shape(example):
+  return example["shape"]
+
+
+@beam.ptransform_fn
+def WriteSplit(examples, output_dir, split, num_shards):  # pylint: disable=invalid-name
+  """One split's records -> `<output_dir>/<split>-NNNNN-of-MMMMM.tfrecord`."""
+  return (examples
+          | "Records" >> beam.Map(get_record)
+          | "Write" >> beam.io.WriteToTFRecord(
+              dataset_info.join(output_dir, split), file_name_suffix=".tfrecord",
+              num_shards=num_shards, shard_name_template="-SSSSS-of-NNNNN"))
+
+
+def write_info(_, *, output_dir, meta, split_names, counts, stats, shapes, files, rejected,
+               converted, max_reject_fraction):
+  """Assembles dataset_info.json from the job's side outputs and writes it."""
+  num_classes = len(meta["class_names"])
+  splits = {}
+  for split in split_names:
+    per_class = [0] * num_classes
+    for (s, label), n in counts:
+      if s == split:
+        per_class[label] = n
+    prefix = split + "-"
+    shards = sorted(f.rsplit("/", 1)[-1] for f in files
+                    if f.rsplit("/", 1)[-1].startswith(prefix))
+    splits[split] = {"num_examples": sum(per_class), "shards": shards, "per_class": per_class}
+  pixel_count = max(stats[6], 1.0)
+  mean = stats[0:3] / pixel_count
+  std = np.sqrt(np.maximum(stats[3:6] / pixel_count - mean**2, 0.0))
+  shapes = sorted(set(map(tuple, shapes)))
+  by_reason = dict(sorted(rejected))
+  written = sum(s["num_examples"] for s in splits.values())
+  total_rejected = sum(by_reason.values())
+  info = dict(meta)
+  info.update({
+      "format_version": dataset_info.FORMAT_VERSION,
+      "image_shape": [shapes[0][0], shapes[0][1], 3] if len(shapes) == 1 else None,
+      "splits": splits,
+      "train_mean": [round(float(x), 4) for x in mean],
+      "train_std": [round(float(x), 4) for x in std],
+      "rejected": {"total": total_rejected, "by_reason": by_reason,
+                   "fraction": round(total_rejected / max(written + total_rejected, 1), 6)},
+      "converted": dict(sorted(converted)),
+  })
+  ok = info["rejected"]["fraction"] <= max_reject_fraction
+  name = features.INFO_FILE if ok else FAILED_INFO_FILE
+  with FileSystems.create(dataset_info.join(output_dir, name)) as f:
+    f.write(json.dumps(info, indent=2).encode())
+  return name
+
+
+def build(pipeline, plan, *, output_dir, split_names, num_shards, kept, validation_fraction,
+          test_fraction, image_size, max_reject_fraction, command):
+  """Adds the whole job to `pipeline`. num_shards: split -> count."""
+  p = pipeline
+  class_names = [plan.class_names[i] for i in kept]
+  planned = []
+  if plan.elements:
+    planned.append(p | "PathElements" >> beam.Create(plan.elements, reshuffle=False))
+  if plan.reads:
+    planned.append(p | "ArchiveReads" >> beam.Create(plan.reads)
+                   | "ReadArchives" >> beam.FlatMap(sources.run_read))
+  elements = (planned if planned else [p | "NoElements" >> beam.Create([])]) | "All" >> beam.Flatten()
+  encoded = (
+      elements
+      | "AssignSplitAndClass" >> beam.ParDo(AssignSplitAndClass(
+          kept, validation_fraction, test_fraction, plan.has_test))
+      # Spread the expensive reads and decodes over workers (path lists arrive as one bundle).
+      | "Spread" >> beam.Reshuffle()
+      | "Encode" >> beam.ParDo(EncodeExample(class_names, image_size)).with_outputs(
+          REJECTED, CONVERTED, STATS, main="examples"))
+  examples = encoded.examples
+  parts = examples | "BySplit" >> beam.Partition(split_of, len(split_names), split_names)
+  files = [parts[i] | f"Write_{split}" >> WriteSplit(output_dir, split, num_shards[split])
+           for i, split in enumerate(split_names)]
+  files = files | "ShardFiles" >> beam.Flatten()
+
+  planned_rejections = p | "PlanRejections" >> beam.Create(plan.rejected)
+  rejected = (planned_rejections, encoded[REJECTED]) | "AllRejections" >> beam.Flatten()
+  _ = (rejected
+       | "RejectedLines" >> beam.Map(rejected_csv_line)
+       | "WriteRejected" >> beam.io.WriteToText(
+           dataset_info.join(output_dir, "rejected"), file_name_suffix=".csv", num_shards=1,
+           shard_name_template="", header="source,reason,detail"))
+  # Rejections found while planning are counted in the job, beside those found in it.
+  _ = planned_rejections | "CountPlanned" >> beam.Map(_count_planned_rejection)
+
+  meta = {"source": plan.description, "class_names": class_names,
+          "coarse_class_names": list(plan.coarse_class_names), "command": command,
+          "skipped": dict(plan.skipped)}
+  side = beam.pvalue
+  return (
+      p | "InfoTrigger" >> beam.Create([None])
+      | "WriteInfo" >> beam.Map(
+          write_info, output_dir=output_dir, meta=meta, split_names=split_names,
+          counts=side.AsList(examples | "SplitLabel" >> beam.Map(split_label_one)
+                             | "CountSplitLabel" >> beam.CombinePerKey(sum)),
+          stats=side.AsSingleton(encoded[STATS] | "SumStats" >> beam.CombineGlobally(sum_stats)),
+          shapes=side.AsList(examples | "Shape" >> beam.Map(get_shape)
+                             | "Shapes" >> beam.Distinct()),
+          files=side.AsList(files),
+          rejected=side.AsList(rejected | "Reason" >> beam.Map(reason_one)
+                               | "CountReasons" >> beam.CombinePerKey(sum)),
+          converted=side.AsList(encoded[CONVERTED] | "Kind" >> beam.Map(kind_one)
+                                | "CountKinds" >> beam.CombinePerKey(sum)),
+          max_reject_fraction=max_reject_fraction))
+
+
+def _count_planned_rejection(rejection):
+  counter(f"rejected/{rejection[1]}").inc()

@@ -1,0 +1,253 @@
+r"""Builds sharded TFRecords and dataset_info.json from CIFAR-100, a path list, an image folder
+or a TensorFlow Datasets dataset, as an Apache Beam job.
+
+  python -m pipeline.build_tfrecords --source=image_dir \
+      --image_dir=pipeline/sample_data/cifar10 --output_dir=/tmp/cifar10_sample
+
+Beam's own options pass through untouched: `--runner` (DirectRunner by default; DataflowRunner,
+FlinkRunner, SparkRunner with their options), `--direct_running_mode=multi_processing
+--direct_num_workers=2`, and so on. See README.md.
+"""
+
+import dataclasses
+import json
+import logging
+import shlex
+import sys
+import time
+from typing import Optional
+
+from absl import app
+from absl import flags
+
+from pipeline import sources
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string(
+    "source", None, "What to read: cifar100, path_list, image_dir or tfds:<name> "
+    "(any TensorFlow Datasets image-classification dataset).")
+flags.DEFINE_string("output_dir", None, "Where the shards and dataset_info.json go "
+                    "(a local folder or gs://bucket/path).")
+flags.DEFINE_string("cifar100_archive", "", "cifar-100-python.tar.gz (local or gs://); "
+                    "empty: download the official archive into --download_dir.")
+flags.DEFINE_string("archive_md5", sources.CIFAR100_MD5,
+                    "Expected md5 of the CIFAR-100 archive (the official one by default); "
+                    "empty skips the check.")
+flags.DEFINE_string("download_dir", "~/.cache/tfrecord_pipeline", "Download cache.")
+flags.DEFINE_string("path_list", "", "CSV with header path,label[,split]; relative paths are "
+                    "relative to the CSV; gs:// and http(s) paths are read through fsspec.")
+flags.DEFINE_string("class_names_file", "", "For path lists: the classes, one per line, in "
+                    "label order. Labels outside it are rejected. Default: the labels seen.")
+flags.DEFINE_string("image_dir", "", "A <root>/<class>/<file> or <root>/{train,test}/<class>/"
+                    "<file> tree (local or gs://).")
+flags.DEFINE_string("tfds_data_dir", None, "TensorFlow Datasets data_dir.")
+flags.DEFINE_string("tfds_manual_dir", None, "Folder holding archives tfds cannot download.")
+flags.DEFINE_float("validation_fraction", 0.1, "Fraction of train held out as validation, by "
+                   "a hash of each example's key (the same split on every rerun).", 0.0, 0.9)
+flags.DEFINE_float("test_fraction", 0.1, "Fraction of train held out as test, by key hash, "
+                   "when the source has no test split of its own.", 0.0, 0.9)
+flags.DEFINE_integer("num_classes", 0, "Keep this many classes, drawn with --class_seed "
+                     "(0: all). Labels are remapped to 0..N-1.", lower_bound=0)
+flags.DEFINE_integer("class_seed", 0, "Seed of the --num_classes draw.")
+flags.DEFINE_list("classes", [], "Keep these classes, in this label order.")
+flags.DEFINE_integer("image_size", 0, "Resize every image to this height and width "
+                     "(0: keep the size; the trainer then needs all images the same size).",
+                     lower_bound=0)
+flags.DEFINE_integer("num_shards", 0, "Shards per split (0: one per 5,000 examples).",
+                     lower_bound=0)
+flags.DEFINE_float("max_reject_fraction", 0.01, "Fail the job when more than this fraction "
+                   "of inputs is rejected (see rejected.csv).", 0.0, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class JobConfig:
+  """Everything the job needs; `from_flags` builds it, tests build it directly."""
+  source: str
+  output_dir: str
+  cifar100_archive: str = ""
+  archive_md5: str = sources.CIFAR100_MD5
+  download_dir: str = "~/.cache/tfrecord_pipeline"
+  path_list: str = ""
+  class_names_file: str = ""
+  image_dir: str = ""
+  tfds_data_dir: Optional[str] = None
+  tfds_manual_dir: Optional[str] = None
+  validation_fraction: float = 0.1
+  test_fraction: float = 0.1
+  num_classes: int = 0
+  class_seed: int = 0
+  classes: tuple = ()
+  image_size: int = 0
+  num_shards: int = 0
+  max_reject_fraction: float = 0.01
+  command: str = ""
+
+  @classmethod
+  def from_flags(cls):
+    names = [f.name for f in dataclasses.fields(cls) if f.name != "command"]
+    values = {n: getattr(FLAGS, n) for n in names}
+    values["classes"] = tuple(values["classes"])
+    command = " ".join(shlex.quote(a) for a in ["python", "-m", "pipeline.build_tfrecords"]
+                       + sys.argv[1:])
+    return cls(command=command, **values)
+
+
+@dataclasses.dataclass
+class JobResult:
+  exit_code: int
+  info: dict  # dataset_info.json (or the failed variant)
+  counters: dict  # "examples/train" -> count, from Beam's metrics
+
+
+def make_plan(config):
+  source = config.source
+  if source == "cifar100":
+    return sources.plan_cifar100(config.cifar100_archive, md5=config.archive_md5,
+                                 cache_dir=config.download_dir)
+  if source == "path_list":
+    if not config.path_list:
+      raise sources.SourceError("--source=path_list needs --path_list=<csv>")
+    return sources.plan_path_list(config.path_list, class_names_file=config.class_names_file)
+  if source == "image_dir":
+    if not config.image_dir:
+      raise sources.SourceError("--source=image_dir needs --image_dir=<root>")
+    return sources.plan_image_dir(config.image_dir)
+  if source and source.startswith("tfds:"):
+    return sources.plan_tfds(source[len("tfds:"):], data_dir=config.tfds_data_dir,
+                             manual_dir=config.tfds_manual_dir)
+  raise sources.SourceError(f"--source={source!r}: expected cifar100, path_list, image_dir or "
+                            "tfds:<name>")
+
+
+def split_sizes(plan, config):
+  """Estimated examples per output split, to size shards before the job runs."""
+  train = plan.split_sizes.get("train", 0)
+  test = plan.split_sizes.get("test", 0)
+  held_test = 0 if plan.has_test else train * config.test_fraction
+  sizes = {
+      "train": train - held_test - train * config.validation_fraction,
+      "validation": train * config.validation_fraction,
+      "test": test if plan.has_test else held_test,
+  }
+  return {s: n for s, n in sizes.items() if n > 0}
+
+
+def remove_stale_outputs(output_dir):
+  """An earlier run's metadata must not describe this run's shards."""
+  from apache_beam.io.filesystems import FileSystems
+  from pipeline import beam_job, dataset_info, features
+  stale = [dataset_info.join(output_dir, n)
+           for n in (features.INFO_FILE, beam_job.FAILED_INFO_FILE, features.REJECTED_FILE)]
+  stale = [s for s in stale if FileSystems.exists(s)]
+  if stale:
+    FileSystems.delete(stale)
+
+
+def make_runner(options):
+  """Beam's DirectRunner first tries Prism, which downloads a binary; offline that costs a
+  failed download and a fallback on every run. Use the FnApiRunner it falls back to directly
+  (it honours --direct_running_mode and --direct_num_workers); other runners are untouched."""
+  from apache_beam.options.pipeline_options import StandardOptions
+  runner = options.view_as(StandardOptions).runner
+  if runner in (None, "DirectRunner", "direct"):
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+    return FnApiRunner()
+  return None
+
+
+def run_job(config, beam_argv=()):
+  """Plans, runs the job, prints a summary. Raises sources.SourceError on unreadable input."""
+  import apache_beam as beam
+  from apache_beam.metrics.metric import MetricsFilter
+  from apache_beam.options.pipeline_options import PipelineOptions
+  from pipeline import beam_job
+
+  t0 = time.time()
+  plan = make_plan(config)
+  kept = sources.select_classes(plan.class_names, num_classes=config.num_classes,
+                                class_seed=config.class_seed, classes=config.classes)
+  sizes = split_sizes(plan, config)
+  if len(kept) < len(plan.class_names):  # A class subset shrinks every split proportionally.
+    sizes = {s: n * len(kept) / len(plan.class_names) for s, n in sizes.items()}
+  split_names = [s for s in ("train", "validation", "test") if s in sizes]
+  num_shards = {s: config.num_shards or beam_job.default_num_shards(sizes[s])
+                for s in split_names}
+  logging.info("Source %s: %d classes (keeping %d), about %s examples; %d inputs rejected "
+               "while planning; skipped %s", plan.description, len(plan.class_names),
+               len(kept), {s: int(n) for s, n in sizes.items()}, len(plan.rejected),
+               plan.skipped or "nothing")
+  logging.info("Writing %s to %s", {s: f"{n} shards" for s, n in num_shards.items()},
+               config.output_dir)
+  remove_stale_outputs(config.output_dir)
+  options = PipelineOptions(list(beam_argv))
+  pipeline = beam.Pipeline(runner=make_runner(options), options=options)
+  beam_job.build(
+      pipeline, plan, output_dir=config.output_dir, split_names=split_names,
+      num_shards=num_shards, kept=kept, validation_fraction=config.validation_fraction,
+      test_fraction=config.test_fraction,
+      image_size=(config.image_size, config.image_size) if config.image_size else None,
+      max_reject_fraction=config.max_reject_fraction, command=config.command)
+  result = pipeline.run()
+  result.wait_until_finish()
+  counters = {c.key.metric.name: c.committed for c in result.metrics().query(
+      MetricsFilter().with_namespace(beam_job.NAMESPACE))["counters"]}
+  exit_code, info = summarize(config, time.time() - t0)
+  return JobResult(exit_code=exit_code, info=info, counters=counters)
+
+
+def summarize(config, seconds):
+  """Prints what was written and rejected. Returns (exit code, info): 1 if too much was
+  rejected."""
+  from apache_beam.io.filesystems import FileSystems
+  from pipeline import beam_job, dataset_info, features
+  output_dir = config.output_dir
+  ok_path = dataset_info.join(output_dir, features.INFO_FILE)
+  failed_path = dataset_info.join(output_dir, beam_job.FAILED_INFO_FILE)
+  path = ok_path if FileSystems.exists(ok_path) else failed_path
+  with FileSystems.open(path) as f:
+    info = json.loads(f.read())
+  lines = [f"Wrote {output_dir} in {seconds:.1f} s: {len(info['class_names'])} classes, "
+           f"image shape {info['image_shape'] or 'varies'}"]
+  for split, s in info["splits"].items():
+    lines.append(f"  {split:<10} {s['num_examples']:>8} examples in {len(s['shards'])} shards")
+  rejected = info["rejected"]
+  lines.append(f"  rejected   {rejected['total']:>8} ({100 * rejected['fraction']:.2f}%) "
+               f"{rejected['by_reason'] or ''} -> "
+               f"{dataset_info.join(output_dir, features.REJECTED_FILE)}")
+  if info["converted"]:
+    lines.append(f"  converted to 8-bit RGB: {info['converted']}")
+  print("\n".join(lines), flush=True)
+  if path == failed_path:
+    logging.error(
+        "%.2f%% of the inputs were rejected, more than --max_reject_fraction=%g; see %s. "
+        "The metadata is in %s and no %s was written, so the trainer will not use this "
+        "output.", 100 * rejected["fraction"], config.max_reject_fraction,
+        dataset_info.join(output_dir, features.REJECTED_FILE), failed_path, features.INFO_FILE)
+    return 1, info
+  return 0, info
+
+
+def main(argv):
+  logging.getLogger().setLevel(logging.INFO)
+  try:
+    result = run_job(JobConfig.from_flags(), argv[1:])
+  except sources.SourceError as e:
+    logging.error("%s", e)
+    sys.exit(2)
+  sys.exit(result.exit_code)
+
+
+def parse_flags(argv):
+  """Our flags are parsed by absl; the rest are Beam's and go to PipelineOptions untouched."""
+  try:
+    return FLAGS(argv, known_only=True)
+  except flags.Error as e:  # As absl reports it for its own parser: one line, no traceback.
+    sys.stderr.write(f"FATAL Flags parsing error: {e}\n"
+                     "Pass --helpshort or --helpfull to see help on flags.\n")
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["source", "output_dir"])
+  app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,408 @@
+"""Sources: what a Beam job reads, planned before the job starts.
+
+Planning lists the classes (the trainer needs one fixed class list, and a class subset must be
+chosen before any example is labelled) and the work: for file sources, one element per image
+path; for archive sources, one element per split, expanded inside the job by a module-level
+reader (so that Beam can pickle it). Problems found while planning (a malformed CSV row, an
+unknown label, a duplicated path) are returned as rejections, not raised, so they end up in
+rejected.csv with everything else.
+
+An element is a dict: key (stable, unique str), split ("train"/"test"), label (index into the
+plan's class_names), coarse_label (int, -1 if none), and either path (a local path, gs:// or
+http(s) address) or pixels (uint8 [H, W, 3]).
+"""
+
+import csv
+import dataclasses
+import hashlib
+import io
+import logging
+import os
+import pickle
+import posixpath
+import random
+import tarfile
+import urllib.request
+import zlib
+from typing import Optional
+
+import fsspec
+
+CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+CIFAR100_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
+# Official sizes, used to size shards before the job reads the archive.
+CIFAR100_SIZES = {"train": 50000, "test": 10000}
+NO_COARSE = -1
+SPLIT_DIRS = ("train", "test")
+
+
+class SourceError(ValueError):
+  """A source cannot be read at all (as opposed to one bad example, which is rejected)."""
+
+
+@dataclasses.dataclass
+class Plan:
+  description: str
+  class_names: list
+  coarse_class_names: list = dataclasses.field(default_factory=list)
+  has_test: bool = False
+  elements: list = dataclasses.field(default_factory=list)  # path elements (file sources)
+  reads: list = dataclasses.field(default_factory=list)  # (reader name, kwargs) for archives
+  rejected: list = dataclasses.field(default_factory=list)  # (source, reason, detail)
+  split_sizes: dict = dataclasses.field(default_factory=dict)  # estimates, for shard counts
+  skipped: dict = dataclasses.field(default_factory=dict)  # reason -> count, logged
+
+
+# --- splits and class subsets ----------------------------------------------------------------
+
+
+def key_fraction(key):
+  """A uniform number in [0, 1) from the key alone, so a rerun assigns the same split."""
+  digest = hashlib.sha256(key.encode("utf-8")).digest()
+  return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def assign_split(key, split, validation_fraction, test_fraction, has_test):
+  """train/validation/test for one example. Held-out parts come out of train only."""
+  if split != "train":
+    return split
+  u = key_fraction(key)
+  if not has_test:
+    if u < test_fraction:
+      return "test"
+    u -= test_fraction
+  return "validation" if u < validation_fraction else "train"
+
+
+def select_classes(class_names, *, num_classes=0, class_seed=0, classes=()):
+  """Original class indices to keep, in new-label order (label i -> class_names[kept[i]]).
+
+  `classes` names them; else `num_classes` picks that many with a seeded draw (sorted by
+  their original index, so the order does not depend on the draw); else all are kept.
+  """
+  if classes:
+    index = {name: i for i, name in enumerate(class_names)}
+    unknown = [c for c in classes if c not in index]
+    if unknown:
+      shown = ", ".join(class_names[:20]) + (" ..." if len(class_names) > 20 else "")
+      raise SourceError(f"--classes names {unknown} which the source does not have; "
+                        f"it has {len(class_names)} classes: {shown}")
+    if len(set(classes)) != len(classes):
+      raise SourceError(f"--classes repeats a class: {list(classes)}")
+    return [index[c] for c in classes]
+  if num_classes:
+    if not 0 < num_classes <= len(class_names):
+      raise SourceError(f"--num_classes={num_classes} but the source has "
+                        f"{len(class_names)} classes")
+    return sorted(random.Random(class_seed).sample(range(len(class_names)), num_classes))
+  return list(range(len(class_names)))
+
+
+# --- CIFAR-100 archive -------------------------------------------------------------------------
+
+
+class _PlainDataUnpickler(pickle.Unpickler):
+  """Unpickles plain data only; the archive is untrusted input.
+
+  Dicts, lists, bytes, str and int need no globals, so any global is refused, except those
+  that a numpy array needs (the official pickles hold `data` as a uint8 ndarray; its dtype is
+  checked after loading) and `_codecs.encode`, which protocol-2 pickles written by Python 3
+  use to spell bytes. Nothing else (os.system, builtins.eval, ...) can be reached.
+  """
+
+  _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+              ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+  def find_class(self, module, name):
+    if (module, name) in self._ALLOWED:
+      return super().find_class(module, name)
+    raise pickle.UnpicklingError(
+        f"refusing to load {module}.{name}: a CIFAR pickle may hold plain data only")
+
+
+def _load_pickle(data, what):
+  try:
+    return _PlainDataUnpickler(io.BytesIO(data), encoding="bytes").load()
+  except pickle.UnpicklingError as e:
+    raise SourceError(f"{what}: {e}") from None
+  except Exception as e:
+    raise SourceError(f"{what}: not a readable pickle ({type(e).__name__}: {e})") from None
+
+
+def file_md5(path):
+  md5 = hashlib.md5()
+  with fsspec.open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      md5.update(chunk)
+  return md5.hexdigest()
+
+
+def download_cifar100(cache_dir):
+  """Downloads the official archive into cache_dir once; returns its path."""
+  os.makedirs(cache_dir, exist_ok=True)
+  path = os.path.join(cache_dir, posixpath.basename(CIFAR100_URL))
+  if os.path.exists(path):
+    return path
+  logging.info("Downloading %s to %s (161 MB)", CIFAR100_URL, path)
+  partial = path + ".partial"
+  with urllib.request.urlopen(CIFAR100_URL, timeout=60) as r, open(partial, "wb") as f:
+    total = int(r.headers.get("Content-Length") or 0)
+    done, last = 0, 0
+    for chunk in iter(lambda: r.read(1 << 20), b""):
+      f.write(chunk)
+      done += len(chunk)
+      if total and done - last >= total // 10:
+        last = done
+        logging.info("  %d%% of %d MB", 100 * done // total, total >> 20)
+  os.replace(partial, path)
+  return path
+
+
+def _archive_members(archive, names):
+  """{name: bytes} for the archive members whose base name is in names."""
+  found = {}
+  try:
+    with fsspec.open(archive, "rb") as raw, tarfile.open(fileobj=raw, mode="r:gz") as tar:
+      for member in tar:
+        base = posixpath.basename(member.name)
+        if member.isfile() and base in names:
+          found[base] = tar.extractfile(member).read()
+  except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+    raise SourceError(f"{archive}: not a complete tar.gz archive ({type(e).__name__}: {e}); "
+                      "is it truncated? Delete it and download it again") from None
+  missing = sorted(set(names) - set(found))
+  if missing:
+    raise SourceError(f"{archive}: has no member named {missing} "
+                      "(expected cifar-100-python/{meta,train,test})")
+  return found
+
+
+def plan_cifar100(archive, *, md5=CIFAR100_MD5, cache_dir="~/.cache/tfrecord_pipeline"):
+  """Plans reading cifar-100-python.tar.gz (local, gs:// or downloaded when archive is empty)."""
+  if not archive:
+    archive = download_cifar100(os.path.expanduser(cache_dir))
+  try:
+    exists = fsspec.core.url_to_fs(archive)[0].exists(archive)
+  except Exception as e:
+    raise SourceError(f"--cifar100_archive={archive}: cannot be read ({e})") from None
+  if not exists:
+    raise SourceError(f"--cifar100_archive={archive}: no such file")
+  if md5:
+    got = file_md5(archive)
+    if got != md5:
+      raise SourceError(f"{archive}: md5 is {got}, expected {md5} (--archive_md5); "
+                        "the file is corrupt, truncated or not the official archive")
+  meta = _load_pickle(_archive_members(archive, {"meta"})["meta"], f"{archive}: meta")
+  try:
+    fine = [n.decode() for n in meta[b"fine_label_names"]]
+    coarse = [n.decode() for n in meta[b"coarse_label_names"]]
+  except (KeyError, TypeError, AttributeError) as e:
+    raise SourceError(f"{archive}: meta lacks fine/coarse label names ({e!r})") from None
+  return Plan(
+      description=f"cifar100:{archive}", class_names=fine, coarse_class_names=coarse,
+      has_test=True, split_sizes=dict(CIFAR100_SIZES),
+      reads=[("cifar100", {"archive": archive, "split": s}) for s in SPLIT_DIRS])
+
+
+def read_cifar100(archive, split):
+  """Yields the elements of one split of the archive (runs inside the Beam job)."""
+  import numpy as np
+  batch = _load_pickle(_archive_members(archive, {split})[split], f"{archive}: {split}")
+  try:
+    data = batch[b"data"]
+    fine, coarse = batch[b"fine_labels"], batch[b"coarse_labels"]
+    names = batch.get(b"filenames") or [b""] * len(fine)
+  except (KeyError, TypeError, AttributeError) as e:
+    raise SourceError(f"{archive}: {split} lacks {e}") from None
+  if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
+          and data.shape[1] == 3072 and len(data) == len(fine) == len(coarse)):
+    raise SourceError(f"{archive}: {split} data is not an N x 3072 uint8 array matching "
+                      f"{len(fine)} labels")
+  # Rows are channel-major (1024 red, 1024 green, 1024 blue) -> [N, 32, 32, 3].
+  images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+  for i in range(len(fine)):
+    yield {"key": f"{split}/{i:05d}/{names[i].decode(errors='replace')}", "split": split,
+           "label": int(fine[i]), "coarse_label": int(coarse[i]), "pixels": images[i]}
+
+
+# --- TensorFlow Datasets -----------------------------------------------------------------------
+
+
+def plan_tfds(name, *, data_dir=None, manual_dir=None):
+  """Plans reading an image-classification dataset from TensorFlow Datasets."""
+  import tensorflow_datasets as tfds
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except Exception as e:
+    raise SourceError(f"--source=tfds:{name}: {e}") from None
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  image_key, label_key = _tfds_keys(builder)
+  label_feature = builder.info.features[label_key]
+  splits = {s: builder.info.splits[s].num_examples for s in SPLIT_DIRS
+            if s in builder.info.splits}
+  if not builder.info.splits:
+    # No split metadata (tfds.testing.mock_data serves examples without it): read train and
+    # test; their sizes are unknown until read, so shard counts use a nominal size.
+    logging.warning("tfds:%s has no split metadata; reading train and test", name)
+    splits = {"train": 1, "test": 1}
+  if "train" not in splits:
+    raise SourceError(f"tfds:{name} has no train split (it has {list(builder.info.splits)})")
+  return Plan(
+      description=f"tfds:{name}", class_names=list(label_feature.names),
+      has_test="test" in splits, split_sizes=splits,
+      reads=[("tfds", {"name": name, "split": s, "data_dir": data_dir}) for s in splits])
+
+
+def _tfds_keys(builder):
+  keys = builder.info.supervised_keys
+  if keys and len(keys) == 2:
+    return keys
+  return "image", "label"
+
+
+def read_tfds(name, split, data_dir=None):
+  """Yields the elements of one split of a prepared tfds dataset (runs inside the job)."""
+  import tensorflow_datasets as tfds
+  builder = tfds.builder(name, data_dir=data_dir)
+  image_key, label_key = _tfds_keys(builder)
+  for i, ex in enumerate(tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False))):
+    ident = ex.get("id")
+    key = f"{split}/{ident.decode() if isinstance(ident, bytes) else i}"
+    pixels = ex[image_key]
+    if pixels.ndim == 3 and pixels.shape[2] == 1:
+      pixels = pixels.repeat(3, axis=2)
+    yield {"key": key, "split": split, "label": int(ex[label_key]),
+           "coarse_label": int(ex.get("coarse_label", NO_COARSE)), "pixels": pixels}
+
+
+READERS = {"cifar100": read_cifar100, "tfds": read_tfds}
+
+
+def run_read(read):
+  """Beam-side entry: ("cifar100", {...}) -> elements."""
+  name, kwargs = read
+  return READERS[name](**kwargs)
+
+
+# --- image folders and path lists ---------------------------------------------------------------
+
+
+def plan_image_dir(root):
+  """Plans `<root>/<class>/<file>` or `<root>/{train,test}/<class>/<file>`."""
+  fs, base = fsspec.core.url_to_fs(root)
+  if not fs.isdir(base):
+    raise SourceError(f"--image_dir={root}: no such directory")
+  top = sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(base, detail=False)
+               if fs.isdir(p))
+  split_layout = "train" in top and set(top) <= set(SPLIT_DIRS)
+  plan = Plan(description=f"image_dir:{root}", class_names=[])
+  files = {}  # split -> [(class, relative path)]
+  for path in sorted(fs.find(base)):
+    rel = posixpath.relpath(path, base)
+    parts = rel.split("/")
+    if any(p.startswith(".") for p in parts):
+      plan.skipped["hidden_file"] = plan.skipped.get("hidden_file", 0) + 1
+      continue
+    split = parts[0] if split_layout else "train"
+    depth = 3 if split_layout else 2
+    if len(parts) != depth:
+      plan.rejected.append((_full(root, rel), "not_in_class_folder",
+                            f"expected {'<split>/' if split_layout else ''}<class>/<file>"))
+      continue
+    files.setdefault(split, []).append((parts[-2], rel))
+  plan.class_names = sorted({c for items in files.values() for c, _ in items})
+  if not plan.class_names:
+    raise SourceError(f"--image_dir={root}: no <class>/<file> images found")
+  index = {c: i for i, c in enumerate(plan.class_names)}
+  for split, items in files.items():
+    for class_name, rel in items:
+      plan.elements.append({"key": rel, "split": split, "label": index[class_name],
+                            "coarse_label": NO_COARSE, "path": _full(root, rel)})
+  plan.has_test = "test" in files
+  plan.split_sizes = {s: len(v) for s, v in files.items()}
+  return plan
+
+
+def _full(root, rel):
+  return root.rstrip("/") + "/" + rel
+
+
+def _is_remote(path):
+  return "://" in path
+
+
+def plan_path_list(csv_path, *, class_names_file=""):
+  """Plans a CSV `path,label[,split]`; relative paths are relative to the CSV's folder."""
+  try:
+    with fsspec.open(csv_path, "r", newline="") as f:
+      text = f.read()
+  except FileNotFoundError:
+    raise SourceError(f"--path_list={csv_path}: no such file") from None
+  reader = csv.DictReader(io.StringIO(text))
+  header = reader.fieldnames or []
+  missing = [c for c in ("path", "label") if c not in header]
+  if missing:
+    raise SourceError(f"--path_list={csv_path}: header {header} lacks column(s) {missing}; "
+                      "expected path,label[,split]")
+  base = csv_path.rsplit("/", 1)[0] if "/" in csv_path else "."
+  plan = Plan(description=f"path_list:{csv_path}", class_names=[])
+  rows = []
+  seen = {}
+  for line_no, row in enumerate(reader, start=2):
+    where = f"{csv_path}:{line_no}"
+    path, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
+    split = (row.get("split") or "train").strip() or "train"
+    if None in row or None in row.values():
+      plan.rejected.append((where, "malformed_row",
+                            f"{len(header)} columns expected: {_raw_row(row)}"))
+      continue
+    if not path or not label:
+      plan.rejected.append((where, "malformed_row", f"empty path or label: {_raw_row(row)}"))
+      continue
+    if split not in SPLIT_DIRS:
+      plan.rejected.append((where, "malformed_row", f"split {split!r} is not train or test"))
+      continue
+    full = path if (_is_remote(path) or os.path.isabs(path)) else base + "/" + path
+    if full in seen:
+      plan.rejected.append((full, "duplicate_path", f"line {line_no} repeats line {seen[full]}"))
+      continue
+    seen[full] = line_no
+    rows.append((full, path, label, split, where))
+  if class_names_file:
+    with fsspec.open(class_names_file, "r") as f:
+      plan.class_names = [line.strip() for line in f if line.strip()]
+  else:
+    labels = {label for _, _, label, _, _ in rows}
+    if labels and all(l.isdigit() for l in labels):
+      plan.class_names = [str(i) for i in range(max(int(l) for l in labels) + 1)]
+    else:
+      plan.class_names = sorted(labels)
+  index = {c: i for i, c in enumerate(plan.class_names)}
+  for full, path, label, split, where in rows:
+    label_index = index.get(label)
+    if label_index is None and label.isdigit() and int(label) < len(plan.class_names):
+      label_index = int(label)
+    if label_index is None:
+      plan.rejected.append((full, "unknown_label",
+                            f"{label!r} is not among the {len(plan.class_names)} classes"))
+      continue
+    plan.elements.append({"key": path, "split": split, "label": label_index,
+                          "coarse_label": NO_COARSE, "path": full})
+    plan.split_sizes[split] = plan.split_sizes.get(split, 0) + 1
+  if not plan.class_names:
+    raise SourceError(f"--path_list={csv_path}: no usable rows")
+  plan.has_test = plan.split_sizes.get("test", 0) > 0
+  return plan
+
+
+def _raw_row(row):
+  values = [v for k, v in row.items() if k is not None]
+  values += row.get(None) or []
+  return ",".join("" if v is None else str(v) for v in values)[:200]
+
+
+def read_bytes(path):
+  """The bytes of a local file, gs:// object or http(s) address."""
+  with fsspec.open(path, "rb") as f:
+    return f.read()

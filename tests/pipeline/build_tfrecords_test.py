@@ -1,0 +1,136 @@
+"""The Beam job end to end on the DirectRunner: files, dataset_info.json, counters, records."""
+
+import collections
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipeline import build_tfrecords
+from pipeline import features
+from tests import testdata
+from tests.pipeline import cifar_archive
+
+
+def read_split(data_dir, info, split):
+  """All parsed records of a split, from the shards dataset_info lists."""
+  files = [os.path.join(data_dir, s) for s in info["splits"][split]["shards"]]
+  return [features.parse_single(r) for r in tf.data.TFRecordDataset(files)]
+
+
+def run(tmp_path, **kwargs):
+  config = build_tfrecords.JobConfig(output_dir=str(tmp_path / "out"), **kwargs)
+  return config.output_dir, build_tfrecords.run_job(config)
+
+
+def test_image_dir_job_writes_counted_shards_and_metadata(tmp_path):
+  out, result = run(tmp_path, source="image_dir", image_dir=str(testdata.SAMPLE_DIR),
+                    classes=("cat", "dog", "ship"), num_shards=2, validation_fraction=0.2)
+  assert result.exit_code == 0
+  info = json.load(open(os.path.join(out, features.INFO_FILE)))
+  assert info == result.info
+  assert info["class_names"] == ["cat", "dog", "ship"]
+  assert info["image_shape"] == [32, 32, 3]
+  assert sorted(os.listdir(out)) == sorted(
+      [features.INFO_FILE, features.REJECTED_FILE]
+      + [features.shard_name(s, i, 2) for s in ("train", "validation", "test") for i in (0, 1)])
+  splits = info["splits"]
+  assert splits["train"]["num_examples"] + splits["validation"]["num_examples"] == 120
+  assert splits["test"]["num_examples"] == 30 and splits["test"]["per_class"] == [10, 10, 10]
+  keys = {}
+  for split in splits:
+    records = read_split(out, info, split)
+    assert len(records) == splits[split]["num_examples"]
+    labels = collections.Counter(int(r[features.LABEL]) for r in records)
+    assert [labels[i] for i in range(3)] == splits[split]["per_class"]
+    keys[split] = {r[features.KEY].numpy().decode() for r in records}
+    assert len(keys[split]) == len(records)
+    # Unresized JPEG files keep their original bytes.
+    assert {r[features.FORMAT].numpy() for r in records} == {b"jpeg"}
+  assert not keys["train"] & keys["validation"] and all(k.startswith("test/")
+                                                      for k in keys["test"])
+  # Beam counters agree with the files.
+  c = result.counters
+  for split in splits:
+    assert c[f"examples/{split}"] == splits[split]["num_examples"]
+  assert c["examples/test/ship"] == 10
+  assert c["excluded/class_subset"] == 500 - 150
+  # Statistics are of the train split's real pixels, not placeholders. (TensorFlow's default
+  # JPEG decoding differs from PIL's by ~1.2 levels in red and blue; INTEGER_ACCURATE matches.)
+  pixels = np.stack([tf.io.decode_jpeg(r[features.IMAGE], dct_method="INTEGER_ACCURATE").numpy()
+                     for r in read_split(out, info, "train")]).reshape(-1, 3)
+  np.testing.assert_allclose(info["train_mean"], pixels.mean(0), atol=1e-3)
+  np.testing.assert_allclose(info["train_std"], pixels.std(0), atol=1e-3)
+  # A rerun splits the same way.
+  _, again = run(tmp_path, source="image_dir", image_dir=str(testdata.SAMPLE_DIR),
+                 classes=("cat", "dog", "ship"), num_shards=2, validation_fraction=0.2)
+  assert {r[features.KEY].numpy().decode() for r in read_split(out, again.info, "validation")
+          } == keys["validation"]
+
+
+def test_path_list_job_resizes_to_png(tmp_path):
+  out, result = run(tmp_path, source="path_list", path_list=str(testdata.SAMPLE_CSV),
+                    num_classes=2, class_seed=1, image_size=16, test_fraction=0.0)
+  info = result.info
+  assert result.exit_code == 0 and len(info["class_names"]) == 2
+  assert info["image_shape"] == [16, 16, 3]
+  assert info["splits"]["test"]["num_examples"] == 20  # the CSV's own split column
+  record = read_split(out, info, "train")[0]
+  assert record[features.FORMAT].numpy() == b"png"
+  assert tf.io.decode_png(record[features.IMAGE]).shape == (16, 16, 3)
+  assert info["source"] == f"path_list:{testdata.SAMPLE_CSV}"
+
+
+@pytest.mark.skipif(not testdata.CIFAR100_META.exists(), reason="needs ../shared/data meta")
+def test_cifar100_job_is_lossless_and_keeps_coarse_labels(tmp_path):
+  from pipeline import sources
+  path, train, fine, test = cifar_archive.build(str(tmp_path / "c.tar.gz"), 12, 6)
+  out, result = run(tmp_path, source="cifar100", cifar100_archive=path,
+                    archive_md5=sources.file_md5(path), validation_fraction=0.0)
+  info = result.info
+  assert len(info["class_names"]) == 100 and len(info["coarse_class_names"]) == 20
+  assert info["splits"]["train"]["num_examples"] == 12
+  assert info["splits"]["test"]["num_examples"] == 6
+  by_key = {r[features.KEY].numpy().decode(): r for r in read_split(out, info, "train")}
+  for i in range(12):
+    r = next(v for k, v in by_key.items() if k.startswith(f"train/{i:05d}/"))
+    np.testing.assert_array_equal(tf.io.decode_png(r[features.IMAGE]).numpy(), train[i])
+    assert int(r[features.LABEL]) == fine[i]
+    assert int(r[features.COARSE_LABEL]) == fine[i] // 5
+
+
+def test_tfds_source_with_mock_data(tmp_path):
+  import tensorflow_datasets as tfds
+  with tfds.testing.mock_data(num_examples=8):
+    out, result = run(tmp_path, source="tfds:cifar10", validation_fraction=0.25)
+  info = result.info
+  assert info["source"] == "tfds:cifar10" and len(info["class_names"]) == 10
+  assert info["splits"]["test"]["num_examples"] == 8
+  assert info["splits"]["train"]["num_examples"] + info["splits"]["validation"][
+      "num_examples"] == 8
+  assert len(read_split(out, info, "test")) == 8
+
+
+def test_cli_passes_beam_options_through_and_names_bad_input(tmp_path):
+  out = tmp_path / "cli"
+  cmd = [sys.executable, "-m", "pipeline.build_tfrecords", "--source=image_dir",
+         f"--image_dir={testdata.SAMPLE_DIR}", f"--output_dir={out}", "--classes=frog",
+         "--runner=DirectRunner", "--direct_running_mode=multi_threading",
+         "--direct_num_workers=2"]
+  done = subprocess.run(cmd, capture_output=True, text=True, cwd=testdata.REPO, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert "train" in done.stdout and "rejected          0" in done.stdout
+  assert json.load(open(out / features.INFO_FILE))["class_names"] == ["frog"]
+  assert "--direct_num_workers=2" in json.load(open(out / features.INFO_FILE))["command"]
+  bad = subprocess.run(cmd[:4] + [f"--image_dir={tmp_path}/nope", f"--output_dir={out}"],
+                       capture_output=True, text=True, cwd=testdata.REPO, timeout=120)
+  assert bad.returncode == 2 and f"--image_dir={tmp_path}/nope: no such directory" in bad.stderr
+  assert glob.glob(str(out / "*.tfrecord"))  # A refused run leaves the last good output.
+  unset = subprocess.run(cmd[:3], capture_output=True, text=True, cwd=testdata.REPO, timeout=120)
+  assert unset.returncode == 1 and "--source must have a value" in unset.stderr
+  assert "Traceback" not in unset.stderr

@@ -1,0 +1,125 @@
+"""Planning each source on tiny real inputs, and refusing unreadable ones with a clear error."""
+
+import os
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+
+from pipeline import sources
+from tests import testdata
+from tests.pipeline import cifar_archive
+
+needs_meta = pytest.mark.skipif(not testdata.CIFAR100_META.exists(),
+                                reason="../shared/data/cifar100-meta/meta not present")
+
+
+@needs_meta
+def test_cifar100_archive_reads_real_meta_and_exact_pixels(tmp_path):
+  path, train, fine, _ = cifar_archive.build(str(tmp_path / "c.tar.gz"))
+  plan = sources.plan_cifar100(path, md5=sources.file_md5(path))
+  assert len(plan.class_names) == 100 and len(plan.coarse_class_names) == 20
+  assert plan.class_names[:3] == ["apple", "aquarium_fish", "baby"]
+  assert plan.has_test and [r[1]["split"] for r in plan.reads] == ["train", "test"]
+  got = list(sources.run_read(plan.reads[0]))
+  assert [e["label"] for e in got] == fine
+  assert [e["coarse_label"] for e in got] == [f // 5 for f in fine]
+  np.testing.assert_array_equal(np.stack([e["pixels"] for e in got]), train)
+  assert len({e["key"] for e in got}) == len(got)
+
+
+@needs_meta
+def test_cifar100_wrong_md5_truncated_archive_and_unsafe_pickle_are_refused(tmp_path):
+  path, *_ = cifar_archive.build(str(tmp_path / "c.tar.gz"))
+  with pytest.raises(sources.SourceError, match="md5 is .* expected 0123"):
+    sources.plan_cifar100(path, md5="0123")
+  truncated = str(tmp_path / "t.tar.gz")
+  with open(path, "rb") as f, open(truncated, "wb") as g:
+    g.write(f.read()[: os.path.getsize(path) // 2])
+  with pytest.raises(sources.SourceError, match="truncated"):
+    sources.plan_cifar100(truncated, md5="")
+
+  class Exploit:
+    def __reduce__(self):
+      return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
+  evil = cifar_archive.write_archive(str(tmp_path / "e.tar.gz"), {
+      "meta": testdata.CIFAR100_META.read_bytes(),
+      "train": pickle.dumps({b"data": Exploit()}, protocol=2), "test": b""})
+  plan = sources.plan_cifar100(evil, md5="")
+  with pytest.raises(sources.SourceError, match="refusing to load .*system.*plain data only"):
+    list(sources.run_read(plan.reads[0]))
+  assert not (tmp_path / "pwned").exists()
+
+
+def test_cifar100_missing_archive_names_it(tmp_path):
+  with pytest.raises(sources.SourceError, match="no such file"):
+    sources.plan_cifar100(str(tmp_path / "absent.tar.gz"))
+
+
+def test_splits_come_from_the_key_hash():
+  keys = [f"train/x/{i}.jpg" for i in range(4000)]
+  a = [sources.assign_split(k, "train", 0.1, 0.2, has_test=False) for k in keys]
+  b = [sources.assign_split(k, "train", 0.1, 0.2, has_test=False) for k in keys]
+  assert a == b  # a rerun splits the same way
+  assert 0.17 < a.count("test") / 4000 < 0.23 and 0.07 < a.count("validation") / 4000 < 0.13
+  assert sources.assign_split("k", "test", 0.5, 0.5, has_test=True) == "test"
+  assert {sources.assign_split(k, "train", 0.1, 0.2, True) for k in keys} == {"train",
+                                                                             "validation"}
+
+
+def test_class_subsets():
+  names = [f"c{i}" for i in range(100)]
+  picked = sources.select_classes(names, num_classes=10, class_seed=3)
+  assert picked == sources.select_classes(names, num_classes=10, class_seed=3)
+  assert picked != sources.select_classes(names, num_classes=10, class_seed=4)
+  assert picked == sorted(picked) and len(set(picked)) == 10
+  assert sources.select_classes(names, classes=["c5", "c2"]) == [5, 2]
+  with pytest.raises(sources.SourceError, match=r"\['nope'\]"):
+    sources.select_classes(names, classes=["c1", "nope"])
+  with pytest.raises(sources.SourceError, match="--num_classes=101"):
+    sources.select_classes(names, num_classes=101)
+
+
+def test_image_dir_with_and_without_split_folders(tmp_path):
+  plan = sources.plan_image_dir(str(testdata.SAMPLE_DIR))
+  assert plan.class_names[:2] == ["airplane", "automobile"] and len(plan.class_names) == 10
+  assert plan.has_test and plan.split_sizes == {"train": 400, "test": 100}
+  flat = tmp_path / "flat"
+  for path, name in testdata.sample_files("train", ["cat", "dog"], 3):
+    os.makedirs(flat / name, exist_ok=True)
+    shutil.copy(path, flat / name / path.name)
+  (flat / "stray.jpg").write_bytes(b"x")
+  (flat / "cat" / ".DS_Store").write_bytes(b"x")
+  plan = sources.plan_image_dir(str(flat))
+  assert plan.class_names == ["cat", "dog"] and not plan.has_test
+  assert len(plan.elements) == 6 and plan.skipped == {"hidden_file": 1}
+  assert [r[1] for r in plan.rejected] == ["not_in_class_folder"]
+
+
+def test_path_list_rows(tmp_path):
+  (tmp_path / "a.jpg").write_bytes(b"")
+  csv_path = tmp_path / "list.csv"
+  csv_path.write_text("path,label,split\n"
+                      "a.jpg,cat,train\n"
+                      "/abs/b.jpg,dog,test\n"
+                      "a.jpg,cat,train\n"          # duplicate path
+                      "c.jpg,,train\n"             # empty label
+                      "d.jpg,cat,holdout\n"        # bad split
+                      "e.jpg,cat,train,extra\n"    # too many columns
+                      "gs://bucket/f.jpg,dog\n")   # too few columns
+  plan = sources.plan_path_list(str(csv_path))
+  assert plan.class_names == ["cat", "dog"]
+  assert [(e["path"], e["label"], e["split"]) for e in plan.elements] == [
+      (f"{tmp_path}/a.jpg", 0, "train"), ("/abs/b.jpg", 1, "test")]
+  assert sorted(r[1] for r in plan.rejected) == ["duplicate_path"] + ["malformed_row"] * 4
+  names = tmp_path / "classes.txt"
+  names.write_text("dog\ncat\n")
+  csv_path.write_text("path,label\nx.jpg,cat\ny.jpg,1\nz.jpg,bird\nw.jpg,7\n")
+  plan = sources.plan_path_list(str(csv_path), class_names_file=str(names))
+  assert [e["label"] for e in plan.elements] == [1, 1]
+  assert [r[1] for r in plan.rejected] == ["unknown_label", "unknown_label"]
+  csv_path.write_text("file,label\nx.jpg,cat\n")
+  with pytest.raises(sources.SourceError, match=r"lacks column\(s\) \['path'\]"):
+    sources.plan_path_list(str(csv_path))
