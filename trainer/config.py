@@ -1,0 +1,108 @@
+"""The frozen record of one training run's settings, its checks, and its flagfile form.
+
+Field names are the command-line flag names (trainer/train.py defines one flag per field),
+so an error can name the flag to change and `flagfile_text` can write a file that
+`--flagfile=` reads back. This module imports no TensorFlow: it is plain data.
+"""
+
+import dataclasses
+
+OPTIMIZERS = ("adam", "sgd", "rmsprop")
+
+
+class ConfigError(ValueError):
+  """A setting is invalid; the message names the flag."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  data_dir: str
+  model_dir: str
+  model: str = "simple"
+  batch_size: int = 128  # global: summed over all replicas and workers
+  optimizer: str = "adam"
+  learning_rate: float = 1e-4
+  epochs: int = 500  # at most; early stopping usually ends the run sooner
+  patience: int = 25  # epochs without a lower validation loss before stopping
+  augment: bool = True
+  strategy: str = "auto"
+  cpu_replicas: int = 1  # logical CPU devices, so MirroredStrategy runs without GPUs
+  mixed_precision: bool = False
+  seed: int = 0
+  cache: str = ""  # "" caches decoded images in memory; else a file path prefix
+  image_size: int = 0  # resize to image_size x image_size pixels; 0 keeps the stored size
+  steps_per_epoch: int = 0  # cap on train steps per epoch; 0 means one pass over train
+
+  def image_shape(self, stored_shape):
+    """The model's input shape given the data's stored (H, W, C), or None if unknown."""
+    if self.image_size:
+      channels = stored_shape[2] if stored_shape else 3
+      return (self.image_size, self.image_size, channels)
+    return tuple(stored_shape) if stored_shape else None
+
+
+def validate(config, *, model_names=None):
+  """Checks settings that need no data; raises ConfigError naming the flag."""
+  c = config
+  if not c.data_dir:
+    raise ConfigError("--data_dir is required (a directory written by pipeline.build_tfrecords)")
+  if not c.model_dir:
+    raise ConfigError("--model_dir is required (where checkpoints and results go)")
+  if model_names is not None and c.model not in model_names:
+    raise ConfigError(f"--model={c.model}: unknown model; choose one of "
+                      f"{', '.join(sorted(model_names))}")
+  if c.optimizer not in OPTIMIZERS:
+    raise ConfigError(f"--optimizer={c.optimizer}: choose one of {', '.join(OPTIMIZERS)}")
+  positive = {"batch_size": c.batch_size, "epochs": c.epochs, "patience": c.patience,
+              "cpu_replicas": c.cpu_replicas}
+  for name, value in positive.items():
+    if value < 1:
+      raise ConfigError(f"--{name}={value}: must be at least 1")
+  if not c.learning_rate >= 0:  # Also rejects NaN.
+    raise ConfigError(f"--learning_rate={c.learning_rate}: must be >= 0")
+  for name in ("image_size", "steps_per_epoch"):
+    if getattr(c, name) < 0:
+      raise ConfigError(f"--{name}={getattr(c, name)}: must be >= 0 (0 = off)")
+
+
+def check_against_data(config, info, num_replicas):
+  """Checks settings against the data directory's DatasetInfo and the replica count."""
+  c = config
+  train = info.split("train").num_examples
+  if c.batch_size > train:
+    raise ConfigError(f"--batch_size={c.batch_size} is larger than the train split "
+                      f"({train} examples in {c.data_dir})")
+  if c.batch_size % num_replicas:
+    raise ConfigError(f"--batch_size={c.batch_size} (global) must be divisible by the "
+                      f"number of replicas, {num_replicas}")
+  for split in ("validation", "test"):
+    if info.split(split).num_examples == 0:
+      raise ConfigError(f"--data_dir={c.data_dir}: the {split} split is empty; early stopping "
+                        "and the final evaluation need it")
+  if c.image_shape(info.image_shape) is None:
+    raise ConfigError(f"--image_size is required: the images in {c.data_dir} differ in size")
+
+
+def flagfile_text(config):
+  """The config as absl flagfile lines: `python -m trainer.train --flagfile=FILE` reruns it."""
+  lines = []
+  for field in dataclasses.fields(config):
+    value = getattr(config, field.name)
+    if isinstance(value, bool):
+      lines.append(f"--{field.name}" if value else f"--no{field.name}")
+    else:
+      lines.append(f"--{field.name}={value}")
+  return "\n".join(lines) + "\n"
+
+
+def differences(old_text, new_text):
+  """Flag lines that changed between two flagfile texts: [(old_line or None, new_line)]."""
+  def by_name(text):
+    out = {}
+    for line in text.splitlines():
+      if line.startswith("--"):
+        name = line[2:].split("=", 1)[0]
+        out[name[2:] if name.startswith("no") and "=" not in line else name] = line
+    return out
+  old, new = by_name(old_text), by_name(new_text)
+  return [(old.get(k), v) for k, v in new.items() if old.get(k) != v]
