@@ -1,0 +1,520 @@
+"""`train_and_evaluate(config, strategy)`: one custom training loop for every tf.distribute strategy.
+
+Why not `model.fit`: Keras 3's fit fails under MultiWorkerMirroredStrategy (see
+/work/shared/FIELD_NOTES.md), and one loop for all strategies means the single-device path
+that tests exercise is the same code that runs on a cluster.
+
+A run writes into `model_dir`:
+  flags.txt          the resolved flags (`--flagfile=<model_dir>/flags.txt` reruns the run)
+  checkpoints/       model, optimizer and loop state after every epoch (resume from here)
+  best/              the weights with the lowest validation loss so far
+  history.csv        epoch, loss, accuracy, val_loss, val_accuracy, time (s)
+  tensorboard/       train/ and validation/ scalars per epoch, test/ at the end
+  model.keras        the best weights, Keras format
+  saved_model/       the best weights, TF SavedModel (serving signature takes raw pixels)
+  results.json       test metrics, best epoch, epochs run, throughput, ...
+
+Restarting the same command resumes from the last checkpoint. In a multi-worker cluster every
+worker runs the same code and calls every save (saving can involve collectives); only the
+chief writes into model_dir, the others into model_dir/.worker<N>/, removed again, so that no
+two processes write one file (tensorflow/tensorflow#38635).
+"""
+
+import csv
+import io
+import json
+import time
+
+from absl import logging
+import keras
+import tensorflow as tf
+from tensorflow.core.framework import summary_pb2
+
+from pipeline import dataset_info
+from trainer import augment as augment_lib
+from trainer import config as config_lib
+from trainer import input_pipeline
+from trainer import models
+from trainer import strategy as strategy_lib
+
+HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "time")
+CHECKPOINTS_TO_KEEP = 2  # the latest, and one more in case the latest is unreadable
+
+_OPTIMIZERS = {
+    "adam": keras.optimizers.Adam,
+    "sgd": keras.optimizers.SGD,
+    "rmsprop": keras.optimizers.RMSprop,
+}
+assert set(_OPTIMIZERS) == set(config_lib.OPTIMIZERS)
+
+
+def join(directory, name):
+  return dataset_info.join(directory, name)  # keeps gs://bucket prefixes intact
+
+
+# --- where files go ----------------------------------------------------------------------
+
+
+class RunDirs:
+  """Paths of one run. `write_*` are where this process writes, `read_*` what it resumes from.
+
+  The chief writes into model_dir; any other worker into model_dir/.worker<N>, which
+  `remove_worker_dir` deletes after each save. Everyone resumes from the chief's files.
+  """
+
+  def __init__(self, model_dir, chief, worker):
+    self.model_dir = model_dir
+    self.chief = chief
+    self.write_root = model_dir if chief else join(model_dir, f".worker{worker}")
+    self.write_checkpoints = join(self.write_root, "checkpoints")
+    self.write_best = join(self.write_root, "best")
+    self.read_checkpoints = join(model_dir, "checkpoints")
+    self.read_best = join(model_dir, "best")
+
+  def file(self, name):
+    """A path in the real model_dir (for files that only the chief writes)."""
+    return join(self.model_dir, name)
+
+  def write_path(self, name):
+    return join(self.write_root, name)
+
+  def remove_worker_dir(self):
+    if not self.chief and tf.io.gfile.exists(self.write_root):
+      tf.io.gfile.rmtree(self.write_root)
+
+
+def _write_text(path, text):
+  # Write then rename, so that a run killed mid-write never leaves a half file behind.
+  tmp = path + ".tmp"
+  with tf.io.gfile.GFile(tmp, "w") as f:
+    f.write(text)
+  tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def _read_text(path):
+  if not tf.io.gfile.exists(path):
+    return None
+  with tf.io.gfile.GFile(path, "r") as f:
+    return f.read()
+
+
+def write_flags(dirs, config):
+  """Writes flags.txt (chief only); logs which flags differ from the previous run's."""
+  if not dirs.chief:
+    return
+  path = dirs.file("flags.txt")
+  new = config_lib.flagfile_text(config)
+  old = _read_text(path)
+  if old is not None and old != new:
+    for before, after in config_lib.differences(old, new):
+      logging.warning("flags.txt: %s was %s in the previous run", after, before)
+  _write_text(path, new)
+
+
+# --- history.csv ---------------------------------------------------------------------------
+
+
+def load_history(dirs, up_to_epoch):
+  """Rows of an earlier run's history.csv, up to the epoch the checkpoint restored.
+
+  Rows after it belong to epochs whose checkpoint was never written (the run was killed
+  in between): they are dropped and those epochs are trained again.
+  """
+  text = _read_text(dirs.file("history.csv")) if dirs.chief else None
+  if not text:
+    return []
+  rows = [r for r in csv.DictReader(io.StringIO(text)) if int(r["epoch"]) <= up_to_epoch]
+  return rows
+
+
+def write_history(dirs, rows):
+  if not dirs.chief:
+    return
+  out = io.StringIO()
+  writer = csv.DictWriter(out, fieldnames=HISTORY_FIELDS, lineterminator="\n")
+  writer.writeheader()
+  writer.writerows(rows)
+  _write_text(dirs.file("history.csv"), out.getvalue())
+
+
+# --- data ----------------------------------------------------------------------------------
+
+
+def distributed_train_data(strategy, info, config):
+  """An endless distributed dataset of per-replica train batches."""
+  augment = augment_lib.AugmentConfig() if config.augment else None
+
+  def dataset_fn(input_context):
+    return input_pipeline.train_dataset(
+        info, batch_size=input_context.get_per_replica_batch_size(config.batch_size),
+        input_context=input_context, seed=config.seed, augment=augment, cache=config.cache,
+        image_size=config.image_size or None)
+
+  return strategy.distribute_datasets_from_function(dataset_fn)
+
+
+def distributed_eval_data(strategy, info, split, config):
+  """(distributed dataset, global steps for one pass over `split`)."""
+  steps = []
+
+  def dataset_fn(input_context):
+    ds, n = input_pipeline.eval_dataset(
+        info, split, batch_size=input_context.get_per_replica_batch_size(config.batch_size),
+        input_context=input_context, image_size=config.image_size or None,
+        cache=config.cache)
+    steps.append(n)
+    return ds
+
+  dataset = strategy.distribute_datasets_from_function(dataset_fn)
+  # Every pipeline must run the same number of steps, or the collectives of the longer
+  # ones would wait forever for the shorter ones.
+  if len(set(steps)) != 1:
+    raise RuntimeError(f"{split} input pipelines disagree on the number of steps: {steps}")
+  return dataset, steps[0]
+
+
+def train_steps_per_epoch(info, config):
+  full = input_pipeline.steps_per_epoch(info, config.batch_size)
+  return min(full, config.steps_per_epoch) if config.steps_per_epoch else full
+
+
+# --- model, optimizer, loop state --------------------------------------------------------
+
+
+def make_optimizer(name, learning_rate, *, loss_scaling):
+  optimizer = _OPTIMIZERS[name](learning_rate=learning_rate)
+  if loss_scaling:
+    # float16 gradients underflow without it; bfloat16 has float32's range and needs none.
+    optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+  return optimizer
+
+
+def _on_gpu(strategy):
+  return any("GPU" in d.upper() for d in strategy.extended.worker_devices)
+
+
+def dtype_policy(mixed_precision, strategy):
+  """float32, or the mixed policy the devices are fast at (float16 on GPU, bfloat16 on CPU)."""
+  if not mixed_precision:
+    return "float32"
+  return "mixed_float16" if _on_gpu(strategy) else "mixed_bfloat16"
+
+
+class LoopState:
+  """Early-stopping state, in tf.Variables so that it is saved in the checkpoint."""
+
+  def __init__(self):
+    self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+    self.best_val_loss = tf.Variable(float("inf"), dtype=tf.float64, trainable=False,
+                                     name="best_val_loss")
+    self.best_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="best_epoch")
+    self.epochs_since_best = tf.Variable(0, dtype=tf.int64, trainable=False,
+                                         name="epochs_since_best")
+
+  def variables(self):
+    return {"epoch": self.epoch, "best_val_loss": self.best_val_loss,
+            "best_epoch": self.best_epoch, "epochs_since_best": self.epochs_since_best}
+
+  def should_stop(self, config):
+    return (int(self.epoch) >= config.epochs
+            or int(self.epochs_since_best) >= config.patience)
+
+  def end_epoch(self, val_loss):
+    """Records a finished epoch; returns True if its validation loss is the best so far."""
+    self.epoch.assign_add(1)
+    if val_loss < float(self.best_val_loss):
+      self.best_val_loss.assign(val_loss)
+      self.best_epoch.assign(self.epoch)
+      self.epochs_since_best.assign(0)
+      return True
+    self.epochs_since_best.assign_add(1)
+    return False
+
+
+# --- steps ---------------------------------------------------------------------------------
+
+
+def _sums(per_example_loss, labels, probs, weights):
+  """Per-replica sums (not means): summed over replicas and steps they give exact means."""
+  correct = tf.cast(tf.equal(tf.argmax(probs, axis=-1, output_type=tf.int32), labels),
+                    tf.float32)
+  return {"loss": tf.reduce_sum(per_example_loss * weights),
+          "correct": tf.reduce_sum(correct * weights),
+          "count": tf.reduce_sum(weights)}
+
+
+def _reduce(strategy, per_replica):
+  return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+          for k, v in per_replica.items()}
+
+
+def make_train_step(model, optimizer, strategy, global_batch_size):
+  """Returns train_step(iterator) -> summed {loss, correct, count} of one global batch."""
+
+  def step_fn(images, labels):
+    images = tf.cast(images, tf.float32)  # uint8 pixels in; the model rescales
+    with tf.GradientTape() as tape:
+      probs = model(images, training=True)
+      per_example = keras.losses.sparse_categorical_crossentropy(labels, probs)
+      # Divide by the GLOBAL batch: the replicas' gradients are summed, so the sum of
+      # their losses is the mean over the global batch.
+      loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)
+      if model.losses:
+        loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+      scaled_loss = optimizer.scale_loss(loss)
+    grads = tape.gradient(scaled_loss, model.trainable_variables)
+    optimizer.apply(grads, model.trainable_variables)
+    return _sums(per_example, labels, probs, tf.ones_like(per_example))
+
+  @tf.function
+  def train_step(iterator):
+    return _reduce(strategy, strategy.run(step_fn, args=next(iterator)))
+
+  return train_step
+
+
+def make_eval_step(model, strategy):
+  """Returns eval_step(iterator) -> summed weighted {loss, correct, count} of one batch."""
+
+  def step_fn(images, labels, weights):
+    probs = model(tf.cast(images, tf.float32), training=False)
+    per_example = keras.losses.sparse_categorical_crossentropy(labels, probs)
+    return _sums(per_example, labels, probs, weights)  # padding has weight 0
+
+  @tf.function
+  def eval_step(iterator):
+    return _reduce(strategy, strategy.run(step_fn, args=next(iterator)))
+
+  return eval_step
+
+
+def run_steps(step, iterator, steps):
+  """Runs `steps` steps; returns {"loss": mean loss, "accuracy": ..., "examples": count}."""
+  totals = None
+  for _ in range(steps):
+    sums = step(iterator)
+    totals = sums if totals is None else {k: totals[k] + v for k, v in sums.items()}
+  count = float(totals["count"])
+  return {"loss": float(totals["loss"]) / count, "accuracy": float(totals["correct"]) / count,
+          "examples": count}
+
+
+def evaluate(eval_step, dataset, steps):
+  return run_steps(eval_step, iter(dataset), steps)
+
+
+def barrier(strategy):
+  """Returns once every worker has called it (an all-reduce waits for all of them)."""
+  strategy.reduce(tf.distribute.ReduceOp.SUM,
+                  strategy.run(tf.function(lambda: tf.constant(1.0))), axis=None)
+
+
+# --- checkpoints ---------------------------------------------------------------------------
+
+
+class Checkpoints:
+  """The resumable checkpoint (every epoch) and the best-weights checkpoint.
+
+  Both are saved by every worker (saving may run collectives), each into its own
+  directory; both are read from the chief's.
+  """
+
+  def __init__(self, dirs, model, optimizer, state):
+    self.dirs = dirs
+    self.full = tf.train.Checkpoint(model=model, optimizer=optimizer, **state.variables())
+    self.weights = tf.train.Checkpoint(model=model)
+    self.full_manager = tf.train.CheckpointManager(
+        self.full, dirs.write_checkpoints, max_to_keep=CHECKPOINTS_TO_KEEP)
+    # Two kept: if a run dies between saving a new best and saving the epoch's checkpoint,
+    # the restored state still points at the previous best, which is still there.
+    self.best_manager = tf.train.CheckpointManager(self.weights, dirs.write_best, max_to_keep=2)
+
+  def restore_latest(self):
+    """Restores the latest checkpoint if there is one; returns its path or None."""
+    path = tf.train.latest_checkpoint(self.dirs.read_checkpoints)
+    if path:
+      try:
+        self.full.restore(path).assert_existing_objects_matched()
+      except (AssertionError, ValueError, tf.errors.OpError) as e:
+        raise config_lib.ConfigError(
+            f"--model_dir={self.dirs.model_dir} holds a checkpoint ({path}) that does not "
+            f"fit this model/optimizer; use a new --model_dir. ({e})") from None
+    return path
+
+  def save(self, epoch):
+    tf.io.gfile.makedirs(self.dirs.write_checkpoints)
+    self.full_manager.save(checkpoint_number=epoch)
+    self.dirs.remove_worker_dir()
+
+  def save_best(self, epoch):
+    tf.io.gfile.makedirs(self.dirs.write_best)
+    self.best_manager.save(checkpoint_number=epoch)
+    self.dirs.remove_worker_dir()
+
+  def restore_best(self, epoch):
+    path = join(self.dirs.read_best, f"ckpt-{epoch}")
+    if not tf.io.gfile.exists(path + ".index"):
+      raise RuntimeError(f"the best weights (epoch {epoch}) are missing: {path}.index")
+    self.weights.restore(path).assert_existing_objects_matched()
+
+
+# --- TensorBoard and console -------------------------------------------------------------
+
+
+def make_summary_writers(dirs):
+  names = ("train", "validation", "test")
+  if not dirs.chief:
+    return {n: tf.summary.create_noop_writer() for n in names}
+  return {n: tf.summary.create_file_writer(dirs.file(f"tensorboard/{n}")) for n in names}
+
+
+# tf.summary.scalar needs the tensorboard package, which tensorflow-cpu does not bring; a
+# float32 scalar tensor tagged for the "scalars" plugin is what it writes, and what
+# TensorBoard reads.
+_SCALAR_METADATA = summary_pb2.SummaryMetadata(
+    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
+
+
+def write_summaries(writer, step, scalars):
+  with writer.as_default(step=step):
+    for name, value in scalars.items():
+      tf.summary.write(name, tf.constant(value, tf.float32), metadata=_SCALAR_METADATA)
+  writer.flush()
+
+
+def log_epoch(row, config, state, examples_per_s):
+  logging.info(
+      "epoch %d/%d: loss %.4f accuracy %.4f | val_loss %.4f val_accuracy %.4f | %.1f s, "
+      "%.0f examples/s | best epoch %d, %d/%d epochs without improvement",
+      row["epoch"], config.epochs, row["loss"], row["accuracy"], row["val_loss"],
+      row["val_accuracy"], row["time"], examples_per_s, int(state.best_epoch),
+      int(state.epochs_since_best), config.patience)
+
+
+# --- export --------------------------------------------------------------------------------
+
+
+def export(model, dirs):
+  """model.keras and saved_model/ of the (best) weights. Every worker exports (reading
+  distributed variables may need all of them); non-chiefs into their own directory."""
+  tf.io.gfile.makedirs(dirs.write_root)
+  model.save(dirs.write_path("model.keras"))
+  model.export(dirs.write_path("saved_model"), verbose=False)
+  dirs.remove_worker_dir()
+
+
+# --- the run -------------------------------------------------------------------------------
+
+
+def _build(config, info, strategy):
+  """Model, optimizer and loop state, with their variables created under the strategy."""
+  keras.utils.set_random_seed(config.seed)  # same initial weights for the same seed
+  policy = dtype_policy(config.mixed_precision, strategy)
+  with strategy.scope():
+    model = models.build(config.model, info.num_classes,
+                         config.image_shape(info.image_shape), dtype_policy=policy)
+    optimizer = make_optimizer(config.optimizer, config.learning_rate,
+                               loss_scaling=policy == "mixed_float16")
+    # Create the optimizer's slots now, so that a restore fills them instead of deferring.
+    optimizer.build(model.trainable_variables)
+    state = LoopState()
+  return model, optimizer, state
+
+
+def train_and_evaluate(config, strategy):
+  """Trains `config.model` on `config.data_dir` until early stopping or `config.epochs`,
+  then evaluates the best weights on the test split and exports them. Returns results."""
+  started = time.time()
+  config_lib.validate(config, model_names=models.MODELS)
+  info = dataset_info.load(config.data_dir)
+  config_lib.check_against_data(config, info, strategy.num_replicas_in_sync)
+  dirs = RunDirs(config.model_dir, strategy_lib.is_chief(strategy),
+                 strategy_lib.worker_index(strategy))
+  tf.io.gfile.makedirs(config.model_dir)
+  write_flags(dirs, config)
+
+  model, optimizer, state = _build(config, info, strategy)
+  checkpoints = Checkpoints(dirs, model, optimizer, state)
+  resumed_from = checkpoints.restore_latest()
+  first_epoch = int(state.epoch)
+  history = load_history(dirs, first_epoch)
+  if resumed_from:
+    logging.info("resuming from %s: %d epochs done, best epoch %d (val_loss %.4f)",
+                 resumed_from, first_epoch, int(state.best_epoch), float(state.best_val_loss))
+
+  steps = train_steps_per_epoch(info, config)
+  train_iterator = iter(distributed_train_data(strategy, info, config))
+  val_data, val_steps = distributed_eval_data(strategy, info, "validation", config)
+  train_step = make_train_step(model, optimizer, strategy, config.batch_size)
+  eval_step = make_eval_step(model, strategy)
+  writers = make_summary_writers(dirs)
+  logging.info("training %s (%d parameters) on %d replica(s) with %s: %d steps of %d "
+               "examples per epoch, %d validation steps", config.model, model.count_params(),
+               strategy.num_replicas_in_sync, type(strategy).__name__, steps,
+               config.batch_size, val_steps)
+
+  epoch_speeds = []  # examples/s of each epoch trained by this process
+  while not state.should_stop(config):
+    epoch_start = time.time()
+    train = run_steps(train_step, train_iterator, steps)
+    train_seconds = time.time() - epoch_start
+    epoch_speeds.append(train["examples"] / train_seconds)
+    # The validation loss is reduced over all workers, so every worker takes the same
+    # early-stopping decision below.
+    val = evaluate(eval_step, val_data, val_steps)
+    if state.end_epoch(val["loss"]):
+      checkpoints.save_best(int(state.epoch))
+    row = {"epoch": int(state.epoch), "loss": train["loss"], "accuracy": train["accuracy"],
+           "val_loss": val["loss"], "val_accuracy": val["accuracy"],
+           "time": round(time.time() - epoch_start, 3)}
+    history.append(row)
+    # history.csv before the checkpoint: a restart drops rows past the restored epoch, so
+    # the file always ends at the checkpoint's epoch.
+    write_history(dirs, history)
+    checkpoints.save(int(state.epoch))
+    write_summaries(writers["train"], row["epoch"],
+                    {"loss": row["loss"], "accuracy": row["accuracy"],
+                     "examples_per_s": epoch_speeds[-1]})
+    write_summaries(writers["validation"], row["epoch"],
+                    {"loss": row["val_loss"], "accuracy": row["val_accuracy"]})
+    log_epoch(row, config, state, epoch_speeds[-1])
+
+  barrier(strategy)  # the chief's last best/ save is complete before anyone reads it
+  checkpoints.restore_best(int(state.best_epoch))
+  test_data, test_steps = distributed_eval_data(strategy, info, "test", config)
+  test = evaluate(eval_step, test_data, test_steps)
+  write_summaries(writers["test"], int(state.best_epoch),
+                  {"loss": test["loss"], "accuracy": test["accuracy"]})
+  export(model, dirs)
+  results = _results(config, strategy, info, state, test, epoch_speeds, first_epoch, started)
+  if dirs.chief:
+    _write_text(dirs.file("results.json"), json.dumps(results, indent=2) + "\n")
+  logging.info("test_loss %.4f test_accuracy %.4f (best epoch %d of %d)%s",
+               test["loss"], test["accuracy"], results["best_epoch"], results["epochs_run"],
+               ", stopped early" if results["stopped_early"] else "")
+  dirs.remove_worker_dir()
+  return results
+
+
+def _results(config, strategy, info, state, test, epoch_speeds, first_epoch, started):
+  # The first epoch of a process includes tracing the steps: leave it out of the speed
+  # when there is anything else to average.
+  speeds = epoch_speeds[1:] or epoch_speeds
+  return {
+      "test_loss": test["loss"],
+      "test_accuracy": test["accuracy"],
+      "test_examples": int(test["examples"]),
+      "best_epoch": int(state.best_epoch),
+      "best_val_loss": float(state.best_val_loss),
+      "epochs_run": int(state.epoch),
+      "resumed_from_epoch": first_epoch,
+      "stopped_early": int(state.epochs_since_best) >= config.patience,
+      "examples_per_s": sum(speeds) / len(speeds) if speeds else None,
+      "wall_time_s": round(time.time() - started, 3),
+      "num_replicas": strategy.num_replicas_in_sync,
+      "strategy": type(strategy).__name__,
+      "model": config.model,
+      "global_batch_size": config.batch_size,
+      "dtype_policy": dtype_policy(config.mixed_precision, strategy),
+      "class_names": list(info.class_names),
+  }
