@@ -1,0 +1,194 @@
+"""trainer/input_pipeline.py on real TFRecords (the shipped CIFAR-10 JPEGs)."""
+
+import collections
+import dataclasses
+import glob
+import itertools
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipeline import features
+from tests import testdata
+from trainer import augment
+from trainer import input_pipeline
+
+# 3 classes x 10 sample images: train 24 / validation 6 (every 5th) / test 30, 2 shards each.
+NUM_TRAIN, NUM_TEST = 24, 30
+
+
+@pytest.fixture(scope="module")
+def info(tmp_path_factory):
+  return testdata.write_data_dir(tmp_path_factory.mktemp("data"), per_class=10, num_shards=2)
+
+
+def _records(files):
+  """[(image bytes, label)] decoded straight from the shards, in file order."""
+  out = []
+  for f in files:
+    for record in tf.data.TFRecordDataset(f):
+      example = features.parse_single(record)
+      image = tf.io.decode_image(example[features.IMAGE], channels=3, expand_animations=False)
+      out.append((image.numpy().tobytes(), int(example[features.LABEL])))
+  return out
+
+
+def _examples(images, labels):
+  return [(i.tobytes(), int(l)) for i, l in zip(images, labels)]
+
+
+def _first_batch(ds):
+  images, labels = next(iter(ds))
+  return images.numpy(), labels.numpy()
+
+
+def test_train_yields_uint8_images_and_int32_labels_of_one_epoch(info):
+  # One batch of the whole split is exactly the first epoch (shuffle comes before repeat).
+  ds = input_pipeline.train_dataset(info, batch_size=NUM_TRAIN)
+  assert ds.element_spec == (tf.TensorSpec([NUM_TRAIN, 32, 32, 3], tf.uint8),
+                             tf.TensorSpec([NUM_TRAIN], tf.int32))
+  images, labels = _first_batch(ds)
+  assert set(labels) <= set(range(info.num_classes))
+  records = _records(info.split("train").shards)
+  assert collections.Counter(_examples(images, labels)) == collections.Counter(records)
+
+
+def test_train_is_endless_reshuffled_and_full_batches(info):
+  ds = input_pipeline.train_dataset(info, batch_size=5, seed=1)
+  batches = list(ds.take(12).as_numpy_iterator())  # 60 examples: 2.5 epochs
+  assert all(images.shape[0] == 5 for images, _ in batches)
+  order = [l for _, labels in batches for l in labels]
+  assert order[:NUM_TRAIN] != order[NUM_TRAIN:2 * NUM_TRAIN]
+
+
+def test_augmentation_changes_train_images_not_labels(info):
+  plain = _records(info.split("train").shards)
+  ds = input_pipeline.train_dataset(info, batch_size=NUM_TRAIN, seed=3,
+                                    augment=augment.AugmentConfig())
+  assert ds.element_spec[0].dtype == tf.uint8
+  images, labels = _first_batch(ds)
+  assert collections.Counter(labels.tolist()) == collections.Counter(l for _, l in plain)
+  unchanged = set(_examples(images, labels)) & set(plain)
+  assert len(unchanged) <= 2  # a draw near identity could leave an image as it was
+  # AugmentConfig.none() is the same as no augmentation.
+  ds = input_pipeline.train_dataset(info, batch_size=NUM_TRAIN,
+                                    augment=augment.AugmentConfig.none())
+  assert collections.Counter(_examples(*_first_batch(ds))) == collections.Counter(plain)
+
+
+def _eval_pass(info, split, batch_size, context=None):
+  ds, steps = input_pipeline.eval_dataset(info, split, batch_size=batch_size,
+                                          input_context=context)
+  batches = list(ds.as_numpy_iterator())
+  images = np.concatenate([b[0] for b in batches])
+  labels = np.concatenate([b[1] for b in batches])
+  weights = np.concatenate([b[2] for b in batches])
+  assert all(b[0].shape[0] == batch_size for b in batches)
+  return len(batches), steps, images, labels, weights
+
+
+def test_eval_is_every_record_once_byte_identical_in_order_plus_weight_zero_padding(info):
+  num_batches, steps, images, labels, weights = _eval_pass(info, "test", 8)
+  assert (steps, num_batches) == (4, 4)  # 30 examples in batches of 8
+  assert labels.dtype == np.int32 and weights.dtype == np.float32
+  np.testing.assert_array_equal(weights, [1.0] * NUM_TEST + [0.0] * 2)
+  # Round robin over the 2 shards restores the order the writer dealt records in.
+  first, second = (_records([f]) for f in info.split("test").shards)
+  in_order = [r for pair in itertools.zip_longest(first, second) for r in pair if r]
+  assert _examples(images[:NUM_TEST], labels[:NUM_TEST]) == in_order
+  ds, _ = input_pipeline.eval_dataset(info, "test", batch_size=8)
+  again = np.concatenate([b[0] for b in ds.as_numpy_iterator()])
+  np.testing.assert_array_equal(again, images)  # deterministic
+
+
+@pytest.mark.parametrize("pipelines,replicas", [(2, 2), (1, 2), (2, 4)])
+def test_eval_shards_by_element_and_every_pipeline_takes_the_same_steps(
+    info, pipelines, replicas):
+  batch_size = 4
+  seen, counts = [], set()
+  for i in range(pipelines):
+    context = tf.distribute.InputContext(num_input_pipelines=pipelines, input_pipeline_id=i,
+                                         num_replicas_in_sync=replicas)
+    num_batches, steps, images, labels, weights = _eval_pass(info, "test", batch_size,
+                                                             context)
+    assert num_batches == steps * (replicas // pipelines)
+    assert steps * replicas * batch_size >= NUM_TEST
+    counts.add(num_batches)
+    assert set(weights) <= {0.0, 1.0}
+    real = weights == 1.0
+    assert real[:real.sum()].all()  # real examples first, then padding
+    seen += _examples(images[real], labels[real])
+  assert len(counts) == 1
+  records = _records(info.split("test").shards)
+  assert collections.Counter(seen) == collections.Counter(records)  # each exactly once
+
+
+def test_eval_fails_loudly_when_shards_hold_more_records_than_counted(info):
+  splits = dict(info.splits)
+  splits["test"] = dataclasses.replace(splits["test"], num_examples=NUM_TEST - 3)
+  short = dataclasses.replace(info, splits=splits)
+  ds, _ = input_pipeline.eval_dataset(short, "test", batch_size=8)
+  with pytest.raises(tf.errors.InvalidArgumentError, match="more records"):
+    list(ds)
+
+
+def test_train_shards_by_file_into_disjoint_shares(info):
+  shares = []
+  for i in range(2):
+    context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=i,
+                                         num_replicas_in_sync=2)
+    # Each share is one of the 2 files, NUM_TRAIN / 2 records: one batch is one epoch.
+    ds = input_pipeline.train_dataset(info, batch_size=NUM_TRAIN // 2, input_context=context)
+    shares.append(collections.Counter(_examples(*_first_batch(ds))))
+    assert shares[-1] == collections.Counter(_records(info.split("train").shards[i::2]))
+  assert not set(shares[0]) & set(shares[1])
+  assert shares[0] + shares[1] == collections.Counter(_records(info.split("train").shards))
+
+
+def test_fewer_shards_than_input_pipelines_is_a_clear_error(info):
+  context = tf.distribute.InputContext(num_input_pipelines=3, input_pipeline_id=0,
+                                       num_replicas_in_sync=3)
+  with pytest.raises(ValueError, match=r"2 shard files but there are 3 input pipelines"):
+    input_pipeline.train_dataset(info, batch_size=4, input_context=context)
+
+
+def test_file_cache_is_written_and_read_back(info, tmp_path):
+  prefix = str(tmp_path / "cache")
+  ds = input_pipeline.train_dataset(info, batch_size=NUM_TRAIN, cache=prefix)
+  first, second = [collections.Counter(_examples(i, l))
+                   for i, l in ds.take(2).as_numpy_iterator()]
+  assert first == second  # the second epoch comes from the finished cache
+  assert glob.glob(prefix + "-train-32x32-0of1*.index")
+  ds, _ = input_pipeline.eval_dataset(info, "validation", batch_size=4, cache=prefix)
+  assert len(list(ds)) == 2
+  assert glob.glob(prefix + "-validation-32x32-0of1*.index")
+
+
+def test_image_size_resizes_and_is_required_when_sizes_differ(info):
+  mixed = dataclasses.replace(info, image_shape=None)
+  with pytest.raises(ValueError, match="--image_size"):
+    input_pipeline.train_dataset(mixed, batch_size=4)
+  with pytest.raises(ValueError, match="--image_size"):
+    input_pipeline.eval_dataset(mixed, "test", batch_size=4)
+  ds = input_pipeline.train_dataset(mixed, batch_size=4, image_size=20,
+                                    augment=augment.AugmentConfig())
+  images, _ = _first_batch(ds)
+  assert images.shape == (4, 20, 20, 3) and images.dtype == np.uint8
+  ds, _ = input_pipeline.eval_dataset(info, "test", batch_size=4, image_size=(24, 16))
+  assert ds.element_spec[0].shape == (4, 24, 16, 3)
+  # At the data's own size nothing is resampled.
+  _, _, images, labels, weights = _eval_pass(info, "test", 8)
+  ds, _ = input_pipeline.eval_dataset(mixed, "test", batch_size=8, image_size=32)
+  np.testing.assert_array_equal(np.concatenate([b[0] for b in ds.as_numpy_iterator()]),
+                                images)
+
+
+def test_steps_per_epoch(info):
+  assert input_pipeline.steps_per_epoch(info, 8) == 3
+  assert input_pipeline.steps_per_epoch(info, 10) == 2
+  assert input_pipeline.steps_per_epoch(info, 1000) == 1
+  splits = dict(info.splits)
+  splits["train"] = dataclasses.replace(splits["train"], num_examples=0)
+  with pytest.raises(ValueError, match="empty"):
+    input_pipeline.steps_per_epoch(dataclasses.replace(info, splits=splits), 8)
