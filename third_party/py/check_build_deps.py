@@ -25,8 +25,10 @@ def load_build(pkg):
   targets = {}
 
   def rule(kind):
-    def record(name, srcs=(), deps=(), **_):
+    def record(name, srcs=(), deps=(), module=None, **_):
       srcs = [s if s.startswith("//") else f"{pkg}/{s}" for s in srcs]
+      if module:  # py_module_binary runs `module`: it imports it.
+        srcs.append("//" + module.replace(".", "/") + ".py")
       deps = [_absolute(pkg, d) for d in list(deps) + MACRO_DEPS.get(kind, [])]
       targets[name] = (kind, [s for s in srcs if s.endswith(".py")], deps)
     return record
@@ -98,6 +100,8 @@ def main():
     needed = set()
     for src in srcs:
       if src.startswith("//"):
+        if src[2:] in owner:
+          needed.add(owner[src[2:]])
         continue
       for module in repo_imports(src):
         if module in srcs:
