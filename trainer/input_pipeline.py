@@ -172,9 +172,15 @@ def train_dataset(info, *, batch_size, input_context=None, seed=0, augment=None,
 
 
 def eval_steps(num_examples, *, batch_size, num_pipelines=1, replicas_per_pipeline=1):
-  """Global steps so that each pipeline's share fits in steps * replicas batches."""
-  per_pipeline = math.ceil(num_examples / num_pipelines)
-  return max(1, math.ceil(per_pipeline / (replicas_per_pipeline * batch_size)))
+  """Global steps so that each pipeline's share plus one padding example fits in
+  steps * replicas batches.
+
+  Why the one padding example: the cache only keeps what it wrote once its input has run to
+  the end, and `take` stops without asking for more when the real examples fill the last
+  batch exactly; a pad always comes after them, so every pass reads the split to its end.
+  """
+  per_pipeline = math.ceil(num_examples / num_pipelines) + 1
+  return math.ceil(per_pipeline / (replicas_per_pipeline * batch_size))
 
 
 def eval_dataset(info, split, *, batch_size, input_context=None, image_size=None, cache=""):
