@@ -1,0 +1,25 @@
+"""tools/bench_input.py end to end at tiny scale on the shipped CIFAR-10 JPEGs."""
+
+import json
+
+from tests import testdata
+from tools import bench_input
+
+
+def test_json_output_has_every_method_with_positive_rates(capsys):
+  bench_input.main(["--image_dir", str(testdata.SAMPLE_DIR / "train"), "--num_images", "40",
+                    "--batches", "2", "--repeats", "2", "--json"])
+  result = json.loads(capsys.readouterr().out)
+  rates = result["images_per_s"]
+  assert sorted(rates) == sorted(bench_input.METHODS)
+  assert all(isinstance(v, float) and v > 0 for v in rates.values())
+  assert all(len(result["runs"][name]) == 2 for name in bench_input.METHODS)
+  assert result["settings"]["image_shape"] == [32, 32, 3]
+  assert result["ratios"]["project_host_vs_image_data_generator"] == (
+      rates["project_host"] / rates["image_data_generator"])
+
+
+def test_images_are_taken_round_robin_over_classes():
+  files, class_names = bench_input.list_images(testdata.SAMPLE_DIR / "train", 20)
+  assert len(class_names) == 10
+  assert [label for _, label in files] == list(range(10)) * 2

@@ -1,0 +1,237 @@
+"""Images/s of four ways to feed augmented CIFAR batches, side by side on the same images.
+
+    python -m tools.bench_input                      # a table
+    python -m tools.bench_input --json               # {"images_per_s": {...}, ...}
+
+  image_data_generator  the report's input path: Keras' ImageDataGenerator (flip, rotation 15,
+                        zoom 0.1, shifts 0.1) over decoded images in memory, one image at a
+                        time in Python/scipy.
+  tfdata_keras_layers   tf.data from the same decoded images in memory, the same augmentation
+                        as Keras preprocessing layers (RandomFlip, RandomRotation, RandomZoom,
+                        RandomTranslation) applied to whole batches.
+  project_host          this project's trainer.input_pipeline.train_dataset from TFRecords,
+                        augmenting on the host (one projective transform per batch).
+  project_device        the same pipeline without augmentation (the host only decodes, from
+                        the cache), and trainer.augment.augment_batch in a tf.function step,
+                        as the train step would run it on the accelerator (here: the CPU).
+
+All four are timed in steady state: after a warm-up that fills the caches (the TFRecords are
+decoded once, in the first epoch, as in training) and traces the functions. Each repeat times
+`--batches` batches of every method in turn, so that changes in machine load hit all of them;
+the table gives min / median / max over `--repeats`.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import sys
+import tempfile
+import time
+
+BATCH_SIZE = 128  # the report's batch size
+DEFAULT_IMAGE_DIR = "/tmp/cifar10/train"  # <class>/*.jpg, e.g. the extracted CIFAR-10 JPEGs
+METHODS = ("image_data_generator", "tfdata_keras_layers", "project_host", "project_device")
+
+
+def list_images(image_dir, num_images):
+  """[(path, label)]: `num_images` files taken round-robin over the class folders (sorted),
+  so that a small sample still has every class."""
+  classes = sorted(p for p in pathlib.Path(image_dir).iterdir() if p.is_dir())
+  if not classes:
+    raise SystemExit(f"--image_dir={image_dir}: no class folders (<class>/*.jpg) found")
+  per_class = [sorted(c.glob("*.jpg")) + sorted(c.glob("*.png")) for c in classes]
+  out = []
+  for i in range(max(len(files) for files in per_class)):
+    for label, files in enumerate(per_class):
+      if i < len(files):
+        out.append((files[i], label))
+  if len(out) < num_images:
+    raise SystemExit(f"--image_dir={image_dir} holds {len(out)} images; --num_images asks "
+                     f"for {num_images}")
+  return out[:num_images], [c.name for c in classes]
+
+
+def write_tfrecords(files, class_names, out_dir, image_shape, num_shards=4):
+  """A data directory (shards + dataset_info.json) as the Beam job writes it: the original
+  file bytes, one schema (pipeline.features). Returns its DatasetInfo."""
+  import tensorflow as tf
+  from pipeline import dataset_info
+  from pipeline import features
+  shards = [features.shard_name("train", i, num_shards) for i in range(num_shards)]
+  for i, shard in enumerate(shards):
+    with tf.io.TFRecordWriter(os.path.join(out_dir, shard)) as writer:
+      for j, (path, label) in enumerate(files[i::num_shards]):
+        image_format = "png" if path.suffix == ".png" else "jpeg"
+        writer.write(features.encode_example(
+            key=f"{i}/{j}/{path.name}", image=path.read_bytes(), image_format=image_format,
+            height=image_shape[0], width=image_shape[1], label=label))
+  info = {
+      "format_version": dataset_info.FORMAT_VERSION,
+      "source": "tools.bench_input",
+      "class_names": class_names,
+      "image_shape": list(image_shape),
+      "splits": {"train": {"num_examples": len(files), "shards": shards}},
+  }
+  with open(os.path.join(out_dir, features.INFO_FILE), "w") as f:
+    json.dump(info, f)
+  return dataset_info.load(out_dir)
+
+
+def decode_all(files):
+  """(uint8 [N, H, W, 3], int32 [N]) decoded with TensorFlow's decoder (as the pipeline)."""
+  import numpy as np
+  import tensorflow as tf
+  images = [tf.io.decode_image(p.read_bytes(), channels=3, expand_animations=False).numpy()
+            for p, _ in files]
+  shapes = {i.shape for i in images}
+  if len(shapes) != 1:
+    raise SystemExit(f"the images differ in size ({sorted(shapes)[:3]}...); this benchmark "
+                     "compares methods on same-size images")
+  return np.stack(images), np.array([label for _, label in files], np.int32)
+
+
+# --- the four methods: each returns an endless iterator of batches -------------------------
+
+
+def image_data_generator_batches(images, labels, seed):
+  from keras.src.legacy.preprocessing.image import ImageDataGenerator
+  generator = ImageDataGenerator(horizontal_flip=True, rotation_range=15, zoom_range=0.1,
+                                 width_shift_range=0.1, height_shift_range=0.1)
+  # float32, as the report fed it (ImageDataGenerator converts to floatx anyway).
+  return generator.flow(images.astype("float32"), labels, batch_size=BATCH_SIZE,
+                        shuffle=True, seed=seed)
+
+
+def keras_layers_dataset(images, labels, seed):
+  import keras
+  import tensorflow as tf
+  layers = keras.Sequential([
+      keras.layers.RandomFlip("horizontal", seed=seed),
+      keras.layers.RandomRotation(15 / 360, fill_mode="nearest", seed=seed),  # turns
+      keras.layers.RandomZoom(0.1, 0.1, fill_mode="nearest", seed=seed),
+      keras.layers.RandomTranslation(0.1, 0.1, fill_mode="nearest", seed=seed),
+  ])
+  ds = tf.data.Dataset.from_tensor_slices((images, labels)).cache()
+  ds = ds.shuffle(len(images), seed=seed).repeat().batch(BATCH_SIZE, drop_remainder=True)
+  ds = ds.map(lambda x, y: (layers(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+  return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def project_host_dataset(info, seed):
+  from trainer import augment
+  from trainer import input_pipeline
+  return input_pipeline.train_dataset(info, batch_size=BATCH_SIZE, seed=seed,
+                                      augment=augment.AugmentConfig())
+
+
+def project_device_batches(info, seed):
+  """Undecorated host batches, augmented by a tf.function step (what the train step runs)."""
+  import tensorflow as tf
+  from trainer import augment
+  from trainer import input_pipeline
+  cfg = augment.AugmentConfig()
+  base_seed = tf.constant([seed, 0], tf.int64)
+
+  @tf.function
+  def step(images, step_number):
+    seed = tf.random.experimental.stateless_fold_in(base_seed, step_number)
+    out = augment.augment_batch(images, cfg, seed=seed)
+    # A scalar out, so that the timing waits for the augmentation to finish.
+    return out[0, 0, 0, 0]
+
+  ds = input_pipeline.train_dataset(info, batch_size=BATCH_SIZE, seed=seed, augment=None)
+  for i, (images, labels) in enumerate(ds):
+    step(images, tf.constant(i, tf.int64)).numpy()
+    yield images, labels
+
+
+def _time_batches(iterator, num_batches):
+  """Images/s over `num_batches` batches (counted, as ImageDataGenerator's last batch of
+  an epoch is short)."""
+  count = 0
+  start = time.perf_counter()
+  for _ in range(num_batches):
+    images, _ = next(iterator)
+    count += len(images)
+  return count / (time.perf_counter() - start)
+
+
+def run(image_dir=DEFAULT_IMAGE_DIR, num_images=10_000, batches=200, repeats=3, seed=0,
+        log=None):
+  """Returns {"images_per_s": {method: median}, "runs": {method: [per repeat]}, ...}."""
+  files, class_names = list_images(image_dir, num_images)
+  images, labels = decode_all(files)
+  with tempfile.TemporaryDirectory(prefix="bench_input_") as data_dir:
+    info = write_tfrecords(files, class_names, data_dir, images.shape[1:])
+    iterators = {
+        "image_data_generator": iter(image_data_generator_batches(images, labels, seed)),
+        "tfdata_keras_layers": iter(keras_layers_dataset(images, labels, seed)),
+        "project_host": iter(project_host_dataset(info, seed)),
+        "project_device": project_device_batches(info, seed),
+    }
+    # Warm-up: one epoch (fills the caches: the TFRecords are decoded here) and a few more
+    # batches (traces functions, lets AUTOTUNE settle).
+    warmup = -(-num_images // BATCH_SIZE) + 5
+    for name, iterator in iterators.items():
+      for _ in range(warmup):
+        next(iterator)
+    runs = {name: [] for name in METHODS}
+    for r in range(repeats):
+      for name in METHODS:
+        runs[name].append(_time_batches(iterators[name], batches))
+      if log:
+        log(f"repeat {r + 1}/{repeats}: "
+            + ", ".join(f"{n} {runs[n][-1]:,.0f}" for n in METHODS))
+  median = {name: statistics.median(values) for name, values in runs.items()}
+  ratios = {f"{name}_vs_{base}": median[name] / median[base]
+            for name in ("project_host", "project_device")
+            for base in ("image_data_generator", "tfdata_keras_layers")}
+  return {
+      "images_per_s": median,
+      "runs": runs,
+      "ratios": ratios,
+      "settings": {"image_dir": str(image_dir), "num_images": num_images,
+                   "image_shape": list(images.shape[1:]), "batch_size": BATCH_SIZE,
+                   "batches": batches, "repeats": repeats, "cpus": os.cpu_count(),
+                   "load_average": list(os.getloadavg())},
+  }
+
+
+def format_table(result):
+  lines = [f"{'method':<22} {'min':>9} {'median':>9} {'max':>9}   images/s "
+           f"(batch {BATCH_SIZE}, {result['settings']['batches']} batches x "
+           f"{result['settings']['repeats']} repeats)"]
+  for name in METHODS:
+    values = result["runs"][name]
+    lines.append(f"{name:<22} {min(values):>9,.0f} {statistics.median(values):>9,.0f} "
+                 f"{max(values):>9,.0f}")
+  lines.append("")
+  for key, value in result["ratios"].items():
+    lines.append(f"{key:<46} {value:6.2f}x")
+  lines.append(f"load average at the end (1, 5, 15 min): "
+               f"{', '.join(f'{v:.2f}' for v in os.getloadavg())}")
+  return "\n".join(lines)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--image_dir", default=DEFAULT_IMAGE_DIR,
+                      help="class-per-folder images (<class>/*.jpg)")
+  parser.add_argument("--num_images", type=int, default=10_000,
+                      help="images read into memory and into TFRecords")
+  parser.add_argument("--batches", type=int, default=200,
+                      help="batches of 128 timed per method per repeat")
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--json", action="store_true", help="print one JSON object")
+  args = parser.parse_args(argv)
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  log = None if args.json else lambda line: print(line, file=sys.stderr, flush=True)
+  result = run(args.image_dir, args.num_images, args.batches, args.repeats, args.seed, log)
+  print(json.dumps(result) if args.json else format_table(result))
+
+
+if __name__ == "__main__":
+  main()
