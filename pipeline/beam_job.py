@@ -208,7 +208,12 @@ def build(pipeline, plan, *, output_dir, split_names, num_shards, kept, validati
   class_names = [plan.class_names[i] for i in kept]
   planned = []
   if plan.elements:
-    planned.append(p | "PathElements" >> beam.Create(plan.elements, reshuffle=False))
+    # Planned paths come sorted by folder, i.e. by class, and Reshuffle keeps their order on
+    # the local runners, so shards would hold long runs of one class: readers then see a
+    # class-skewed stream that no shuffle buffer smaller than the split can fix. Order them
+    # by key hash instead: mixed, and the same on every rerun.
+    mixed = sorted(plan.elements, key=lambda e: sources.key_fraction(e["key"]))
+    planned.append(p | "PathElements" >> beam.Create(mixed, reshuffle=False))
   if plan.reads:
     planned.append(p | "ArchiveReads" >> beam.Create(plan.reads)
                    | "ReadArchives" >> beam.FlatMap(sources.run_read))

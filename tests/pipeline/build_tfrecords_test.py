@@ -134,3 +134,14 @@ def test_cli_passes_beam_options_through_and_names_bad_input(tmp_path):
   unset = subprocess.run(cmd[:3], capture_output=True, text=True, cwd=testdata.REPO, timeout=120)
   assert unset.returncode == 1 and "--source must have a value" in unset.stderr
   assert "Traceback" not in unset.stderr
+
+
+def test_shards_mix_classes_rather_than_running_through_them_in_folder_order(tmp_path):
+  out, result = run(tmp_path, source="image_dir", image_dir=str(testdata.SAMPLE_DIR),
+                    validation_fraction=0.0, num_shards=1)
+  labels = [int(r[features.LABEL]) for r in read_split(out, result.info, "train")]
+  assert len(labels) == 400
+  # Folder order would give 40 airplanes, then 40 automobiles, ...: count label changes.
+  changes = sum(a != b for a, b in zip(labels, labels[1:]))
+  assert changes > 300, changes
+  assert len(set(labels[:40])) >= 8
