@@ -417,7 +417,9 @@ def _build(config, info, strategy):
                                loss_scaling=policy == "mixed_float16")
     # Create the optimizer's slots now, so that a restore fills them instead of deferring.
     optimizer.build(model.trainable_variables)
-    state = LoopState()
+  # Outside the scope: plain host variables. Every worker updates its own copy from the
+  # same all-reduced numbers, so the copies agree without mirroring.
+  state = LoopState()
   return model, optimizer, state
 
 
@@ -450,7 +452,7 @@ def train_and_evaluate(config, strategy):
   writers = make_summary_writers(dirs)
   logging.info("training %s (%d parameters) on %d replica(s) with %s: %d steps of %d "
                "examples per epoch, %d validation steps", config.model, model.count_params(),
-               strategy.num_replicas_in_sync, type(strategy).__name__, steps,
+               strategy.num_replicas_in_sync, strategy_lib.name_of(strategy), steps,
                config.batch_size, val_steps)
 
   epoch_speeds = []  # examples/s of each epoch trained by this process
@@ -512,7 +514,7 @@ def _results(config, strategy, info, state, test, epoch_speeds, first_epoch, sta
       "examples_per_s": sum(speeds) / len(speeds) if speeds else None,
       "wall_time_s": round(time.time() - started, 3),
       "num_replicas": strategy.num_replicas_in_sync,
-      "strategy": type(strategy).__name__,
+      "strategy": strategy_lib.name_of(strategy),
       "model": config.model,
       "global_batch_size": config.batch_size,
       "dtype_policy": dtype_policy(config.mixed_precision, strategy),

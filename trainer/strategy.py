@@ -136,3 +136,18 @@ def worker_index(strategy):
   _, task_id = _task(strategy)
   return task_id or 0
 
+
+
+def name_of(strategy):
+  """The --strategy value that builds this kind of strategy (auto resolves to one of them).
+
+  Class names mislead here: MultiWorkerMirroredStrategy's class is
+  CollectiveAllReduceStrategy.
+  """
+  if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    return "multi_worker"
+  if isinstance(strategy, tf.distribute.MirroredStrategy):
+    return "mirrored"
+  if isinstance(strategy, tf.distribute.OneDeviceStrategy):
+    return "one_device"
+  return type(strategy).__name__

@@ -74,7 +74,7 @@ def test_a_run_writes_results_history_exports_and_summaries(data_dir, strategy, 
   assert on_disk == results
   assert results["epochs_run"] == 2 and results["test_examples"] == 30
   assert results["class_names"] == ["airplane", "automobile", "bird"]
-  assert results["num_replicas"] == 1 and results["strategy"] == "OneDeviceStrategy"
+  assert results["num_replicas"] == 1 and results["strategy"] == "one_device"
   assert results["examples_per_s"] > 0 and not results["stopped_early"]
   history = _history(model_dir)
   assert [r["epoch"] for r in history] == ["1", "2"]
