@@ -26,7 +26,11 @@ directory `bazel run` was typed in, so relative paths in flags mean what the use
 """
 
 def py_pytest(name, srcs, deps = [], data = [], args = [], **kwargs):
-    """One pytest file as a py_test; adds the package's __init__.py and tests/conftest.py."""
+    """One pytest file as a py_test; adds the package's __init__.py and tests/conftest.py.
+
+    The requirements files are data of every test: Bazel cannot see into the venv, and this
+    way a cached result is not reused after the pinned packages change.
+    """
     if len(srcs) != 1:
         fail("py_pytest takes exactly one test file, got %s" % srcs)
     native.py_test(
@@ -35,7 +39,7 @@ def py_pytest(name, srcs, deps = [], data = [], args = [], **kwargs):
         main = "//third_party/py:pytest_main.py",
         args = ["$(rootpath %s)" % srcs[0]] + args,
         deps = deps + ["//tests:conftest"],
-        data = data,
+        data = data + ["//:python_requirements"],
         python_version = "PY3",
         srcs_version = "PY3",
         **kwargs
