@@ -24,40 +24,45 @@ from pipeline import sources
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string(
-    "source", None, "What to read: cifar100, path_list, image_dir or tfds:<name> "
-    "(any TensorFlow Datasets image-classification dataset).")
-flags.DEFINE_string("output_dir", None, "Where the shards and dataset_info.json go "
-                    "(a local folder or gs://bucket/path).")
-flags.DEFINE_string("cifar100_archive", "", "cifar-100-python.tar.gz (local or gs://); "
-                    "empty: download the official archive into --download_dir.")
-flags.DEFINE_string("archive_md5", sources.CIFAR100_MD5,
-                    "Expected md5 of the CIFAR-100 archive (the official one by default); "
-                    "empty skips the check.")
-flags.DEFINE_string("download_dir", "~/.cache/tfrecord_pipeline", "Download cache.")
-flags.DEFINE_string("path_list", "", "CSV with header path,label[,split]; relative paths are "
-                    "relative to the CSV; gs:// and http(s) paths are read through fsspec.")
-flags.DEFINE_string("class_names_file", "", "For path lists: the classes, one per line, in "
-                    "label order. Labels outside it are rejected. Default: the labels seen.")
-flags.DEFINE_string("image_dir", "", "A <root>/<class>/<file> or <root>/{train,test}/<class>/"
-                    "<file> tree (local or gs://).")
-flags.DEFINE_string("tfds_data_dir", None, "TensorFlow Datasets data_dir.")
-flags.DEFINE_string("tfds_manual_dir", None, "Folder holding archives tfds cannot download.")
-flags.DEFINE_float("validation_fraction", 0.1, "Fraction of train held out as validation, by "
-                   "a hash of each example's key (the same split on every rerun).", 0.0, 0.9)
-flags.DEFINE_float("test_fraction", 0.1, "Fraction of train held out as test, by key hash, "
-                   "when the source has no test split of its own.", 0.0, 0.9)
-flags.DEFINE_integer("num_classes", 0, "Keep this many classes, drawn with --class_seed "
-                     "(0: all). Labels are remapped to 0..N-1.", lower_bound=0)
-flags.DEFINE_integer("class_seed", 0, "Seed of the --num_classes draw.")
-flags.DEFINE_list("classes", [], "Keep these classes, in this label order.")
-flags.DEFINE_integer("image_size", 0, "Resize every image to this height and width "
-                     "(0: keep the size; the trainer then needs all images the same size).",
-                     lower_bound=0)
-flags.DEFINE_integer("num_shards", 0, "Shards per split (0: one per 5,000 examples).",
-                     lower_bound=0)
-flags.DEFINE_float("max_reject_fraction", 0.01, "Fail the job when more than this fraction "
-                   "of inputs is rejected (see rejected.csv).", 0.0, 1.0)
+
+def define_flags():
+  """Defines this job's flags. Called by `main` only, so that importing the module (tests,
+  other tools) does not claim flag names in absl's global registry (the trainer has an
+  --image_size too)."""
+  flags.DEFINE_string(
+      "source", None, "What to read: cifar100, path_list, image_dir or tfds:<name> "
+      "(any TensorFlow Datasets image-classification dataset).")
+  flags.DEFINE_string("output_dir", None, "Where the shards and dataset_info.json go "
+                      "(a local folder or gs://bucket/path).")
+  flags.DEFINE_string("cifar100_archive", "", "cifar-100-python.tar.gz (local or gs://); "
+                      "empty: download the official archive into --download_dir.")
+  flags.DEFINE_string("archive_md5", sources.CIFAR100_MD5,
+                      "Expected md5 of the CIFAR-100 archive (the official one by default); "
+                      "empty skips the check.")
+  flags.DEFINE_string("download_dir", "~/.cache/tfrecord_pipeline", "Download cache.")
+  flags.DEFINE_string("path_list", "", "CSV with header path,label[,split]; relative paths are "
+                      "relative to the CSV; gs:// and http(s) paths are read through fsspec.")
+  flags.DEFINE_string("class_names_file", "", "For path lists: the classes, one per line, in "
+                      "label order. Labels outside it are rejected. Default: the labels seen.")
+  flags.DEFINE_string("image_dir", "", "A <root>/<class>/<file> or <root>/{train,test}/<class>/"
+                      "<file> tree (local or gs://).")
+  flags.DEFINE_string("tfds_data_dir", None, "TensorFlow Datasets data_dir.")
+  flags.DEFINE_string("tfds_manual_dir", None, "Folder holding archives tfds cannot download.")
+  flags.DEFINE_float("validation_fraction", 0.1, "Fraction of train held out as validation, by "
+                     "a hash of each example's key (the same split on every rerun).", 0.0, 0.9)
+  flags.DEFINE_float("test_fraction", 0.1, "Fraction of train held out as test, by key hash, "
+                     "when the source has no test split of its own.", 0.0, 0.9)
+  flags.DEFINE_integer("num_classes", 0, "Keep this many classes, drawn with --class_seed "
+                       "(0: all). Labels are remapped to 0..N-1.", lower_bound=0)
+  flags.DEFINE_integer("class_seed", 0, "Seed of the --num_classes draw.")
+  flags.DEFINE_list("classes", [], "Keep these classes, in this label order.")
+  flags.DEFINE_integer("image_size", 0, "Resize every image to this height and width "
+                       "(0: keep the size; the trainer then needs all images the same size).",
+                       lower_bound=0)
+  flags.DEFINE_integer("num_shards", 0, "Shards per split (0: one per 5,000 examples).",
+                       lower_bound=0)
+  flags.DEFINE_float("max_reject_fraction", 0.01, "Fail the job when more than this fraction "
+                     "of inputs is rejected (see rejected.csv).", 0.0, 1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -249,5 +254,6 @@ def parse_flags(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   flags.mark_flags_as_required(["source", "output_dir"])
   app.run(main, flags_parser=parse_flags)
