@@ -40,7 +40,7 @@ def _kind(mode):
   if mode == "CMYK":
     return "cmyk"
   if mode.startswith("I;16") or mode in ("I", "F"):
-    return "16bit"
+    return "16bit"  # (or 32-bit int/float single channel, rare: TIFF)
   return "other_" + mode.replace(";", "_").lower()
 
 
@@ -73,28 +73,41 @@ def prepare(data, image_size=None):
   Returns:
     (encoded bytes, format "jpeg"|"png", pixels uint8 [H, W, 3], kind or None)
   Raises:
-    BadImage with reason empty_file, not_an_image, truncated_image or corrupt_image.
+    BadImage with reason empty_file, not_an_image, truncated_image, corrupt_image or
+    image_too_large.
   """
   if not data:
     raise BadImage("empty_file", "0 bytes")
   try:
-    img = Image.open(io.BytesIO(data))
-  except Image.UnidentifiedImageError:
-    raise BadImage("not_an_image", f"{len(data)} bytes in no image format PIL knows") from None
-  except Exception as e:  # PIL raises many types for mangled headers.
-    raise BadImage("corrupt_image", f"header: {e}") from None
-  fmt = img.format
-  try:
     with warnings.catch_warnings():
+      # PIL only warns between MAX_IMAGE_PIXELS and twice that; one such image would hold
+      # hundreds of MB in a Beam worker, so the warning is an error too.
       warnings.simplefilter("error", Image.DecompressionBombWarning)
+      img = Image.open(io.BytesIO(data))
+      fmt = img.format
+      # The bit depth is only visible before load() (which clears `tile`): PIL reads a 16-bit
+      # RGB PNG as mode "RGB" through the raw mode "RGB;16B".
+      deep = any(";16" in str(t.args) for t in img.tile)
+      _check_complete(data, fmt)
       img.load()
-  except OSError as e:
+  except BadImage:
+    raise
+  except Image.UnidentifiedImageError:
+    if _signature(data):  # An image header PIL cannot parse: a damaged file, not another type.
+      raise BadImage("corrupt_image", f"{_signature(data)} header does not parse") from None
+    raise BadImage("not_an_image", f"{len(data)} bytes in no image format PIL knows") from None
+  except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+    raise BadImage("image_too_large", str(e)) from None
+  except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for mangled files.
     reason = "truncated_image" if "truncated" in str(e).lower() else "corrupt_image"
-    raise BadImage(reason, f"{fmt}: {e}") from None
-  except Exception as e:
-    raise BadImage("corrupt_image", f"{fmt}: {e}") from None
+    raise BadImage(reason, f"{_signature(data) or 'image'}: {e}") from None
   kind = _kind(img.mode)
-  pixels = _to_rgb8(img)
+  if deep and kind is None:
+    kind = "16bit"
+  try:
+    pixels = _to_rgb8(img)
+  except Exception as e:  # A mode PIL opens but cannot convert: keep the job alive.
+    raise BadImage("corrupt_image", f"{fmt} mode {img.mode}: cannot convert to RGB ({e})") from None
   if image_size is not None and pixels.shape[:2] != tuple(image_size):
     resized = Image.fromarray(pixels).resize((image_size[1], image_size[0]), Image.BILINEAR)
     pixels = np.asarray(resized, dtype=np.uint8)
@@ -102,6 +115,26 @@ def prepare(data, image_size=None):
   if kind is None and fmt in _KEEP_FORMATS:
     return data, _KEEP_FORMATS[fmt], pixels, kind
   return encode_png(pixels), "png", pixels, kind
+
+
+# Leading bytes of the formats an image source is likely to hold.
+_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"),
+               (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+
+
+def _signature(data):
+  """The format whose signature starts data (WebP: RIFF....WEBP), or None."""
+  if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+    return "WEBP"
+  return next((name for magic, name in _SIGNATURES if data.startswith(magic)), None)
+
+
+def _check_complete(data, fmt):
+  """A PNG must end with its IEND chunk. PIL decodes one cut after the last pixel row without
+  complaint, but TensorFlow's decode_png refuses it ("Invalid PNG data"), which would stop
+  the trainer; the original bytes of such a file must not reach a record."""
+  if fmt == "PNG" and data.rfind(b"IEND") < 8:
+    raise BadImage("truncated_image", "PNG: no IEND chunk (the file was cut short)")
 
 
 def from_pixels(pixels, image_size=None):
