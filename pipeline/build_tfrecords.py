@@ -108,8 +108,11 @@ class JobResult:
 def make_plan(config):
   source = config.source
   if source == "cifar100":
-    return sources.plan_cifar100(config.cifar100_archive, md5=config.archive_md5,
+    plan = sources.plan_cifar100(config.cifar100_archive, md5=config.archive_md5,
                                  cache_dir=config.download_dir)
+    if not config.archive_md5:  # Unverified archive: refuse bad contents before the job.
+      sources.check_cifar100(plan)
+    return plan
   if source == "path_list":
     if not config.path_list:
       raise sources.SourceError("--source=path_list needs --path_list=<csv>")

@@ -32,6 +32,7 @@ CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 CIFAR100_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
 # Official sizes, used to size shards before the job reads the archive.
 CIFAR100_SIZES = {"train": 50000, "test": 10000}
+CIFAR100_CLASSES, CIFAR100_COARSE_CLASSES = 100, 20
 NO_COARSE = -1
 SPLIT_DIRS = ("train", "test")
 
@@ -204,25 +205,49 @@ def plan_cifar100(archive, *, md5=CIFAR100_MD5, cache_dir="~/.cache/tfrecord_pip
       reads=[("cifar100", {"archive": archive, "split": s}) for s in SPLIT_DIRS])
 
 
-def read_cifar100(archive, split):
-  """Yields the elements of one split of the archive (runs inside the Beam job)."""
+def _load_cifar100_split(archive, split):
+  """(pixels [N, 32, 32, 3] uint8, fine labels, coarse labels, file names) of one split,
+  after checking that the pickle holds what the official one holds."""
   import numpy as np
   batch = _load_pickle(_archive_members(archive, {split})[split], f"{archive}: {split}")
   try:
     data = batch[b"data"]
-    fine, coarse = batch[b"fine_labels"], batch[b"coarse_labels"]
+    fine, coarse = list(batch[b"fine_labels"]), list(batch[b"coarse_labels"])
     names = batch.get(b"filenames") or [b""] * len(fine)
   except (KeyError, TypeError, AttributeError) as e:
     raise SourceError(f"{archive}: {split} lacks {e}") from None
   if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
-          and data.shape[1] == 3072 and len(data) == len(fine) == len(coarse)):
+          and data.shape[1] == 3072 and len(data) == len(fine) == len(coarse) == len(names)):
     raise SourceError(f"{archive}: {split} data is not an N x 3072 uint8 array matching "
                       f"{len(fine)} labels")
+  # A label outside the classes would otherwise be dropped later as if it were left out by
+  # a class subset: refuse the archive instead.
+  for what, labels, count in (("fine_labels", fine, CIFAR100_CLASSES),
+                              ("coarse_labels", coarse, CIFAR100_COARSE_CLASSES)):
+    bad = [i for i, l in enumerate(labels) if not (isinstance(l, (int, np.integer)) and 0 <= l < count)]
+    if bad:
+      raise SourceError(f"{archive}: {split} {what}[{bad[0]}] = {labels[bad[0]]!r} is not a "
+                        f"class index 0..{count - 1} ({len(bad)} such)")
   # Rows are channel-major (1024 red, 1024 green, 1024 blue) -> [N, 32, 32, 3].
-  images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+  return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), fine, coarse, names
+
+
+def read_cifar100(archive, split):
+  """Yields the elements of one split of the archive (runs inside the Beam job)."""
+  images, fine, coarse, names = _load_cifar100_split(archive, split)
   for i in range(len(fine)):
-    yield {"key": f"{split}/{i:05d}/{names[i].decode(errors='replace')}", "split": split,
+    name = names[i].decode(errors="replace") if isinstance(names[i], bytes) else str(names[i])
+    yield {"key": f"{split}/{i:05d}/{name}", "split": split,
            "label": int(fine[i]), "coarse_label": int(coarse[i]), "pixels": images[i]}
+
+
+def check_cifar100(plan):
+  """Reads every split of a planned archive once, before the job, so that an unsafe pickle, a
+  truncated member or malformed data is refused with a SourceError naming it, instead of
+  failing inside the job. Worth it when the md5 was not checked (an archive with the official
+  md5 is the official archive); costs one more read of the archive."""
+  for _, kwargs in plan.reads:
+    _load_cifar100_split(kwargs["archive"], kwargs["split"])
 
 
 # --- TensorFlow Datasets -----------------------------------------------------------------------
@@ -335,11 +360,15 @@ def _is_remote(path):
 def plan_path_list(csv_path, *, class_names_file=""):
   """Plans a CSV `path,label[,split]`; relative paths are relative to the CSV's folder."""
   try:
-    with fsspec.open(csv_path, "r", newline="") as f:
-      text = f.read()
+    with fsspec.open(csv_path, "rb") as f:
+      data = f.read()
   except FileNotFoundError:
     raise SourceError(f"--path_list={csv_path}: no such file") from None
-  reader = csv.DictReader(io.StringIO(text))
+  # utf-8-sig: spreadsheet exports start with a byte-order mark, which would otherwise become
+  # part of the first column's name. Bytes that are not UTF-8 become U+FFFD and the rows that
+  # hold them are rejected below, rather than the whole list failing to decode.
+  text = data.decode("utf-8-sig", errors="replace")
+  reader = csv.DictReader(io.StringIO(text, newline=""))
   header = reader.fieldnames or []
   missing = [c for c in ("path", "label") if c not in header]
   if missing:
@@ -349,7 +378,10 @@ def plan_path_list(csv_path, *, class_names_file=""):
   plan = Plan(description=f"path_list:{csv_path}", class_names=[])
   rows = []
   seen = {}
-  for line_no, row in enumerate(reader, start=2):
+  last_line = reader.line_num
+  for row in reader:
+    # A row starts on the line after the previous one ended (a quoted field can span lines).
+    line_no, last_line = last_line + 1, reader.line_num
     where = f"{csv_path}:{line_no}"
     path, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
     split = (row.get("split") or "train").strip() or "train"
@@ -357,21 +389,26 @@ def plan_path_list(csv_path, *, class_names_file=""):
       plan.rejected.append((where, "malformed_row",
                             f"{len(header)} columns expected: {_raw_row(row)}"))
       continue
+    if "\ufffd" in _raw_row(row):
+      plan.rejected.append((where, "malformed_row", f"not valid UTF-8: {_raw_row(row)}"))
+      continue
     if not path or not label:
       plan.rejected.append((where, "malformed_row", f"empty path or label: {_raw_row(row)}"))
+      continue
+    if any(ord(c) < 32 for c in path):
+      plan.rejected.append((where, "malformed_row", f"control character in path {path!r}"))
       continue
     if split not in SPLIT_DIRS:
       plan.rejected.append((where, "malformed_row", f"split {split!r} is not train or test"))
       continue
-    full = path if (_is_remote(path) or os.path.isabs(path)) else base + "/" + path
+    full = _normalize(path if (_is_remote(path) or os.path.isabs(path)) else base + "/" + path)
     if full in seen:
       plan.rejected.append((full, "duplicate_path", f"line {line_no} repeats line {seen[full]}"))
       continue
     seen[full] = line_no
     rows.append((full, path, label, split, where))
   if class_names_file:
-    with fsspec.open(class_names_file, "r") as f:
-      plan.class_names = [line.strip() for line in f if line.strip()]
+    plan.class_names = _read_class_names(class_names_file)
   else:
     labels = {label for _, _, label, _, _ in rows}
     if labels and all(l.isdigit() for l in labels):
@@ -394,6 +431,32 @@ def plan_path_list(csv_path, *, class_names_file=""):
     raise SourceError(f"--path_list={csv_path}: no usable rows")
   plan.has_test = plan.split_sizes.get("test", 0) > 0
   return plan
+
+
+def _normalize(path):
+  """One spelling per file, so that `a.jpg`, `./a.jpg` and `x/../a.jpg` count as duplicates.
+  Local and gs:// paths only: an http(s) address may carry a query that is not a path."""
+  if path.startswith("gs://"):
+    return "gs://" + posixpath.normpath(path[len("gs://"):])
+  if _is_remote(path):
+    return path
+  return posixpath.normpath(path)
+
+
+def _read_class_names(class_names_file):
+  try:
+    with fsspec.open(class_names_file, "rb") as f:
+      text = f.read().decode("utf-8-sig", errors="replace")
+  except FileNotFoundError:
+    raise SourceError(f"--class_names_file={class_names_file}: no such file") from None
+  names = [line.strip() for line in text.splitlines() if line.strip()]
+  repeated = sorted({n for n in names if names.count(n) > 1})
+  if repeated:
+    raise SourceError(f"--class_names_file={class_names_file} repeats {repeated}: "
+                      "each class must be named once (its line number is its label)")
+  if not names:
+    raise SourceError(f"--class_names_file={class_names_file} names no classes")
+  return names
 
 
 def _raw_row(row):
