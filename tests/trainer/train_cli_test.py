@@ -1,0 +1,137 @@
+"""`python -m trainer.train` as a user runs it: flag errors, flagfiles, kill and resume."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+from absl import flags
+import pytest
+
+from pipeline import dataset_info
+from tests import testdata
+from trainer import config as config_lib
+from trainer import models
+from trainer import train
+
+REPO = str(testdata.REPO)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  path = tmp_path_factory.mktemp("data")
+  testdata.write_data_dir(path)
+  return str(path)
+
+
+def _start(*args, env=None):
+  full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  full_env.pop("TF_CONFIG", None)
+  full_env.update(env or {})
+  return subprocess.Popen([sys.executable, "-m", "trainer.train", *args], cwd=REPO,
+                          env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+
+
+# One case per way in which a run can be refused: by absl (enum flags), by the config checks,
+# against the data, and by the strategy (the rest of the config checks run in-process below).
+CLI_ERRORS = [
+    (["--model=resnet"], "flag --model=resnet: value should be one of <basic|simple>"),
+    (["--batch_size=1000"], "--batch_size=1000 is larger than the train split (96 examples"),
+    (["--data_dir=/nonexistent/data"], "--data_dir=/nonexistent/data: "
+     "/nonexistent/data/dataset_info.json not found (no such directory)"),
+    (["--strategy=multi_worker"], "--strategy=multi_worker needs the TF_CONFIG"),
+]
+
+
+def test_bad_flags_fail_with_a_message_naming_the_flag(data_dir, tmp_path):
+  # All at once: each process spends most of its time importing TensorFlow.
+  processes = [_start(f"--data_dir={data_dir}", f"--model_dir={tmp_path / str(i)}", *args)
+               for i, (args, _) in enumerate(CLI_ERRORS)]
+  for i, (process, (args, message)) in enumerate(zip(processes, CLI_ERRORS)):
+    _, stderr = process.communicate(timeout=180)
+    assert process.returncode != 0, args
+    assert message in stderr, (args, stderr[-2000:])
+    assert "Traceback" not in stderr, (args, stderr[-2000:])  # a message, not a crash
+    assert not os.path.exists(tmp_path / str(i) / "checkpoints"), args
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"batch_size": 0}, "--batch_size=0: must be at least 1"),
+    ({"learning_rate": -0.1}, "--learning_rate=-0.1: must be >= 0"),
+    ({"patience": 0}, "--patience=0: must be at least 1"),
+    ({"learning_rate": float("nan")}, "--learning_rate=nan: must be >= 0"),
+    ({"model_dir": ""}, "--model_dir is required"),
+    ({"data_dir": ""}, "--data_dir is required"),
+    ({"model": "vgg"}, "--model=vgg: unknown model; choose one of basic, simple"),
+    ({"optimizer": "lbfgs"}, "--optimizer=lbfgs: choose one of adam, sgd, rmsprop"),
+    ({"steps_per_epoch": -1}, "--steps_per_epoch=-1: must be >= 0"),
+])
+def test_config_checks_name_the_flag(settings, message):
+  config = config_lib.Config(**{"data_dir": "d", "model_dir": "m", **settings})
+  with pytest.raises(config_lib.ConfigError) as error:
+    config_lib.validate(config, model_names=models.MODELS)
+  assert str(error.value).startswith(message)
+
+
+def test_checks_against_the_data_name_the_flag(data_dir):
+  info = dataset_info.load(data_dir)
+  config = config_lib.Config(data_dir=data_dir, model_dir="m", batch_size=15)
+  config_lib.check_against_data(config, info, num_replicas=1)  # fine on one replica
+  with pytest.raises(config_lib.ConfigError, match=r"--batch_size=15 \(global\) must be "
+                     "divisible by the number of replicas, 2"):
+    config_lib.check_against_data(config, info, num_replicas=2)
+
+
+@pytest.mark.parametrize("name, model", [("simple", "simple"), ("basic", "basic")])
+def test_config_flagfiles_set_the_reports_baseline(name, model):
+  # The flagfiles parse with the trainer's own flag definitions (so a typo in one fails
+  # here) and hold the report's settings.
+  flag_values = flags.FlagValues()
+  for flag in flags.FLAGS.get_flags_for_module(train):
+    flag_values[flag.name] = flag
+  flag_values(["train", f"--flagfile={REPO}/configs/{name}.flags"])
+  assert (flag_values.model, flag_values.optimizer, flag_values.learning_rate,
+          flag_values.batch_size, flag_values.epochs, flag_values.patience,
+          flag_values.augment) == (model, "adam", 1e-4, 128, 500, 25, True)
+  flag_values.unparse_flags()
+
+
+def _latest_checkpoint_epoch(model_dir):
+  state = os.path.join(model_dir, "checkpoints", "checkpoint")
+  if not os.path.exists(state):
+    return 0
+  with open(state) as f:
+    return int(re.search(r'model_checkpoint_path: "ckpt-(\d+)"', f.read()).group(1))
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint(data_dir, tmp_path):
+  model_dir = tmp_path / "run"
+  # Too many epochs to finish before the kill; the config file supplies the rest.
+  process = _start(f"--flagfile={REPO}/configs/simple.flags", f"--data_dir={data_dir}",
+                   f"--model_dir={model_dir}", "--batch_size=16", "--steps_per_epoch=2",
+                   "--epochs=10000", "--patience=10000", "--learning_rate=1e-3")
+  deadline = time.time() + 120
+  while _latest_checkpoint_epoch(model_dir) < 2 and process.poll() is None:
+    assert time.time() < deadline, "no checkpoint of epoch 2 within 120 s"
+    time.sleep(0.05)
+  process.send_signal(signal.SIGKILL)  # no chance to clean up, as with a lost machine
+  process.communicate()
+  assert process.returncode == -signal.SIGKILL
+  assert not os.path.exists(model_dir / "results.json")
+  done = _latest_checkpoint_epoch(model_dir)
+  assert done >= 2
+
+  # Rerun from the run's own flags.txt, allowing two more epochs.
+  rerun = _start(f"--flagfile={model_dir}/flags.txt", f"--epochs={done + 2}")
+  _, stderr = rerun.communicate(timeout=180)
+  assert rerun.returncode == 0, stderr[-3000:]
+  assert f"{done} epochs done" in stderr
+  results = json.loads((model_dir / "results.json").read_text())
+  assert (results["resumed_from_epoch"], results["epochs_run"]) == (done, done + 2)
+  history = (model_dir / "history.csv").read_text().splitlines()
+  assert [row.split(",")[0] for row in history[1:]] == [str(e) for e in range(1, done + 3)]
+  assert f"--epochs={done + 2}\n" in (model_dir / "flags.txt").read_text()
