@@ -175,6 +175,13 @@ def test_mixed_precision_trains_in_bfloat16_on_cpu(data_dir, strategy, tmp_path)
   assert keras.config.dtype_policy().name == "float32"  # not leaked to later runs
 
 
+def test_image_size_resizes_for_training_and_export(data_dir, strategy, tmp_path):
+  config = _config(data_dir, tmp_path / "run", image_size=20, epochs=1, steps_per_epoch=1)
+  loop.train_and_evaluate(config, strategy)
+  model = keras.models.load_model(tmp_path / "run" / "model.keras")
+  assert model.input_shape == (None, 20, 20, 3)
+
+
 def test_batch_size_larger_than_the_train_split_names_the_flag(data_dir, strategy, tmp_path):
   with pytest.raises(config_lib.ConfigError, match=r"--batch_size=200 .* train split \(96"):
     loop.train_and_evaluate(_config(data_dir, tmp_path / "run", batch_size=200), strategy)
