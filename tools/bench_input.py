@@ -136,7 +136,7 @@ def project_device_batches(info, seed):
 
   @tf.function
   def step(images, step_number):
-    seed = tf.random.experimental.stateless_fold_in(base_seed, step_number)
+    seed = tf.random.experimental.stateless_fold_in(base_seed, step_number, alg=augment.RNG_ALG)
     out = augment.augment_batch(images, cfg, seed=seed)
     # A scalar out, so that the timing waits for the augmentation to finish.
     return out[0, 0, 0, 0]

@@ -21,13 +21,28 @@ The draws follow ImageDataGenerator's (keras/src/legacy/preprocessing/image.py):
 rotation angle uniform in [-rotation_deg, rotation_deg]; shifts uniform in
 [-shift, shift] * size; zoom factors zx, zy drawn independently, uniform in [1-zoom, 1+zoom]
 and applied to the sampling coordinates (so > 1 shows more of the image, i.e. zooms out);
-horizontal flip with probability 1/2; order rotate -> shift -> zoom -> flip.
+horizontal flip with probability 1/2; order rotate -> shift -> zoom -> flip. (Keras scales
+its "height" shift by the height but applies it to columns; for the report's equal shifts
+on square images that is the same distribution.)
+
+Two resamplers compute the same pixels (bilinear, edges extended), within one grey level:
+  "op"   one `ImageProjectiveTransformV3` call: the reference. It has no XLA kernel, so it
+         cannot run inside a jit-compiled train step (TPU, or `jit_compile=True`).
+  "xla"  the same sampling written as gathers and compiled with XLA: runs anywhere XLA
+         does, inside or outside a compiled step, and is ~4x faster than "op" on the CPU
+         (XLA fuses the per-pixel arithmetic that the op redoes for every channel).
+`tools/bench_input.py` measures both; BENCHMARKS.md has the figures.
 """
 
 import dataclasses
 import math
 
 import tensorflow as tf
+
+RESAMPLERS = ("xla", "op")
+# One named algorithm (not "auto_select", which may pick per device), so that a seed draws
+# the same transforms on the host, in tf.data and inside a jit-compiled step.
+RNG_ALG = "philox"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +53,7 @@ class AugmentConfig:
   zoom: float = 0.1           # sampling scale per axis uniform in [1 - zoom, 1 + zoom]
   width_shift: float = 0.1    # horizontal shift uniform in [-s, s], fraction of the width
   height_shift: float = 0.1   # vertical shift uniform in [-s, s], fraction of the height
+  resampler: str = "xla"      # "xla" or "op": how, not what (see the module docstring)
 
   def __post_init__(self):
     for name in ("rotation_deg", "zoom", "width_shift", "height_shift"):
@@ -48,6 +64,9 @@ class AugmentConfig:
     if self.width_shift >= 1 or self.height_shift >= 1:
       raise ValueError("AugmentConfig shifts are fractions of the size and must be < 1, got "
                        f"width_shift={self.width_shift}, height_shift={self.height_shift}")
+    if self.resampler not in RESAMPLERS:
+      raise ValueError(f"AugmentConfig.resampler must be one of {RESAMPLERS}, "
+                       f"got {self.resampler!r}")
 
   @classmethod
   def none(cls):
@@ -134,6 +153,18 @@ def to_params(matrices):
 # --- random draws and the batched resample --------------------------------------------------
 
 
+def _unit_uniform(shape, seed):
+  """float32 uniform in [0, 1), the same in and out of XLA.
+
+  tf.random.stateless_uniform's float path differs under XLA for the same seed and
+  algorithm (its random bits agree, the bits-to-float step does not), so the floats are
+  made here from the top 24 bits: exact in float32's 24-bit significand.
+  """
+  bits = tf.random.stateless_uniform(shape, seed, minval=None, maxval=None, dtype=tf.uint32,
+                                     alg=RNG_ALG)
+  return tf.cast(tf.bitwise.right_shift(bits, 8), tf.float32) * (1.0 / (1 << 24))
+
+
 def random_transforms(batch_size, height, width, cfg, seed):
   """Draws one composed transform per image: [batch_size, 8] float32 for the op.
 
@@ -141,12 +172,11 @@ def random_transforms(batch_size, height, width, cfg, seed):
   draws on any device, which keeps runs reproducible.
   """
   seed = tf.cast(seed, tf.int64)
-  seeds = tf.random.experimental.stateless_split(seed, num=6)
+  seeds = tf.random.experimental.stateless_split(seed, num=6, alg=RNG_ALG)
   shape = tf.reshape(tf.cast(batch_size, tf.int32), [1])
 
   def uniform(i, half_range, centre=0.0):
-    return tf.random.stateless_uniform(shape, seeds[i], centre - half_range,
-                                       centre + half_range)
+    return centre + half_range * (2.0 * _unit_uniform(shape, seeds[i]) - 1.0)
 
   height_f, width_f = _float(height), _float(width)
   angle = uniform(0, cfg.rotation_deg * math.pi / 180.0)
@@ -155,7 +185,7 @@ def random_transforms(batch_size, height, width, cfg, seed):
   zx = uniform(3, cfg.zoom, centre=1.0)
   zy = uniform(4, cfg.zoom, centre=1.0)
   if cfg.flip:
-    flip = tf.random.stateless_uniform(shape, seeds[5]) < 0.5
+    flip = _unit_uniform(shape, seeds[5]) < 0.5
   else:
     flip = tf.zeros(shape, tf.bool)
   matrix = compose(rotation_matrix(angle, height, width), shift_matrix(dx, dy),
@@ -163,18 +193,62 @@ def random_transforms(batch_size, height, width, cfg, seed):
   return to_params(matrix)
 
 
-def apply_transforms(images, params):
-  """Resamples images [B, H, W, C] with per-image params [B, 8] (or [1, 8] for all) in one
-  `ImageProjectiveTransformV3` call: bilinear, edges extended ("nearest", as the report).
-  Returns the input dtype. Integer images are resampled in float32 and rounded: the op's
-  own uint8 path truncates (a 0/1 edge half a pixel over gives 0) and is slower here."""
+def _resample_op(images, params):
+  """float32 [B, H, W, C] -> same, with one ImageProjectiveTransformV3 call."""
+  return tf.raw_ops.ImageProjectiveTransformV3(
+      images=images, transforms=params, output_shape=tf.shape(images)[1:3],
+      fill_value=0.0, interpolation="BILINEAR", fill_mode="NEAREST")
+
+
+@tf.function(jit_compile=True)
+def _resample_xla(images, params):
+  """float32 [B, H, W, C] -> same: the op's arithmetic, written out for XLA.
+
+  For each output pixel (x, y): the projected input point, clamped into the image (the
+  op's "NEAREST" fill: clamp, then interpolate), blended from its 4 neighbours. The
+  coordinates are computed once per pixel and shared by the channels.
+  """
+  shape = tf.shape(images)
+  batch, height, width, channels = shape[0], shape[1], shape[2], shape[3]
+  height_f, width_f = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+  y, x = tf.meshgrid(tf.range(height_f), tf.range(width_f), indexing="ij")  # [H, W]
+  p = params[:, :, None, None]  # [B, 8, 1, 1]: one row per image, broadcast over pixels
+  k = p[:, 6] * x + p[:, 7] * y + 1.0
+  x_in = tf.clip_by_value((p[:, 0] * x + p[:, 1] * y + p[:, 2]) / k, 0.0, width_f - 1.0)
+  y_in = tf.clip_by_value((p[:, 3] * x + p[:, 4] * y + p[:, 5]) / k, 0.0, height_f - 1.0)
+  x0, y0 = tf.floor(x_in), tf.floor(y_in)
+  wx, wy = (x_in - x0)[..., None], (y_in - y0)[..., None]  # [B, H, W, 1] weights
+  x0, y0 = tf.cast(x0, tf.int32), tf.cast(y0, tf.int32)
+  x1, y1 = tf.minimum(x0 + 1, width - 1), tf.minimum(y0 + 1, height - 1)
+  pixels = tf.reshape(images, [-1, channels])  # [B*H*W, C]
+  first = (tf.range(batch) * height * width)[:, None, None]  # index of each image's (0, 0)
+
+  def at(row, col):
+    return tf.gather(pixels, first + row * width + col)
+
+  top = at(y0, x0) * (1.0 - wx) + at(y0, x1) * wx
+  bottom = at(y1, x0) * (1.0 - wx) + at(y1, x1) * wx
+  return top * (1.0 - wy) + bottom * wy
+
+
+def apply_transforms(images, params, resampler="op"):
+  """Resamples images [B, H, W, C] with per-image params [B, 8] (or [1, 8] for all):
+  bilinear, edges extended ("nearest", as the report). Returns the input dtype.
+
+  Integer images are resampled in float32 and rounded: the op's own uint8 path truncates
+  (a 0/1 edge half a pixel over gives 0) and is slower here.
+  """
   images = tf.convert_to_tensor(images)
   dtype = images.dtype
   work = images if dtype == tf.float32 else tf.cast(images, tf.float32)
-  out = tf.raw_ops.ImageProjectiveTransformV3(
-      images=work, transforms=tf.cast(params, tf.float32),
-      output_shape=tf.shape(images)[1:3], fill_value=0.0,
-      interpolation="BILINEAR", fill_mode="NEAREST")
+  params = tf.cast(params, tf.float32)
+  if resampler == "op":
+    out = _resample_op(work, params)
+  elif resampler == "xla":
+    params = tf.broadcast_to(params, [tf.shape(work)[0], 8])  # a [1, 8] row for all
+    out = _resample_xla(work, params)
+  else:
+    raise ValueError(f"resampler must be one of {RESAMPLERS}, got {resampler!r}")
   out = tf.ensure_shape(out, images.shape)
   if dtype == tf.float32:
     return out
@@ -197,4 +271,4 @@ def augment_batch(images, cfg, seed=None):
     seed = tf.random.uniform([2], maxval=tf.int64.max, dtype=tf.int64)
   shape = tf.shape(images)
   params = random_transforms(shape[0], shape[1], shape[2], cfg, seed)
-  return apply_transforms(images, params)
+  return apply_transforms(images, params, resampler=cfg.resampler)

@@ -162,7 +162,8 @@ def train_dataset(info, *, batch_size, input_context=None, seed=0, augment=None,
 
     def augment_with_seed(step, batch):
       images, labels = batch
-      batch_seed = tf.random.experimental.stateless_fold_in(base_seed, step)
+      batch_seed = tf.random.experimental.stateless_fold_in(base_seed, step,
+                                                            alg=augment_lib.RNG_ALG)
       return augment_lib.augment_batch(images, augment, seed=batch_seed), labels
 
     # Each batch's draws depend only on (seed, pipeline, batch number): reproducible.

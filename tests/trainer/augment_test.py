@@ -1,5 +1,6 @@
 """trainer/augment.py: the composed transform, its draws, and where it runs."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -29,8 +30,8 @@ def _coordinate_image(size):
   return np.stack([cols, rows, np.full_like(cols, 7.0)], -1)[None]
 
 
-def _apply(images, matrix):
-  return augment.apply_transforms(images, augment.to_params(matrix)).numpy()
+def _apply(images, matrix, resampler="op"):
+  return augment.apply_transforms(images, augment.to_params(matrix), resampler).numpy()
 
 
 # Fixed, moderate draws (inside the report's ranges) used by the geometry tests.
@@ -45,12 +46,13 @@ def _singles(flip=True):
           augment.zoom_matrix([ZX], [ZY], H, W), augment.flip_matrix([flip], W)]
 
 
-def test_composed_equals_singles_applied_one_after_another_exactly_on_coordinates():
+@pytest.mark.parametrize("resampler", augment.RESAMPLERS)
+def test_composed_equals_singles_applied_one_after_another_exactly_on_coordinates(resampler):
   image = _coordinate_image(H)
   sequential = image
   for m in _singles():
-    sequential = _apply(sequential, m)
-  composed = _apply(image, augment.compose(*_singles()))
+    sequential = _apply(sequential, m, resampler)
+  composed = _apply(image, augment.compose(*_singles()), resampler)
   # Interior: no sample in the chain left the image (edge filling differs there).
   inner = (slice(None), slice(14, 34), slice(14, 34))
   np.testing.assert_allclose(composed[inner], sequential[inner], atol=2e-3)
@@ -73,7 +75,8 @@ def test_composed_equals_singles_on_a_real_image_within_interpolation_error():
   assert change > 5 * error
 
 
-def test_matches_the_reports_image_data_generator_for_the_same_draws():
+@pytest.mark.parametrize("resampler", augment.RESAMPLERS)
+def test_matches_the_reports_image_data_generator_for_the_same_draws(resampler):
   """The fidelity check: same parameters, same pixels as Keras' ImageDataGenerator."""
   from keras.src.legacy.preprocessing.image import ImageDataGenerator
   generator = ImageDataGenerator()  # fill_mode "nearest", bilinear (order 1)
@@ -88,8 +91,37 @@ def test_matches_the_reports_image_data_generator_for_the_same_draws():
       augment.rotation_matrix([math.radians(angle_deg)], 32, 32),
       augment.shift_matrix([dx], [dy]), augment.zoom_matrix([zx], [zy], 32, 32),
       augment.flip_matrix([True], 32))
-  ours = _apply(image, matrix)[0]
+  ours = _apply(image, matrix, resampler)[0]
   np.testing.assert_allclose(ours, expected, atol=0.05)  # grey levels, 0-255 scale
+
+
+def test_xla_resampler_gives_the_ops_pixels_including_the_extended_edges():
+  wide = augment.AugmentConfig(rotation_deg=40, zoom=0.3, width_shift=0.4, height_shift=0.4)
+  images = _cifar_batch()
+  params = augment.random_transforms(len(images), 32, 32, wide, seed=[9, 9])
+  floats = images.astype(np.float32)
+  op = augment.apply_transforms(floats, params, "op").numpy()
+  xla = augment.apply_transforms(floats, params, "xla").numpy()
+  np.testing.assert_allclose(xla, op, atol=0.01)  # float32 rounding, grey levels
+  op8 = augment.apply_transforms(images, params, "op").numpy().astype(int)
+  xla8 = augment.apply_transforms(images, params, "xla").numpy().astype(int)
+  assert np.abs(xla8 - op8).max() <= 1  # a x.5 may round either way
+  # One [1, 8] row for the whole batch works as for the op.
+  np.testing.assert_allclose(augment.apply_transforms(floats, params[:1], "xla"),
+                             augment.apply_transforms(floats, params[:1], "op"), atol=0.01)
+
+
+def test_xla_resampler_runs_in_a_jit_compiled_step_where_the_op_cannot():
+  images = _cifar_batch()
+  seed = tf.constant([1, 2], tf.int64)
+
+  def step(cfg):
+    return tf.function(lambda x: augment.augment_batch(x, cfg, seed=seed), jit_compile=True)
+
+  compiled = step(REPORT)(images).numpy()
+  np.testing.assert_array_equal(compiled, augment.augment_batch(images, REPORT, seed=seed))
+  with pytest.raises(tf.errors.InvalidArgumentError, match="ImageProjectiveTransformV3"):
+    step(dataclasses.replace(REPORT, resampler="op"))(images)
 
 
 def test_rotation_is_counter_clockwise_and_zoom_above_one_zooms_out():
@@ -195,7 +227,8 @@ def test_unknown_static_shape_inside_tf_data():
 
 
 @pytest.mark.parametrize("kwargs", [dict(rotation_deg=-1), dict(zoom=1.0),
-                                    dict(width_shift=1.5), dict(height_shift=-0.1)])
+                                    dict(width_shift=1.5), dict(height_shift=-0.1),
+                                    dict(resampler="scipy")])
 def test_config_rejects_out_of_range_values(kwargs):
   with pytest.raises(ValueError):
     augment.AugmentConfig(**kwargs)
