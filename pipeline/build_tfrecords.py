@@ -179,6 +179,10 @@ def run_job(config, beam_argv=()):
   if len(kept) < len(plan.class_names):  # A class subset shrinks every split proportionally.
     sizes = {s: n * len(kept) / len(plan.class_names) for s, n in sizes.items()}
   split_names = [s for s in ("train", "validation", "test") if s in sizes]
+  if not split_names:
+    # Every input was rejected while planning. Run anyway, with one empty train split, so
+    # that rejected.csv, the counters and the failed metadata say why.
+    split_names, sizes = ["train"], {"train": 0}
   num_shards = {s: config.num_shards or beam_job.default_num_shards(sizes[s])
                 for s in split_names}
   logging.info("Source %s: %d classes (keeping %d), about %s examples; %d inputs rejected "

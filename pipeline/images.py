@@ -83,12 +83,12 @@ def prepare(data, image_size=None):
       # PIL only warns between MAX_IMAGE_PIXELS and twice that; one such image would hold
       # hundreds of MB in a Beam worker, so the warning is an error too.
       warnings.simplefilter("error", Image.DecompressionBombWarning)
+      _check_complete(data)
       img = Image.open(io.BytesIO(data))
       fmt = img.format
       # The bit depth is only visible before load() (which clears `tile`): PIL reads a 16-bit
       # RGB PNG as mode "RGB" through the raw mode "RGB;16B".
       deep = any(";16" in str(t.args) for t in img.tile)
-      _check_complete(data, fmt)
       img.load()
   except BadImage:
     raise
@@ -129,18 +129,13 @@ def _signature(data):
   return next((name for magic, name in _SIGNATURES if data.startswith(magic)), None)
 
 
-def _check_complete(data, fmt):
-  """A PNG must end with its IEND chunk. PIL decodes one cut after the last pixel row without
-  complaint, but TensorFlow's decode_png refuses it ("Invalid PNG data"), which would stop
-  the trainer; the original bytes of such a file must not reach a record."""
-  if fmt == "PNG" and data.rfind(b"IEND") < 8:
+def _check_complete(data):
+  """A PNG must hold its closing IEND chunk and a JPEG its end-of-image marker (FF D9, which
+  entropy-coded data cannot contain). PIL decodes a PNG cut after the last pixel row without
+  complaint, but TensorFlow's decode_png refuses it ("Invalid PNG data"), which would stop the
+  trainer; and a file cut inside its header is truncated, not corrupt."""
+  signature = _signature(data)
+  if signature == "PNG" and data.rfind(b"IEND") < 8:
     raise BadImage("truncated_image", "PNG: no IEND chunk (the file was cut short)")
-
-
-def from_pixels(pixels, image_size=None):
-  """Pixels a source handed over (uint8 [H, W, 3]) -> (PNG bytes, "png", pixels)."""
-  pixels = np.asarray(pixels, dtype=np.uint8)
-  if image_size is not None and pixels.shape[:2] != tuple(image_size):
-    pixels = np.asarray(Image.fromarray(pixels).resize((image_size[1], image_size[0]),
-                                                       Image.BILINEAR), dtype=np.uint8)
-  return encode_png(pixels), "png", pixels
+  if signature == "JPEG" and data.rfind(b"\xff\xd9") < 2:
+    raise BadImage("truncated_image", "JPEG: no end-of-image marker (the file was cut short)")
