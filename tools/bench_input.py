@@ -32,7 +32,11 @@ import time
 
 BATCH_SIZE = 128  # the report's batch size
 DEFAULT_IMAGE_DIR = "/tmp/cifar10/train"  # <class>/*.jpg, e.g. the extracted CIFAR-10 JPEGs
+SETTLE_BATCHES = 20  # untimed batches before each timing (at most --batches)
 METHODS = ("image_data_generator", "tfdata_keras_layers", "project_host", "project_device")
+# The same two project methods with the ImageProjectiveTransformV3 resampler instead of the
+# default XLA one (trainer/augment.py): reported under "op_resampler", with --op_resampler.
+OP_METHODS = ("project_host_op", "project_device_op")
 
 
 def list_images(image_dir, num_images):
@@ -119,19 +123,19 @@ def keras_layers_dataset(images, labels, seed):
   return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def project_host_dataset(info, seed):
+def project_host_dataset(info, seed, resampler="xla"):
   from trainer import augment
   from trainer import input_pipeline
   return input_pipeline.train_dataset(info, batch_size=BATCH_SIZE, seed=seed,
-                                      augment=augment.AugmentConfig())
+                                      augment=augment.AugmentConfig(resampler=resampler))
 
 
-def project_device_batches(info, seed):
+def project_device_batches(info, seed, resampler="xla"):
   """Undecorated host batches, augmented by a tf.function step (what the train step runs)."""
   import tensorflow as tf
   from trainer import augment
   from trainer import input_pipeline
-  cfg = augment.AugmentConfig()
+  cfg = augment.AugmentConfig(resampler=resampler)
   base_seed = tf.constant([seed, 0], tf.int64)
 
   @tf.function
@@ -150,6 +154,10 @@ def project_device_batches(info, seed):
 def _time_batches(iterator, num_batches):
   """Images/s over `num_batches` batches (counted, as ImageDataGenerator's last batch of
   an epoch is short)."""
+  # Untimed first: empties what a prefetch buffer banked while other methods ran, so that
+  # the timing sees the steady-state rate, not a burst of ready batches.
+  for _ in range(min(SETTLE_BATCHES, num_batches)):
+    next(iterator)
   count = 0
   start = time.perf_counter()
   for _ in range(num_batches):
@@ -159,10 +167,11 @@ def _time_batches(iterator, num_batches):
 
 
 def run(image_dir=DEFAULT_IMAGE_DIR, num_images=10_000, batches=200, repeats=3, seed=0,
-        log=None):
+        op_resampler=False, log=None):
   """Returns {"images_per_s": {method: median}, "runs": {method: [per repeat]}, ...}."""
   files, class_names = list_images(image_dir, num_images)
   images, labels = decode_all(files)
+  methods = METHODS + (OP_METHODS if op_resampler else ())
   with tempfile.TemporaryDirectory(prefix="bench_input_") as data_dir:
     info = write_tfrecords(files, class_names, data_dir, images.shape[1:])
     iterators = {
@@ -171,25 +180,28 @@ def run(image_dir=DEFAULT_IMAGE_DIR, num_images=10_000, batches=200, repeats=3, 
         "project_host": iter(project_host_dataset(info, seed)),
         "project_device": project_device_batches(info, seed),
     }
+    if op_resampler:
+      iterators["project_host_op"] = iter(project_host_dataset(info, seed, "op"))
+      iterators["project_device_op"] = project_device_batches(info, seed, "op")
     # Warm-up: one epoch (fills the caches: the TFRecords are decoded here) and a few more
-    # batches (traces functions, lets AUTOTUNE settle).
+    # batches (traces and compiles functions, lets AUTOTUNE settle).
     warmup = -(-num_images // BATCH_SIZE) + 5
     for name, iterator in iterators.items():
       for _ in range(warmup):
         next(iterator)
-    runs = {name: [] for name in METHODS}
+    runs = {name: [] for name in methods}
     for r in range(repeats):
-      for name in METHODS:
+      for name in methods:
         runs[name].append(_time_batches(iterators[name], batches))
       if log:
         log(f"repeat {r + 1}/{repeats}: "
-            + ", ".join(f"{n} {runs[n][-1]:,.0f}" for n in METHODS))
+            + ", ".join(f"{n} {runs[n][-1]:,.0f}" for n in methods))
   median = {name: statistics.median(values) for name, values in runs.items()}
   ratios = {f"{name}_vs_{base}": median[name] / median[base]
-            for name in ("project_host", "project_device")
+            for name in ("project_host", "project_device") + (OP_METHODS if op_resampler else ())
             for base in ("image_data_generator", "tfdata_keras_layers")}
-  return {
-      "images_per_s": median,
+  result = {
+      "images_per_s": {name: median[name] for name in METHODS},
       "runs": runs,
       "ratios": ratios,
       "settings": {"image_dir": str(image_dir), "num_images": num_images,
@@ -197,21 +209,25 @@ def run(image_dir=DEFAULT_IMAGE_DIR, num_images=10_000, batches=200, repeats=3, 
                    "batches": batches, "repeats": repeats, "cpus": os.cpu_count(),
                    "load_average": list(os.getloadavg())},
   }
+  if op_resampler:
+    result["op_resampler"] = {name[:-len("_op")]: median[name] for name in OP_METHODS}
+  return result
 
 
 def format_table(result):
+  settings = result["settings"]
   lines = [f"{'method':<22} {'min':>9} {'median':>9} {'max':>9}   images/s "
-           f"(batch {BATCH_SIZE}, {result['settings']['batches']} batches x "
-           f"{result['settings']['repeats']} repeats)"]
-  for name in METHODS:
-    values = result["runs"][name]
+           f"(batch {BATCH_SIZE}, {settings['batches']} batches x "
+           f"{settings['repeats']} repeats, {settings['num_images']} images "
+           f"{'x'.join(map(str, settings['image_shape']))})"]
+  for name, values in result["runs"].items():
     lines.append(f"{name:<22} {min(values):>9,.0f} {statistics.median(values):>9,.0f} "
                  f"{max(values):>9,.0f}")
   lines.append("")
   for key, value in result["ratios"].items():
     lines.append(f"{key:<46} {value:6.2f}x")
   lines.append(f"load average at the end (1, 5, 15 min): "
-               f"{', '.join(f'{v:.2f}' for v in os.getloadavg())}")
+               f"{', '.join(f'{v:.2f}' for v in settings['load_average'])}")
   return "\n".join(lines)
 
 
@@ -225,11 +241,15 @@ def main(argv=None):
                       help="batches of 128 timed per method per repeat")
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--op_resampler", action="store_true",
+                      help="also time the project methods with the ImageProjectiveTransformV3 "
+                           "resampler")
   parser.add_argument("--json", action="store_true", help="print one JSON object")
   args = parser.parse_args(argv)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   log = None if args.json else lambda line: print(line, file=sys.stderr, flush=True)
-  result = run(args.image_dir, args.num_images, args.batches, args.repeats, args.seed, log)
+  result = run(args.image_dir, args.num_images, args.batches, args.repeats, args.seed,
+               args.op_resampler, log)
   print(json.dumps(result) if args.json else format_table(result))
 
 

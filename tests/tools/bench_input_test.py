@@ -8,7 +8,7 @@ from tools import bench_input
 
 def test_json_output_has_every_method_with_positive_rates(capsys):
   bench_input.main(["--image_dir", str(testdata.SAMPLE_DIR / "train"), "--num_images", "40",
-                    "--batches", "2", "--repeats", "2", "--json"])
+                    "--batches", "2", "--repeats", "2", "--op_resampler", "--json"])
   result = json.loads(capsys.readouterr().out)
   rates = result["images_per_s"]
   assert sorted(rates) == sorted(bench_input.METHODS)
@@ -17,6 +17,9 @@ def test_json_output_has_every_method_with_positive_rates(capsys):
   assert result["settings"]["image_shape"] == [32, 32, 3]
   assert result["ratios"]["project_host_vs_image_data_generator"] == (
       rates["project_host"] / rates["image_data_generator"])
+  assert sorted(result["op_resampler"]) == ["project_device", "project_host"]
+  assert all(v > 0 for v in result["op_resampler"].values())
+  assert "project_host_op" in bench_input.format_table(result)
 
 
 def test_images_are_taken_round_robin_over_classes():
