@@ -1,8 +1,8 @@
 """`train_and_evaluate(config, strategy)`: one custom training loop for every tf.distribute strategy.
 
-Why not `model.fit`: Keras 3's fit fails under MultiWorkerMirroredStrategy (see
-/work/shared/FIELD_NOTES.md), and one loop for all strategies means the single-device path
-that tests exercise is the same code that runs on a cluster.
+Why not `model.fit`: Keras 3's fit fails under MultiWorkerMirroredStrategy ("Attempt to
+convert a value (PerReplica...)", keras-team/keras#20585), and one loop for all strategies
+means the single-device path that tests exercise is the same code that runs on a cluster.
 
 A run writes into `model_dir`:
   flags.txt          the resolved flags (`--flagfile=<model_dir>/flags.txt` reruns the run)
@@ -48,39 +48,7 @@ _OPTIMIZERS = {
 assert set(_OPTIMIZERS) == set(config_lib.OPTIMIZERS)
 
 
-def join(directory, name):
-  return dataset_info.join(directory, name)  # keeps gs://bucket prefixes intact
-
-
-# --- where files go ----------------------------------------------------------------------
-
-
-class RunDirs:
-  """Paths of one run. `write_*` are where this process writes, `read_*` what it resumes from.
-
-  The chief writes into model_dir; any other worker into model_dir/.worker<N>, which
-  `remove_worker_dir` deletes after each save. Everyone resumes from the chief's files.
-  """
-
-  def __init__(self, model_dir, chief, worker):
-    self.model_dir = model_dir
-    self.chief = chief
-    self.write_root = model_dir if chief else join(model_dir, f".worker{worker}")
-    self.write_checkpoints = join(self.write_root, "checkpoints")
-    self.write_best = join(self.write_root, "best")
-    self.read_checkpoints = join(model_dir, "checkpoints")
-    self.read_best = join(model_dir, "best")
-
-  def file(self, name):
-    """A path in the real model_dir (for files that only the chief writes)."""
-    return join(self.model_dir, name)
-
-  def write_path(self, name):
-    return join(self.write_root, name)
-
-  def remove_worker_dir(self):
-    if not self.chief and tf.io.gfile.exists(self.write_root):
-      tf.io.gfile.rmtree(self.write_root)
+# --- files only the chief writes ----------------------------------------------------------
 
 
 def _write_text(path, text):
@@ -123,8 +91,7 @@ def load_history(dirs, up_to_epoch):
   text = _read_text(dirs.file("history.csv")) if dirs.chief else None
   if not text:
     return []
-  rows = [r for r in csv.DictReader(io.StringIO(text)) if int(r["epoch"]) <= up_to_epoch]
-  return rows
+  return [r for r in csv.DictReader(io.StringIO(text)) if int(r["epoch"]) <= up_to_epoch]
 
 
 def write_history(dirs, rows):
@@ -140,14 +107,19 @@ def write_history(dirs, rows):
 # --- data ----------------------------------------------------------------------------------
 
 
-def distributed_train_data(strategy, info, config):
-  """An endless distributed dataset of per-replica train batches."""
+def distributed_train_data(strategy, info, config, first_epoch):
+  """An endless distributed dataset of per-replica train batches.
+
+  The seed moves on with the epoch a run starts from, so that a resumed run does not replay
+  the shuffle order (and augmentations) of the epochs it has already trained.
+  """
   augment = augment_lib.AugmentConfig() if config.augment else None
+  seed = config.seed + 1_000 * first_epoch
 
   def dataset_fn(input_context):
     return input_pipeline.train_dataset(
         info, batch_size=input_context.get_per_replica_batch_size(config.batch_size),
-        input_context=input_context, seed=config.seed, augment=augment, cache=config.cache,
+        input_context=input_context, seed=seed, augment=augment, cache=config.cache,
         image_size=config.image_size or None)
 
   return strategy.distribute_datasets_from_function(dataset_fn)
@@ -352,7 +324,7 @@ class Checkpoints:
     self.dirs.remove_worker_dir()
 
   def restore_best(self, epoch):
-    path = join(self.dirs.read_best, f"ckpt-{epoch}")
+    path = dataset_info.join(self.dirs.read_best, f"ckpt-{epoch}")
     if not tf.io.gfile.exists(path + ".index"):
       raise RuntimeError(f"the best weights (epoch {epoch}) are missing: {path}.index")
     self.weights.restore(path).assert_existing_objects_matched()
@@ -430,8 +402,7 @@ def train_and_evaluate(config, strategy):
   config_lib.validate(config, model_names=models.MODELS)
   info = dataset_info.load(config.data_dir)
   config_lib.check_against_data(config, info, strategy.num_replicas_in_sync)
-  dirs = RunDirs(config.model_dir, strategy_lib.is_chief(strategy),
-                 strategy_lib.worker_index(strategy))
+  dirs = strategy_lib.RunDirs(config.model_dir, strategy)
   tf.io.gfile.makedirs(config.model_dir)
   write_flags(dirs, config)
 
@@ -445,7 +416,7 @@ def train_and_evaluate(config, strategy):
                  resumed_from, first_epoch, int(state.best_epoch), float(state.best_val_loss))
 
   steps = train_steps_per_epoch(info, config)
-  train_iterator = iter(distributed_train_data(strategy, info, config))
+  train_iterator = iter(distributed_train_data(strategy, info, config, first_epoch))
   val_data, val_steps = distributed_eval_data(strategy, info, "validation", config)
   train_step = make_train_step(model, optimizer, strategy, config.batch_size)
   eval_step = make_eval_step(model, strategy)
@@ -455,14 +426,13 @@ def train_and_evaluate(config, strategy):
                strategy.num_replicas_in_sync, strategy_lib.name_of(strategy), steps,
                config.batch_size, val_steps)
 
-  epoch_speeds = []  # examples/s of each epoch trained by this process
+  speeds = []  # (train examples, train seconds) of each epoch this process trains
   while not state.should_stop(config):
     epoch_start = time.time()
     train = run_steps(train_step, train_iterator, steps)
-    train_seconds = time.time() - epoch_start
-    epoch_speeds.append(train["examples"] / train_seconds)
+    speeds.append((train["examples"], time.time() - epoch_start))
     # The validation loss is reduced over all workers, so every worker takes the same
-    # early-stopping decision below.
+    # early-stopping decision.
     val = evaluate(eval_step, val_data, val_steps)
     if state.end_epoch(val["loss"]):
       checkpoints.save_best(int(state.epoch))
@@ -474,21 +444,13 @@ def train_and_evaluate(config, strategy):
     # the file always ends at the checkpoint's epoch.
     write_history(dirs, history)
     checkpoints.save(int(state.epoch))
-    write_summaries(writers["train"], row["epoch"],
-                    {"loss": row["loss"], "accuracy": row["accuracy"],
-                     "examples_per_s": epoch_speeds[-1]})
-    write_summaries(writers["validation"], row["epoch"],
-                    {"loss": row["val_loss"], "accuracy": row["val_accuracy"]})
-    log_epoch(row, config, state, epoch_speeds[-1])
+    _end_of_epoch_report(writers, row, speeds[-1][0] / speeds[-1][1], config, state)
 
-  barrier(strategy)  # the chief's last best/ save is complete before anyone reads it
-  checkpoints.restore_best(int(state.best_epoch))
-  test_data, test_steps = distributed_eval_data(strategy, info, "test", config)
-  test = evaluate(eval_step, test_data, test_steps)
+  test = _test_best_weights(strategy, checkpoints, state, eval_step, info, config)
   write_summaries(writers["test"], int(state.best_epoch),
                   {"loss": test["loss"], "accuracy": test["accuracy"]})
   export(model, dirs)
-  results = _results(config, strategy, info, state, test, epoch_speeds, first_epoch, started)
+  results = _results(config, strategy, info, state, test, speeds, first_epoch, started)
   if dirs.chief:
     _write_text(dirs.file("results.json"), json.dumps(results, indent=2) + "\n")
   logging.info("test_loss %.4f test_accuracy %.4f (best epoch %d of %d)%s",
@@ -498,10 +460,28 @@ def train_and_evaluate(config, strategy):
   return results
 
 
-def _results(config, strategy, info, state, test, epoch_speeds, first_epoch, started):
-  # The first epoch of a process includes tracing the steps: leave it out of the speed
-  # when there is anything else to average.
-  speeds = epoch_speeds[1:] or epoch_speeds
+def _end_of_epoch_report(writers, row, examples_per_s, config, state):
+  """TensorBoard scalars and the console line of one epoch."""
+  write_summaries(writers["train"], row["epoch"], {
+      "loss": row["loss"], "accuracy": row["accuracy"], "examples_per_s": examples_per_s})
+  write_summaries(writers["validation"], row["epoch"],
+                  {"loss": row["val_loss"], "accuracy": row["val_accuracy"]})
+  log_epoch(row, config, state, examples_per_s)
+
+
+def _test_best_weights(strategy, checkpoints, state, eval_step, info, config):
+  """Loads the best weights into the model and evaluates them on the test split."""
+  barrier(strategy)  # the chief's last best/ save is complete before anyone reads it
+  checkpoints.restore_best(int(state.best_epoch))
+  test_data, test_steps = distributed_eval_data(strategy, info, "test", config)
+  return evaluate(eval_step, test_data, test_steps)
+
+
+def _results(config, strategy, info, state, test, speeds, first_epoch, started):
+  # The first epoch a process trains includes tracing the steps: leave it out of the
+  # throughput when there is anything else to measure.
+  steady = speeds[1:] or speeds
+  seconds = sum(s for _, s in steady)
   return {
       "test_loss": test["loss"],
       "test_accuracy": test["accuracy"],
@@ -511,7 +491,7 @@ def _results(config, strategy, info, state, test, epoch_speeds, first_epoch, sta
       "epochs_run": int(state.epoch),
       "resumed_from_epoch": first_epoch,
       "stopped_early": int(state.epochs_since_best) >= config.patience,
-      "examples_per_s": sum(speeds) / len(speeds) if speeds else None,
+      "examples_per_s": sum(n for n, _ in steady) / seconds if seconds else None,
       "wall_time_s": round(time.time() - started, 3),
       "num_replicas": strategy.num_replicas_in_sync,
       "strategy": strategy_lib.name_of(strategy),
