@@ -78,7 +78,7 @@ class _Errors:
 def verify_data_dir(data_dir, splits=None, decode=True, max_errors=20):
   """Reads every record of `splits` (default: all in dataset_info.json). Returns a Report;
   raises dataset_info.DatasetInfoError when dataset_info.json or a listed shard is missing."""
-  info = dataset_info.load(data_dir)
+  info = _load(data_dir)
   names = list(info.splits) if splits is None else list(splits)
   for name in names:
     info.split(name)  # Raises, naming the splits there are.
@@ -100,6 +100,17 @@ def verify_data_dir(data_dir, splits=None, decode=True, max_errors=20):
       errors.add(f"split {name}: records per class {r.per_class}, but dataset_info.json says "
                  f"per_class={list(split.per_class)}")
   return report
+
+
+def _load(data_dir):
+  """dataset_info.load, with TensorFlow's file system errors (an unreachable or forbidden
+  gs:// bucket, say) turned into a DataError naming the directory, not a stack trace."""
+  import tensorflow as tf
+  try:
+    return dataset_info.load(data_dir)
+  except tf.errors.OpError as e:
+    raise DataError(f"--data_dir={data_dir}: cannot be read ({type(e).__name__}: "
+                    f"{_message(e)})") from None
 
 
 def check_data_dir(data_dir, splits=None, decode=False):
