@@ -120,8 +120,10 @@ def _read(path):
     raise images.BadImage("missing_file", "no such file") from None
   except IsADirectoryError:
     raise images.BadImage("not_an_image", "a directory") from None
-  except (OSError, ValueError) as e:  # ValueError: e.g. a path fsspec cannot parse.
-    raise images.BadImage("read_error", f"{type(e).__name__}: {e}") from None
+  except Exception as e:  # pylint: disable=broad-except
+    # OSError, but also what remote file systems raise of their own (gcsfs's HttpError on a
+    # 403, say) and ValueError for a path fsspec cannot parse: all mean "could not read it".
+    raise images.BadImage("read_error", f"{type(e).__name__}: {e}"[:500]) from None
 
 
 def sum_stats(values):

@@ -224,7 +224,8 @@ def _load_cifar100_split(archive, split):
   # a class subset: refuse the archive instead.
   for what, labels, count in (("fine_labels", fine, CIFAR100_CLASSES),
                               ("coarse_labels", coarse, CIFAR100_COARSE_CLASSES)):
-    bad = [i for i, l in enumerate(labels) if not (isinstance(l, (int, np.integer)) and 0 <= l < count)]
+    bad = [i for i, l in enumerate(labels)
+           if not (isinstance(l, (int, np.integer)) and 0 <= l < count)]
     if bad:
       raise SourceError(f"{archive}: {split} {what}[{bad[0]}] = {labels[bad[0]]!r} is not a "
                         f"class index 0..{count - 1} ({len(bad)} such)")

@@ -128,7 +128,8 @@ def write_inputs(root):
   text = "path,label,split\n" + "\n".join(rows) + "\n"
   # A byte-order mark (spreadsheet exports) must not hide the `path` column, and a row whose
   # bytes are not UTF-8 (a Latin-1 file name) is rejected rather than a decode crash.
-  csv_path.write_bytes(b"\xef\xbb\xbf" + text.encode() + "caf\xe9.jpg,cat,train\n".encode("latin-1"))
+  latin1 = "caf\xe9.jpg,cat,train\n".encode("latin-1")
+  csv_path.write_bytes(b"\xef\xbb\xbf" + text.encode() + latin1)
   rejected[f"{csv_path}:{len(rows) + 2}"] = "malformed_row"
   (root / "classes.txt").write_text("\n".join(CLASSES) + "\n")
   return str(csv_path), good, rejected
