@@ -14,7 +14,6 @@ import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 
 from pipeline import dataset_info
 from trainer import config as config_lib
@@ -71,7 +70,8 @@ def main(argv):
     loop.train_and_evaluate(config, strategy)
   except (config_lib.ConfigError, dataset_info.DatasetInfoError,
           strategy_lib.StrategyError) as e:
-    logging.error("%s", e)
+    # A one-line message on stderr and exit status 1, not a traceback: these are the
+    # user's settings to fix, not bugs.
     sys.exit(f"trainer.train: error: {e}")
 
 
