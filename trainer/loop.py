@@ -404,6 +404,7 @@ def train_and_evaluate(config, strategy):
   config_lib.check_against_data(config, info, strategy.num_replicas_in_sync)
   dirs = strategy_lib.RunDirs(config.model_dir, strategy)
   tf.io.gfile.makedirs(config.model_dir)
+  logging.info("this process writes into %s", dirs.write_root)
   write_flags(dirs, config)
 
   model, optimizer, state = _build(config, info, strategy)

@@ -149,6 +149,8 @@ def test_two_workers_train_together_and_only_the_chief_writes(data_dir, tmp_path
   # worker 1's scratch directory is gone.
   finals = [l[l.rindex("test_loss"):].splitlines()[0] for l in logs]
   assert finals[0] == finals[1]
+  assert f"this process writes into {model_dir}\n" in logs[0]
+  assert f"this process writes into {model_dir}/.worker1\n" in logs[1]
   assert sorted(os.listdir(model_dir)) == [
       "best", "checkpoints", "flags.txt", "history.csv", "model.keras", "results.json",
       "saved_model", "tensorboard"]
