@@ -139,3 +139,12 @@ def _check_complete(data):
     raise BadImage("truncated_image", "PNG: no IEND chunk (the file was cut short)")
   if signature == "JPEG" and data.rfind(b"\xff\xd9") < 2:
     raise BadImage("truncated_image", "JPEG: no end-of-image marker (the file was cut short)")
+
+
+def from_pixels(pixels, image_size=None):
+  """Pixels a source handed over (uint8 [H, W, 3]) -> (PNG bytes, "png", pixels)."""
+  pixels = np.asarray(pixels, dtype=np.uint8)
+  if image_size is not None and pixels.shape[:2] != tuple(image_size):
+    pixels = np.asarray(Image.fromarray(pixels).resize((image_size[1], image_size[0]),
+                                                       Image.BILINEAR), dtype=np.uint8)
+  return encode_png(pixels), "png", pixels
