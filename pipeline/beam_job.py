@@ -83,15 +83,6 @@ class EncodeExample(beam.DoFn):
       counter(f"rejected/{e.reason}").inc()
       yield beam.pvalue.TaggedOutput(REJECTED, (source, e.reason, e.detail))
       return
-    except Exception as e:  # pylint: disable=broad-except
-      # A failure nobody foresaw for one input must not kill a job over thousands: it is
-      # logged with its traceback, counted and listed like any rejection (and, being
-      # counted, still fails the job through --max_reject_fraction if it is widespread).
-      logging.exception("unexpected error on %s", source)
-      counter("rejected/unexpected_error").inc()
-      yield beam.pvalue.TaggedOutput(
-          REJECTED, (source, "unexpected_error", f"{type(e).__name__}: {e}"[:500]))
-      return
     if kind:
       counter(f"converted/{kind}").inc()
       yield beam.pvalue.TaggedOutput(CONVERTED, kind)
