@@ -13,6 +13,10 @@ float32.
 
 Both take a `tf.distribute.InputContext`, to be called from
 `strategy.distribute_datasets_from_function`, with a per-replica batch size.
+
+Augmenting on the device instead: pass augment=None here and call
+`trainer.augment.augment_batch(images, cfg, seed)` in the train step (its default "xla"
+resampler compiles inside or outside a jit-compiled step).
 """
 
 import math
