@@ -23,40 +23,49 @@ from trainer import strategy as strategy_lib
 
 _DEFAULTS = config_lib.Config(data_dir="", model_dir="")
 
-flags.DEFINE_string("data_dir", None, "Data directory with dataset_info.json (local or gs://).")
-flags.DEFINE_string("model_dir", None, "Where checkpoints, results and the exported model go.")
-flags.DEFINE_enum("model", _DEFAULTS.model, sorted(models.MODELS), "Model to train.")
-flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size,
-                     "Global batch size (over all replicas and workers).")
-flags.DEFINE_enum("optimizer", _DEFAULTS.optimizer, config_lib.OPTIMIZERS, "Optimizer.")
-flags.DEFINE_float("learning_rate", _DEFAULTS.learning_rate, "Learning rate.")
-flags.DEFINE_integer("epochs", _DEFAULTS.epochs, "Maximum number of epochs.")
-flags.DEFINE_integer("patience", _DEFAULTS.patience,
-                     "Stop after this many epochs without a lower validation loss.")
-flags.DEFINE_boolean("augment", _DEFAULTS.augment,
-                     "Random flips, rotations, zooms and shifts of the training images.")
-flags.DEFINE_enum("strategy", _DEFAULTS.strategy,
-                  ["auto", "one_device", "mirrored", "multi_worker"],
-                  "tf.distribute strategy; multi_worker reads the cluster from TF_CONFIG.")
-flags.DEFINE_integer("cpu_replicas", _DEFAULTS.cpu_replicas,
-                     "Split the CPU into this many logical devices so that mirrored training "
-                     "runs without GPUs.")
-flags.DEFINE_boolean("mixed_precision", _DEFAULTS.mixed_precision,
-                     "mixed_float16 with loss scaling on GPU, mixed_bfloat16 on CPU.")
-flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed for weights, shuffling and augmentation.")
-flags.DEFINE_string("cache", _DEFAULTS.cache,
-                    "Where decoded images are cached: empty for memory, else a file prefix.")
-flags.DEFINE_integer("image_size", _DEFAULTS.image_size,
-                     "Resize images to this many pixels square; 0 keeps the stored size.")
-flags.DEFINE_integer("steps_per_epoch", _DEFAULTS.steps_per_epoch,
-                     "Cap on training steps per epoch (smoke runs); 0 = one pass over train.")
 
-FLAGS = flags.FLAGS
+def define_flags(flag_values=flags.FLAGS):
+  """Defines the trainer's flags (one per Config field) in `flag_values`.
+
+  Called when the module runs, not when it is imported: importing it (tests, tools) then
+  claims no names in absl's global registry, which the Beam job's flags share (it has an
+  --image_size too).
+  """
+  d, fv = _DEFAULTS, {"flag_values": flag_values}
+  flags.DEFINE_string("data_dir", None, "Data directory with dataset_info.json (local or "
+                      "gs://).", **fv)
+  flags.DEFINE_string("model_dir", None, "Where checkpoints, results and the exported model "
+                      "go. Rerunning with the same --model_dir resumes.", **fv)
+  flags.DEFINE_enum("model", d.model, sorted(models.MODELS), "Model to train.", **fv)
+  flags.DEFINE_integer("batch_size", d.batch_size,
+                       "Global batch size (over all replicas and workers).", **fv)
+  flags.DEFINE_enum("optimizer", d.optimizer, config_lib.OPTIMIZERS, "Optimizer.", **fv)
+  flags.DEFINE_float("learning_rate", d.learning_rate, "Learning rate.", **fv)
+  flags.DEFINE_integer("epochs", d.epochs, "Maximum number of epochs.", **fv)
+  flags.DEFINE_integer("patience", d.patience,
+                       "Stop after this many epochs without a lower validation loss.", **fv)
+  flags.DEFINE_boolean("augment", d.augment,
+                       "Random flips, rotations, zooms and shifts of the training images.", **fv)
+  flags.DEFINE_enum("strategy", d.strategy, strategy_lib.STRATEGIES,
+                    "tf.distribute strategy; multi_worker reads the cluster from TF_CONFIG.",
+                    **fv)
+  flags.DEFINE_integer("cpu_replicas", d.cpu_replicas,
+                       "Split the CPU into this many logical devices so that mirrored "
+                       "training runs without GPUs.", **fv)
+  flags.DEFINE_boolean("mixed_precision", d.mixed_precision,
+                       "mixed_float16 with loss scaling on GPU, mixed_bfloat16 on CPU.", **fv)
+  flags.DEFINE_integer("seed", d.seed, "Seed for weights, shuffling and augmentation.", **fv)
+  flags.DEFINE_string("cache", d.cache, "Where decoded images are cached: empty for memory, "
+                      "else a file path prefix.", **fv)
+  flags.DEFINE_integer("image_size", d.image_size, "Resize images to this many pixels "
+                       "square; 0 keeps the stored size.", **fv)
+  flags.DEFINE_integer("steps_per_epoch", d.steps_per_epoch, "Cap on training steps per "
+                       "epoch (smoke runs); 0 = one pass over train.", **fv)
 
 
-def config_from_flags():
+def config_from_flags(flag_values=flags.FLAGS):
   names = [f.name for f in dataclasses.fields(config_lib.Config)]
-  return config_lib.Config(**{name: FLAGS[name].value for name in names})
+  return config_lib.Config(**{name: flag_values[name].value for name in names})
 
 
 def main(argv):
@@ -76,4 +85,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

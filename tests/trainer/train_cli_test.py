@@ -91,13 +91,14 @@ def test_config_flagfiles_set_the_reports_baseline(name, model):
   # The flagfiles parse with the trainer's own flag definitions (so a typo in one fails
   # here) and hold the report's settings.
   flag_values = flags.FlagValues()
-  for flag in flags.FLAGS.get_flags_for_module(train):
-    flag_values[flag.name] = flag
+  train.define_flags(flag_values)
   flag_values(["train", f"--flagfile={REPO}/configs/{name}.flags"])
   assert (flag_values.model, flag_values.optimizer, flag_values.learning_rate,
           flag_values.batch_size, flag_values.epochs, flag_values.patience,
           flag_values.augment) == (model, "adam", 1e-4, 128, 500, 25, True)
-  flag_values.unparse_flags()
+  # The flags not in the file keep the defaults, which form a valid config.
+  config = train.config_from_flags(flag_values)
+  assert (config.strategy, config.steps_per_epoch, config.mixed_precision) == ("auto", 0, False)
 
 
 def _latest_checkpoint_epoch(model_dir):
