@@ -75,7 +75,7 @@ def write_flags(dirs, config):
   old = _read_text(path)
   if old is not None and old != new:
     for before, after in config_lib.differences(old, new):
-      logging.warning("flags.txt: %s was %s in the previous run", after, before)
+      logging.warning("flags.txt: %s (previous run: %s)", after, before or "not set")
   _write_text(path, new)
 
 

@@ -136,3 +136,13 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(data_dir, tmp_path):
   history = (model_dir / "history.csv").read_text().splitlines()
   assert [row.split(",")[0] for row in history[1:]] == [str(e) for e in range(1, done + 3)]
   assert f"--epochs={done + 2}\n" in (model_dir / "flags.txt").read_text()
+
+
+def test_flag_differences_between_runs_pair_lines_by_flag():
+  old = config_lib.Config(data_dir="d", model_dir="m", epochs=2, augment=True)
+  new = config_lib.Config(data_dir="d", model_dir="m", epochs=4, augment=False)
+  assert config_lib.differences(config_lib.flagfile_text(old),
+                                config_lib.flagfile_text(new)) == [
+      ("--epochs=2", "--epochs=4"), ("--augment", "--noaugment")]
+  assert config_lib.differences("# a comment\n--seed=1\n", "--seed=1\n--cache=x\n") == [
+      (None, "--cache=x")]
