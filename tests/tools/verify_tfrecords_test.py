@@ -15,6 +15,7 @@ from pipeline import dataset_info
 from pipeline import features
 from pipeline import verify
 from tests import testdata
+from tools import verify_tfrecords
 
 SHARD = features.shard_name("train", 0, 2)
 
@@ -146,7 +147,7 @@ def test_missing_info_or_split_raise_dataset_info_errors(data_dir, tmp_path):
 
 
 def start_cli(*args):
-  return subprocess.Popen([sys.executable, "-m", "tools.verify_tfrecords", *args],
+  return subprocess.Popen([sys.executable, "-m", verify_tfrecords.__name__, *args],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           cwd=testdata.REPO)
 
