@@ -41,7 +41,13 @@ def _train(data_dir, model_dir, *flags, env=None):
 
 
 def _finish(process, timeout=180):
-  _, stderr = process.communicate(timeout=timeout)
+  try:
+    _, stderr = process.communicate(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    # A worker whose peer died waits in a collective forever: do not leave it behind.
+    process.kill()
+    _, stderr = process.communicate()
+    raise AssertionError(f"no exit within {timeout} s: {stderr[-3000:]}") from None
   assert process.returncode == 0, stderr[-3000:]
   return stderr
 
@@ -141,7 +147,13 @@ def test_two_workers_train_together_and_only_the_chief_writes(data_dir, tmp_path
     workers.append(_train(data_dir, model_dir, "--strategy=multi_worker", "--batch_size=16",
                           "--epochs=2", "--steps_per_epoch=2",
                           env={"TF_CONFIG": json.dumps(tf_config)}))
-  logs = [_finish(w) for w in workers]
+  try:
+    logs = [_finish(w) for w in workers]
+  finally:
+    for w in workers:
+      if w.poll() is None:
+        w.kill()
+        w.communicate()
   results = json.loads(_read(model_dir, "results.json"))
   assert results["num_replicas"] == 2 and results["strategy"] == "multi_worker"
   assert results["epochs_run"] == 2 and results["test_examples"] == 30

@@ -115,12 +115,14 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(data_dir, tmp_path):
   process = _start(f"--flagfile={REPO}/configs/simple.flags", f"--data_dir={data_dir}",
                    f"--model_dir={model_dir}", "--batch_size=16", "--steps_per_epoch=2",
                    "--epochs=10000", "--patience=10000", "--learning_rate=1e-3")
-  deadline = time.time() + 120
-  while _latest_checkpoint_epoch(model_dir) < 2 and process.poll() is None:
-    assert time.time() < deadline, "no checkpoint of epoch 2 within 120 s"
-    time.sleep(0.05)
-  process.send_signal(signal.SIGKILL)  # no chance to clean up, as with a lost machine
-  process.communicate()
+  try:
+    deadline = time.time() + 120
+    while _latest_checkpoint_epoch(model_dir) < 2 and process.poll() is None:
+      assert time.time() < deadline, "no checkpoint of epoch 2 within 120 s"
+      time.sleep(0.05)
+  finally:
+    process.send_signal(signal.SIGKILL)  # no chance to clean up, as with a lost machine
+    process.communicate()
   assert process.returncode == -signal.SIGKILL
   assert not os.path.exists(model_dir / "results.json")
   done = _latest_checkpoint_epoch(model_dir)
