@@ -147,11 +147,28 @@ def _verify_shard(shard, info, r, keys, decode, errors):
       r.num_records += len(batch)
       start += len(batch)
       continue
+    arrays = {k: v.numpy() for k, v in parsed.items()}  # numpy per record: ~50x faster
+    shapes = _decoded_shapes(parsed[features.IMAGE]) if decode else None
     for i in range(len(batch)):
-      _verify_record(shard, start + i, {k: v[i] for k, v in parsed.items()}, info, r, keys,
-                     decode, errors)
+      _verify_record(shard, start + i, {k: v[i] for k, v in arrays.items()}, info, r, keys,
+                     decode, errors, shape=None if shapes is None else tuple(shapes[i]))
     r.num_records += len(batch)
     start += len(batch)
+
+
+def _decoded_shapes(encoded):
+  """[N, 3] shapes of a batch of encoded images, decoded in parallel in one tf.data pass; None
+  when one of them does not decode (the caller then decodes one by one to name it)."""
+  import tensorflow as tf
+
+  def shape(image):
+    return tf.shape(tf.io.decode_image(image, channels=3, expand_animations=False))
+  ds = tf.data.Dataset.from_tensor_slices(encoded).map(
+      shape, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(BATCH)
+  try:
+    return next(iter(ds)).numpy()
+  except tf.errors.OpError:
+    return None
 
 
 def _message(error):
@@ -172,9 +189,9 @@ def _count_readable(shard, start):
   return count
 
 
-def _verify_record(shard, index, ex, info, r, keys, decode, errors):
+def _verify_record(shard, index, ex, info, r, keys, decode, errors, shape=None):
   import tensorflow as tf
-  key = ex[features.KEY].numpy().decode(errors="replace")
+  key = ex[features.KEY].decode(errors="replace")
   where = f"{shard}: record {index} (key {key!r})"
   label = int(ex[features.LABEL])
   if 0 <= label < info.num_classes:
@@ -193,15 +210,18 @@ def _verify_record(shard, index, ex, info, r, keys, decode, errors):
     keys[key] = f"{shard}: record {index}"
   if not decode:
     return
-  try:
-    image = tf.io.decode_image(ex[features.IMAGE], channels=3, expand_animations=False)
-  except tf.errors.OpError as e:
-    errors.add(f"{where}: image does not decode ({_message(e)})")
-    return
+  if shape is None:  # Its batch had an image that does not decode: is it this one?
+    try:
+      shape = tuple(tf.io.decode_image(ex[features.IMAGE], channels=3,
+                                       expand_animations=False).shape)
+    except tf.errors.OpError as e:
+      errors.add(f"{where}: image does not decode ({_message(e)})")
+      return
+  shape = tuple(int(x) for x in shape)
   height, width = int(ex[features.HEIGHT]), int(ex[features.WIDTH])
-  if tuple(image.shape) != (height, width, 3):
-    errors.add(f"{where}: image decodes to {tuple(image.shape)}, but the record says "
+  if shape != (height, width, 3):
+    errors.add(f"{where}: image decodes to {shape}, but the record says "
                f"height={height} width={width}")
-  elif info.image_shape and tuple(image.shape) != tuple(info.image_shape):
-    errors.add(f"{where}: image is {tuple(image.shape)}, but {features.INFO_FILE} says "
+  elif info.image_shape and shape != tuple(info.image_shape):
+    errors.add(f"{where}: image is {shape}, but {features.INFO_FILE} says "
                f"image_shape={list(info.image_shape)}")
