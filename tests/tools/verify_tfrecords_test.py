@@ -130,11 +130,17 @@ def test_an_image_that_does_not_decode_is_named(data_dir):
     image = features.parse_single(r)[features.IMAGE].numpy()
     return reencode(r, image=image[: len(image) // 3])
   rewrite_shard(path, cut_image)
-  assert verify.verify_data_dir(data_dir, decode=False).ok  # Only decoding can see it.
+  # In the other shard (decoded in one parallel pass): a record whose size fields lie.
+  other = os.path.join(data_dir, features.shard_name("train", 1, 2))
+  rewrite_shard(other, lambda i, r: reencode(r, height=16) if i == 4 else r)
+  assert verify.verify_data_dir(data_dir, decode=False).ok  # Only decoding can see these.
   report = verify.verify_data_dir(data_dir, decode=True)
-  assert len(report.errors) == 1
+  assert len(report.errors) == 2, report.errors
   assert report.errors[0].startswith(f"{path}: record 1 (key 'train/")
   assert "image does not decode" in report.errors[0]
+  assert report.errors[1].startswith(f"{other}: record 4 (key 'train/")
+  assert report.errors[1].endswith("image decodes to (32, 32, 3), but the record says "
+                                   "height=16 width=32")
 
 
 def test_missing_info_or_split_raise_dataset_info_errors(data_dir, tmp_path):
