@@ -25,19 +25,24 @@ flags.DEFINE_bool("decode", True, "Decode every image (slower); --nodecode check
 flags.DEFINE_integer("max_errors", 20, "List at most this many problems.", lower_bound=1)
 
 
-def main(argv):
-  if len(argv) != 2:
-    raise app.UsageError("usage: python -m tools.verify_tfrecords <data_dir> [--splits=...]")
+def run(data_dir, *, splits=None, decode=True, max_errors=20):
+  """Verifies data_dir, prints the report; returns the exit status (see the module doc)."""
   from pipeline import dataset_info
   from pipeline import verify
   try:
-    report = verify.verify_data_dir(argv[1], splits=FLAGS.splits, decode=FLAGS.decode,
-                                    max_errors=FLAGS.max_errors)
+    report = verify.verify_data_dir(data_dir, splits=splits, decode=decode,
+                                    max_errors=max_errors)
   except dataset_info.DatasetInfoError as e:
     print(f"ERROR {e}", file=sys.stderr, flush=True)
     return 2
   print(report.summary(), flush=True)
   return 0 if report.ok else 1
+
+
+def main(argv):
+  if len(argv) != 2:
+    raise app.UsageError("usage: python -m tools.verify_tfrecords <data_dir> [--splits=...]")
+  return run(argv[1], splits=FLAGS.splits, decode=FLAGS.decode, max_errors=FLAGS.max_errors)
 
 
 if __name__ == "__main__":
