@@ -10,7 +10,6 @@ checks only that a gs:// data_dir goes to TensorFlow's GCS file system and fails
 error when it is unreachable. See docs/data.md.
 """
 
-import io
 import json
 import os
 
