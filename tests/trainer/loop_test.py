@@ -142,6 +142,19 @@ def test_a_rerun_resumes_from_the_checkpoint(data_dir, strategy, tmp_path):
   assert int(reader.get_tensor("epoch/.ATTRIBUTES/VARIABLE_VALUE")) == 4
 
 
+def test_an_epoch_longer_than_one_call_runs_every_step(data_dir, strategy, tmp_path):
+  # 96 examples / batch 4 = 24 steps: one call of loop.STEPS_PER_CALL (20) steps and one
+  # of 4; both must run.
+  assert 20 == loop.STEPS_PER_CALL < 24
+  model_dir = tmp_path / "run"
+  loop.train_and_evaluate(_config(data_dir, model_dir, batch_size=4, epochs=1,
+                                  steps_per_epoch=0), strategy)
+  reader = tf.train.load_checkpoint(str(model_dir / "checkpoints"))
+  iterations = [k for k in reader.get_variable_to_shape_map()
+                if k.startswith("optimizer/") and "iteration" in k]
+  assert int(reader.get_tensor(iterations[0])) == 24
+
+
 def test_a_rerun_drops_history_rows_past_the_checkpoint(data_dir, strategy, tmp_path):
   # A run killed after writing epoch 3's history row but before its checkpoint: the rerun
   # trains epoch 3 again and history.csv ends up with each epoch once.
