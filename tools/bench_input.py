@@ -131,7 +131,8 @@ def project_host_dataset(info, seed, resampler="xla"):
 
 
 def project_device_batches(info, seed, resampler="xla"):
-  """Undecorated host batches, augmented by a tf.function step (what the train step runs)."""
+  """Returns fn() -> a fresh iterator of unaugmented host batches, each then augmented by a
+  tf.function step (what the train step runs) before it is handed out."""
   import tensorflow as tf
   from trainer import augment
   from trainer import input_pipeline
@@ -140,22 +141,28 @@ def project_device_batches(info, seed, resampler="xla"):
 
   @tf.function
   def step(images, step_number):
-    seed = tf.random.experimental.stateless_fold_in(base_seed, step_number, alg=augment.RNG_ALG)
+    seed = tf.random.experimental.stateless_fold_in(base_seed, step_number,
+                                                    alg=augment.RNG_ALG)
     out = augment.augment_batch(images, cfg, seed=seed)
-    # A scalar out, so that the timing waits for the augmentation to finish.
+    # A scalar out, so that the timing waits for the augmentation to finish. (Both
+    # resamplers compute whole batches; under jit_compile XLA could skip unused pixels.)
     return out[0, 0, 0, 0]
 
   ds = input_pipeline.train_dataset(info, batch_size=BATCH_SIZE, seed=seed, augment=None)
-  for i, (images, labels) in enumerate(ds):
-    step(images, tf.constant(i, tf.int64)).numpy()
-    yield images, labels
+
+  def batches():
+    for i, (images, labels) in enumerate(ds):
+      step(images, tf.constant(i, tf.int64)).numpy()
+      yield images, labels
+
+  return batches
 
 
 def _time_batches(iterator, num_batches):
   """Images/s over `num_batches` batches (counted, as ImageDataGenerator's last batch of
   an epoch is short)."""
-  # Untimed first: empties what a prefetch buffer banked while other methods ran, so that
-  # the timing sees the steady-state rate, not a burst of ready batches.
+  # Untimed first: the pipeline's parallel stages and prefetch buffer start empty and fill
+  # up; timing starts once they run at their steady rate.
   for _ in range(min(SETTLE_BATCHES, num_batches)):
     next(iterator)
   count = 0
@@ -174,25 +181,37 @@ def run(image_dir=DEFAULT_IMAGE_DIR, num_images=10_000, batches=200, repeats=3, 
   methods = METHODS + (OP_METHODS if op_resampler else ())
   with tempfile.TemporaryDirectory(prefix="bench_input_") as data_dir:
     info = write_tfrecords(files, class_names, data_dir, images.shape[1:])
-    iterators = {
-        "image_data_generator": iter(image_data_generator_batches(images, labels, seed)),
-        "tfdata_keras_layers": iter(keras_layers_dataset(images, labels, seed)),
-        "project_host": iter(project_host_dataset(info, seed)),
-        "project_device": project_device_batches(info, seed),
+    generator = image_data_generator_batches(images, labels, seed)
+    keras_layers = keras_layers_dataset(images, labels, seed)
+    host = {"xla": project_host_dataset(info, seed), "op": project_host_dataset(info, seed, "op")}
+    device = {"xla": project_device_batches(info, seed),
+              "op": project_device_batches(info, seed, "op")}
+    # A fresh iterator for every timing: a live tf.data iterator keeps working in the
+    # background while the other methods are timed, and its banked batches would then be
+    # counted at memory speed. The memory caches belong to the datasets and are kept, so a
+    # new iterator reads decoded images, as epochs after the first do in training.
+    new_iterator = {
+        "image_data_generator": lambda: iter(generator),  # synchronous: nothing runs ahead
+        "tfdata_keras_layers": lambda: iter(keras_layers),
+        "project_host": lambda: iter(host["xla"]),
+        "project_device": device["xla"],
+        "project_host_op": lambda: iter(host["op"]),
+        "project_device_op": device["op"],
     }
-    if op_resampler:
-      iterators["project_host_op"] = iter(project_host_dataset(info, seed, "op"))
-      iterators["project_device_op"] = project_device_batches(info, seed, "op")
     # Warm-up: one epoch (fills the caches: the TFRecords are decoded here) and a few more
-    # batches (traces and compiles functions, lets AUTOTUNE settle).
+    # batches (traces and compiles functions).
     warmup = -(-num_images // BATCH_SIZE) + 5
-    for name, iterator in iterators.items():
+    for name in methods:
+      iterator = new_iterator[name]()
       for _ in range(warmup):
         next(iterator)
+      del iterator
     runs = {name: [] for name in methods}
     for r in range(repeats):
       for name in methods:
-        runs[name].append(_time_batches(iterators[name], batches))
+        iterator = new_iterator[name]()
+        runs[name].append(_time_batches(iterator, batches))
+        del iterator  # stops its background threads before the next method runs
       if log:
         log(f"repeat {r + 1}/{repeats}: "
             + ", ".join(f"{n} {runs[n][-1]:,.0f}" for n in methods))
