@@ -78,13 +78,17 @@ def _decoder(info, image_size):
   return decode
 
 
-def _read_decoded(files, info, image_size, *, deterministic, shard=None):
+def _read_decoded(files, info, image_size, *, deterministic, shard=None, file_seed=None):
   """Decoded (image, label) examples from `files`, in file order when deterministic.
 
   `shard` = (num_shards, index) keeps every num_shards-th record from `index` on, before
-  decoding, so that a pipeline decodes only its share.
+  decoding, so that a pipeline decodes only its share. `file_seed`: read the files in a new
+  order on each pass (matters without a cache, where every epoch reads the files again and
+  the shuffle buffer alone only mixes neighbouring records).
   """
   ds = tf.data.Dataset.from_tensor_slices(list(files))
+  if file_seed is not None:
+    ds = ds.shuffle(len(files), seed=file_seed, reshuffle_each_iteration=True)
   # Several files read at once hides per-file latency (remote storage); in deterministic
   # mode the interleave still emits records in a fixed order.
   ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
@@ -151,13 +155,14 @@ def train_dataset(info, *, batch_size, input_context=None, seed=0, augment=None,
           "many).")
     files = files[pipeline_id::num_pipelines]
   height, width = output_size(info, image_size)
-  ds = _read_decoded(files, info, image_size, deterministic=False)
+  pipeline_seed = seed * 1_000_003 + pipeline_id  # pipelines hold different data: own seeds
+  ds = _read_decoded(files, info, image_size, deterministic=False, file_seed=pipeline_seed)
   ds = _cache(ds, cache, f"train-{height}x{width}-{pipeline_id}of{num_pipelines}")
   # Shuffle after the cache (else every epoch replays the first one's order) and before
   # repeat (so each epoch is a full pass before the next starts).
   num_examples = max(1, info.split("train").num_examples // num_pipelines)
   buffer = max(1, min(shuffle_buffer, num_examples))
-  ds = ds.shuffle(buffer, seed=seed * 1_000_003 + pipeline_id, reshuffle_each_iteration=True)
+  ds = ds.shuffle(buffer, seed=pipeline_seed, reshuffle_each_iteration=True)
   ds = ds.repeat()
   # Full batches only: replicas must agree on batch shapes, and XLA compiles one shape.
   ds = ds.batch(batch_size, drop_remainder=True, num_parallel_calls=AUTOTUNE)

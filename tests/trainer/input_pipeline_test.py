@@ -166,6 +166,13 @@ def test_file_cache_is_written_and_read_back(info, tmp_path):
   assert glob.glob(prefix + "-validation-32x32-0of1*.index")
 
 
+def test_without_a_cache_every_epoch_reads_every_record(info):
+  ds = input_pipeline.train_dataset(info, batch_size=NUM_TRAIN, cache=None)
+  records = collections.Counter(_records(info.split("train").shards))
+  for images, labels in ds.take(2).as_numpy_iterator():
+    assert collections.Counter(_examples(images, labels)) == records
+
+
 def test_image_size_resizes_and_is_required_when_sizes_differ(info):
   mixed = dataclasses.replace(info, image_shape=None)
   with pytest.raises(ValueError, match="--image_size"):
