@@ -42,9 +42,13 @@ OP_METHODS = ("project_host_op", "project_device_op")
 def list_images(image_dir, num_images):
   """[(path, label)]: `num_images` files taken round-robin over the class folders (sorted),
   so that a small sample still has every class."""
-  classes = sorted(p for p in pathlib.Path(image_dir).iterdir() if p.is_dir())
+  image_dir = pathlib.Path(image_dir)
+  classes = sorted(p for p in image_dir.iterdir() if p.is_dir()) if image_dir.is_dir() else []
   if not classes:
-    raise SystemExit(f"--image_dir={image_dir}: no class folders (<class>/*.jpg) found")
+    raise SystemExit(
+        f"--image_dir={image_dir}: no class folders (<class>/*.jpg) found. The default is the "
+        "CIFAR-10 JPEG archive extracted to /tmp/cifar10; pipeline/sample_data/cifar10/train "
+        "has 400 images to try the tool with.")
   per_class = [sorted(c.glob("*.jpg")) + sorted(c.glob("*.png")) for c in classes]
   out = []
   for i in range(max(len(files) for files in per_class)):

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from tests import testdata
 from tools import bench_input
 
@@ -26,3 +28,8 @@ def test_images_are_taken_round_robin_over_classes():
   files, class_names = bench_input.list_images(testdata.SAMPLE_DIR / "train", 20)
   assert len(class_names) == 10
   assert [label for _, label in files] == list(range(10)) * 2
+
+
+def test_a_missing_image_dir_names_the_flag(tmp_path):
+  with pytest.raises(SystemExit, match="--image_dir"):
+    bench_input.list_images(tmp_path / "nowhere", 10)
