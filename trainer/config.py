@@ -32,6 +32,9 @@ class Config:
   cache: str = ""  # "" caches decoded images in memory; else a file path prefix
   image_size: int = 0  # resize to image_size x image_size pixels; 0 keeps the stored size
   steps_per_epoch: int = 0  # cap on train steps per epoch; 0 means one pass over train
+  # Multi-worker only: seconds to wait for the other workers, when connecting and in each
+  # collective (so a lost worker ends the run with an error, not a hang); 0 waits forever.
+  worker_timeout: int = 600
 
   def image_shape(self, stored_shape):
     """The model's input shape given the data's stored (H, W, C), or None if unknown."""
@@ -60,15 +63,23 @@ def validate(config, *, model_names=None):
       raise ConfigError(f"--{name}={value}: must be at least 1")
   if not c.learning_rate >= 0:  # Also rejects NaN.
     raise ConfigError(f"--learning_rate={c.learning_rate}: must be >= 0")
-  for name in ("image_size", "steps_per_epoch"):
+  for name in ("image_size", "steps_per_epoch", "worker_timeout"):
     if getattr(c, name) < 0:
       raise ConfigError(f"--{name}={getattr(c, name)}: must be >= 0 (0 = off)")
 
 
-def check_against_data(config, info, num_replicas):
-  """Checks settings against the data directory's DatasetInfo and the replica count."""
+def check_against_data(config, info, num_replicas, num_workers=1):
+  """Checks settings against the data directory's DatasetInfo and the replica and worker
+  counts (before any step runs, so that every worker fails alike instead of some hanging)."""
   c = config
   train = info.split("train").num_examples
+  shards = len(info.split("train").shards)
+  if num_workers > 1 and shards < num_workers:
+    # Each worker reads whole train files (files[worker::num_workers]).
+    raise ConfigError(f"--data_dir={c.data_dir} has {shards} train shard file(s) for "
+                      f"{num_workers} workers; each worker reads its own files, so rebuild "
+                      f"the data with --num_shards={num_workers} or more (ideally 10x the "
+                      "workers) or run fewer workers")
   if c.batch_size > train:
     raise ConfigError(f"--batch_size={c.batch_size} is larger than the train split "
                       f"({train} examples in {c.data_dir})")

@@ -14,10 +14,17 @@ TensorFlow call of the trainer.
 
 import json
 import os
+import subprocess
+import sys
 
 import tensorflow as tf
 
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
+# What a multi-worker step raises when another worker is lost: Unavailable once the
+# coordination service misses its heartbeats (about 10 s here), DeadlineExceeded when a
+# collective outlives --worker_timeout, Aborted for collectives cut short by either.
+LOST_WORKER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+                      tf.errors.AbortedError)
 
 
 class StrategyError(ValueError):
@@ -86,8 +93,58 @@ def _cpu_devices(cpu_replicas):
   return [f"/cpu:{i}" for i in range(cpu_replicas)]
 
 
-def make_strategy(name, cpu_replicas=1):
-  """Builds the tf.distribute strategy `name` (one of STRATEGIES)."""
+# Run as `python -c`: waits `timeout` seconds for its stdin to close (the trainer closes it once
+# connected, or dies), else prints the message and SIGKILLs the trainer.
+_WATCHDOG = """
+import os, select, signal, sys
+parent, timeout, message = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+ready, _, _ = select.select([sys.stdin], [], [], timeout)
+if not ready:
+  sys.stderr.write(message + "\\n")
+  sys.stderr.flush()
+  os.kill(parent, signal.SIGKILL)
+"""
+
+
+def _connect_multi_worker(tf_config, timeout_seconds):
+  """MultiWorkerMirroredStrategy, once every worker of the cluster has connected.
+
+  Building the strategy blocks until all workers have registered with the coordination
+  service, with no time limit of its own (seen here: a lone worker waited for its peer as
+  long as it was left running), and it holds the GIL meanwhile, so no Python thread or signal
+  handler can step in. A watchdog process prints why and kills this one after
+  `timeout_seconds` instead. Every collective then gets the same timeout
+  (CommunicationOptions), so that a worker lost later fails the all-reduce with an error
+  instead of waiting forever.
+  """
+  hosts = [h for job in ("chief", "worker") for h in tf_config["cluster"].get(job, [])]
+  task = tf_config["task"]
+  watchdog = None
+  if timeout_seconds:
+    message = (
+        f"trainer.train: error: {task['type']} {task['index']} could not reach the other "
+        f"workers of TF_CONFIG's cluster {hosts} within --worker_timeout={timeout_seconds} s; "
+        "start every worker with the same cluster (each with its own task index) and check "
+        "that their host:port addresses are reachable from here. Stopping this worker.")
+    watchdog = subprocess.Popen(
+        [sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(timeout_seconds), message],
+        stdin=subprocess.PIPE)
+  try:
+    options = tf.distribute.experimental.CommunicationOptions(
+        timeout_seconds=float(timeout_seconds) if timeout_seconds else None)
+    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+  finally:
+    if watchdog is not None:
+      watchdog.stdin.close()  # connected (or failed otherwise): the watchdog exits
+      watchdog.wait()
+
+
+def make_strategy(name, cpu_replicas=1, *, worker_timeout=0):
+  """Builds the tf.distribute strategy `name` (one of STRATEGIES).
+
+  `worker_timeout` (seconds, 0 = none) applies to multi_worker: how long to wait for the
+  other workers to connect, and for each collective.
+  """
   if name not in STRATEGIES:
     raise StrategyError(f"--strategy={name}: unknown; choose one of {', '.join(STRATEGIES)}")
   if cpu_replicas < 1:
@@ -97,8 +154,8 @@ def make_strategy(name, cpu_replicas=1):
       raise StrategyError(
           f"--cpu_replicas={cpu_replicas} does not apply to --strategy=multi_worker (each "
           "worker process is one CPU replica); use one worker process per replica instead")
-    parse_tf_config(os.environ.get("TF_CONFIG", ""))
-    return tf.distribute.MultiWorkerMirroredStrategy()
+    tf_config = parse_tf_config(os.environ.get("TF_CONFIG", ""))
+    return _connect_multi_worker(tf_config, worker_timeout)
   gpus = _gpus()
   if name == "one_device":
     return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
@@ -136,6 +193,15 @@ def worker_index(strategy):
   _, task_id = _task(strategy)
   return task_id or 0
 
+
+def num_workers(strategy):
+  """Worker processes training together (each with its own input pipeline); 1 outside a
+  cluster."""
+  resolver = getattr(strategy, "cluster_resolver", None)
+  if resolver is None:
+    return 1
+  cluster = resolver.cluster_spec().as_dict()
+  return sum(len(cluster.get(job, ())) for job in ("chief", "worker")) or 1
 
 
 def name_of(strategy):

@@ -61,6 +61,9 @@ def define_flags(flag_values=flags.FLAGS):
                        "square; 0 keeps the stored size.", **fv)
   flags.DEFINE_integer("steps_per_epoch", d.steps_per_epoch, "Cap on training steps per "
                        "epoch (smoke runs); 0 = one pass over train.", **fv)
+  flags.DEFINE_integer("worker_timeout", d.worker_timeout, "--strategy=multi_worker: seconds "
+                       "a worker waits for the others, to connect and in each all-reduce, "
+                       "before it fails with an error; 0 waits forever.", **fv)
 
 
 def config_from_flags(flag_values=flags.FLAGS):
@@ -75,13 +78,22 @@ def main(argv):
   try:
     config_lib.validate(config, model_names=models.MODELS)
     # The first TensorFlow call: splitting the CPU into replicas must precede every op.
-    strategy = strategy_lib.make_strategy(config.strategy, config.cpu_replicas)
+    strategy = strategy_lib.make_strategy(config.strategy, config.cpu_replicas,
+                                          worker_timeout=config.worker_timeout)
     loop.train_and_evaluate(config, strategy)
   except (config_lib.ConfigError, dataset_info.DatasetInfoError,
           strategy_lib.StrategyError) as e:
     # A one-line message on stderr and exit status 1, not a traceback: these are the
     # user's settings to fix, not bugs.
     sys.exit(f"trainer.train: error: {e}")
+  except strategy_lib.LOST_WORKER_ERRORS as e:
+    if config.strategy != "multi_worker":
+      raise
+    # A peer died or hung: this worker cannot go on alone (every step all-reduces).
+    reason = e.message.rsplit("aborted by: ", 1)[-1].strip().splitlines()
+    sys.exit(f"trainer.train: error: lost contact with another worker ({' '.join(reason[:2])}); "
+             "rerun the same command on every worker to resume from the last checkpoint in "
+             f"--model_dir={config.model_dir}")
 
 
 if __name__ == "__main__":
