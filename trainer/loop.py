@@ -21,6 +21,7 @@ two processes write one file (tensorflow/tensorflow#38635).
 """
 
 import csv
+import hashlib
 import io
 import json
 import time
@@ -121,6 +122,11 @@ def distributed_train_data(strategy, info, config, first_epoch):
   seed = config.seed + 1_000 * first_epoch
 
   def dataset_fn(input_context):
+    # The files input_pipeline.train_dataset reads (files[id::n]), said once per worker so
+    # that a cluster's logs show who reads what.
+    pipeline, pipelines = input_context.input_pipeline_id, input_context.num_input_pipelines
+    logging.info("input pipeline %d of %d reads train shards %s", pipeline, pipelines,
+                 list(info.split("train").shards[pipeline::pipelines]))
     return input_pipeline.train_dataset(
         info, batch_size=input_context.get_per_replica_batch_size(config.batch_size),
         input_context=input_context, seed=seed, augment=augment, cache=config.cache,
@@ -400,7 +406,8 @@ def train_and_evaluate(config, strategy):
   started = time.time()
   config_lib.validate(config, model_names=models.MODELS)
   info = dataset_info.load(config.data_dir)
-  config_lib.check_against_data(config, info, strategy.num_replicas_in_sync)
+  config_lib.check_against_data(config, info, strategy.num_replicas_in_sync,
+                                strategy_lib.num_workers(strategy))
   dirs = strategy_lib.RunDirs(config.model_dir, strategy)
   tf.io.gfile.makedirs(config.model_dir)
   logging.info("this process writes into %s", dirs.write_root)
@@ -456,8 +463,18 @@ def train_and_evaluate(config, strategy):
   logging.info("test_loss %.4f test_accuracy %.4f (best epoch %d of %d)%s",
                test["loss"], test["accuracy"], results["best_epoch"], results["epochs_run"],
                ", stopped early" if results["stopped_early"] else "")
+  # Workers kept in sync end with the same digest; compare it across their logs.
+  logging.info("final weights sha256 %s", weights_digest(model))
   dirs.remove_worker_dir()
   return results
+
+
+def weights_digest(model):
+  """sha256 over the bytes of every weight of `model` (this worker's copy)."""
+  digest = hashlib.sha256()
+  for weight in model.weights:
+    digest.update(keras.ops.convert_to_numpy(weight).tobytes())
+  return digest.hexdigest()
 
 
 def _end_of_epoch_report(writers, row, examples_per_s, config, state):
