@@ -1,0 +1,202 @@
+"""Runs a MultiWorkerMirroredStrategy job as N worker processes on this machine.
+
+    python -m tools.launch_local --workers=2 -- --data_dir=DATA --model_dir=RUN [trainer flags]
+
+Picks N free ports on 127.0.0.1, gives each worker its own TF_CONFIG (worker 0 is the chief),
+starts `python -m trainer.train --strategy=multi_worker <trainer flags>` once per worker, and
+prints every output line of worker N as `[worker N] line`. Its own lines start with
+`[launch]`, among them `[launch] worker N pid P` for each worker (a test or an operator can
+kill one to rehearse a preemption).
+
+If a worker fails (non-zero exit, or killed), the others cannot go on (every step all-reduces
+over all of them): the launcher stops them (SIGTERM, then SIGKILL after --grace_seconds) and
+exits 1. SIGINT and SIGTERM to the launcher are forwarded to every worker. Rerunning the same
+command resumes from the last checkpoint in --model_dir (trainer/loop.py).
+
+This is a stand-in for a cluster manager on one machine. On several machines, start
+`python -m trainer.train --strategy=multi_worker ...` on each with its own TF_CONFIG
+(docs/distributed.md).
+"""
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+HOST = "127.0.0.1"
+PREFIX = "[launch]"
+
+
+def free_ports(count, host=HOST):
+  """`count` distinct ports that were free a moment ago (all held open until all are known,
+  so that no two are the same)."""
+  sockets = []
+  try:
+    for _ in range(count):
+      s = socket.socket()
+      s.bind((host, 0))
+      sockets.append(s)
+    return [s.getsockname()[1] for s in sockets]
+  finally:
+    for s in sockets:
+      s.close()
+
+
+def tf_config(hosts, index):
+  """The TF_CONFIG value of worker `index` in a cluster of `hosts` ("host:port" strings)."""
+  return json.dumps({"cluster": {"worker": list(hosts)},
+                     "task": {"type": "worker", "index": index}})
+
+
+def trainer_command(trainer_args, python=sys.executable):
+  for arg in trainer_args:
+    if arg.startswith("--strategy=") and arg != "--strategy=multi_worker":
+      raise ValueError(f"{arg}: the launcher runs --strategy=multi_worker workers; leave "
+                       "--strategy out")
+  return [python, "-m", "trainer.train", "--strategy=multi_worker", *trainer_args]
+
+
+def _die_with_parent():
+  # Linux: a worker gets SIGKILL when the launcher dies, even by SIGKILL, so that no worker
+  # is left waiting for its peers. (prctl option 1 = PR_SET_PDEATHSIG.)
+  try:
+    import ctypes
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
+  except (OSError, AttributeError):
+    pass
+
+
+def start_worker(index, hosts, trainer_args, *, env=None, cwd=None):
+  """Starts worker `index` as a subprocess (stdout and stderr merged, one pipe); a Popen."""
+  full_env = dict(os.environ if env is None else env)
+  full_env["TF_CONFIG"] = tf_config(hosts, index)
+  full_env.setdefault("PYTHONUNBUFFERED", "1")
+  return subprocess.Popen(
+      trainer_command(trainer_args), env=full_env, cwd=cwd, stdin=subprocess.DEVNULL,
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+      preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+
+
+class _Printer:
+  """Writes whole lines from several threads without interleaving them."""
+
+  def __init__(self, out):
+    self.out = out
+    self.lock = threading.Lock()
+
+  def line(self, text):
+    with self.lock:
+      self.out.write(text if text.endswith("\n") else text + "\n")
+      self.out.flush()
+
+
+def _stream(process, prefix, printer):
+  for line in process.stdout:
+    printer.line(f"{prefix} {line}")
+  process.stdout.close()
+
+
+def _describe(returncode):
+  if returncode < 0:
+    try:
+      return f"was killed by {signal.Signals(-returncode).name}"
+    except ValueError:
+      return f"was killed by signal {-returncode}"
+  return f"exited with code {returncode}"
+
+
+def stop(processes, grace_seconds, sig=signal.SIGTERM):
+  """Sends `sig` to every running process, then SIGKILL to those still running after
+  `grace_seconds`."""
+  for p in processes:
+    if p.poll() is None:
+      p.send_signal(sig)
+  deadline = time.monotonic() + grace_seconds
+  for p in processes:
+    try:
+      p.wait(timeout=max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+      p.kill()
+      p.wait()
+
+
+def run(num_workers, trainer_args, *, grace_seconds=10.0, out=None, cwd=None):
+  """Runs the job to the end; returns 0 if every worker succeeded, else 1."""
+  printer = _Printer(out or sys.stdout)
+  hosts = [f"{HOST}:{port}" for port in free_ports(num_workers)]
+  printer.line(f"{PREFIX} cluster {hosts}: {' '.join(trainer_command(trainer_args))}")
+  workers, streams = [], []
+  received = []  # signals forwarded to the workers
+
+  def forward(signum, _frame):
+    received.append(signum)
+    printer.line(f"{PREFIX} {signal.Signals(signum).name}: forwarding to every worker")
+    for p in workers:
+      if p.poll() is None:
+        p.send_signal(signum)
+
+  previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+  failed = None
+  try:
+    for index in range(num_workers):
+      process = start_worker(index, hosts, trainer_args, cwd=cwd)
+      workers.append(process)
+      printer.line(f"{PREFIX} worker {index} pid {process.pid}")
+      thread = threading.Thread(target=_stream, args=(process, f"[worker {index}]", printer),
+                                daemon=True)
+      thread.start()
+      streams.append(thread)
+    while any(p.poll() is None for p in workers):
+      failed = next((i for i, p in enumerate(workers) if p.poll() not in (None, 0)), None)
+      if failed is not None or received:
+        break
+      time.sleep(0.1)
+    if failed is None:
+      failed = next((i for i, p in enumerate(workers) if p.poll() not in (None, 0)), None)
+    if received:
+      stop(workers, grace_seconds, sig=received[-1])  # the grace period, then SIGKILL
+    elif failed is not None:
+      printer.line(f"{PREFIX} worker {failed} {_describe(workers[failed].returncode)}; "
+                   "stopping the other workers (they cannot continue without it)")
+      stop(workers, grace_seconds)
+  finally:
+    stop(workers, grace_seconds)
+    for s, handler in previous.items():
+      signal.signal(s, handler)
+    for thread in streams:
+      thread.join(timeout=5)
+  codes = [p.returncode for p in workers]
+  printer.line(f"{PREFIX} exit codes {codes}")
+  return 0 if failed is None and not received and all(c == 0 for c in codes) else 1
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(
+      description=__doc__.split("\n")[0],
+      usage="python -m tools.launch_local --workers=N -- <trainer flags>")
+  parser.add_argument("--workers", type=int, default=2, help="worker processes to start")
+  parser.add_argument("--grace_seconds", type=float, default=10.0,
+                      help="after a failure or a signal, how long workers get to exit before "
+                           "SIGKILL")
+  parser.add_argument("trainer_args", nargs=argparse.REMAINDER,
+                      help="flags for python -m trainer.train, after --")
+  args = parser.parse_args(argv)
+  trainer_args = args.trainer_args
+  if trainer_args[:1] == ["--"]:
+    trainer_args = trainer_args[1:]
+  if args.workers < 1:
+    parser.error(f"--workers={args.workers}: must be at least 1")
+  try:
+    trainer_command(trainer_args)
+  except ValueError as e:
+    parser.error(str(e))
+  return run(args.workers, trainer_args, grace_seconds=args.grace_seconds)
+
+
+if __name__ == "__main__":
+  sys.exit(main())
