@@ -1,0 +1,163 @@
+"""Preemption: a run killed with SIGKILL mid-epoch and started again, on one process and on
+two worker processes on 127.0.0.1 (through tools.launch_local), ends as an uninterrupted run.
+
+The runs use --learning_rate=0, so that the weights, and so the validation loss, stay those
+of epoch 1: an uninterrupted run with --patience=3 therefore stops after epoch 4 with best
+epoch 1. A restart that lost the early-stopping state (epochs without improvement) would run
+past epoch 4; one that started from scratch would train epochs 1-2 again. (That training
+itself resumes, optimizer included, is checked with a real learning rate in loop_test.py.)
+The worker to kill is the chief, worker 0: the one whose files the restart resumes from.
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from tests import testdata
+
+REPO = str(testdata.REPO)
+PATIENCE = 3
+UNINTERRUPTED_EPOCHS = 1 + PATIENCE  # best epoch 1, then PATIENCE epochs without improvement
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  path = tmp_path_factory.mktemp("data")
+  testdata.write_data_dir(path, num_shards=4)  # 2 train shards per worker
+  return str(path)
+
+
+class Job:
+  """A training job in subprocesses: the trainer itself (workers=1) or tools.launch_local.
+
+  A thread collects its output lines (stdout and stderr merged), so the test can wait for
+  a line without blocking on the pipe.
+  """
+
+  def __init__(self, workers, flags):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    env.pop("TF_CONFIG", None)
+    if workers == 1:
+      command = [sys.executable, "-m", "trainer.train", "--strategy=one_device", *flags]
+    else:
+      command = [sys.executable, "-m", "tools.launch_local", f"--workers={workers}",
+                 "--grace_seconds=5", "--", *flags]
+    self.workers = workers
+    self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True)
+    self.lines = []
+    self.changed = threading.Condition()
+    self.reader = threading.Thread(target=self._read, daemon=True)
+    self.reader.start()
+
+  def _read(self):
+    for line in self.process.stdout:
+      with self.changed:
+        self.lines.append(line)
+        self.changed.notify_all()
+
+  def wait_for(self, pattern, timeout):
+    """The first output line matching `pattern`; fails if none within `timeout` s."""
+    regex = re.compile(pattern)
+    deadline = time.monotonic() + timeout
+    with self.changed:
+      while True:
+        found = next((l for l in self.lines if regex.search(l)), None)
+        if found:
+          return found
+        left = deadline - time.monotonic()
+        assert left > 0 and self.process.poll() is None, (
+            f"no line matching {pattern!r} (exit code {self.process.poll()}):\n"
+            + "".join(self.lines[-40:]))
+        self.changed.wait(min(left, 1.0))
+
+  def pid(self, worker):
+    if self.workers == 1:
+      return self.process.pid
+    return int(self.wait_for(rf"^\[launch\] worker {worker} pid \d+", 30).split()[-1])
+
+  def finish(self, timeout):
+    try:
+      self.process.wait(timeout=timeout)
+    finally:
+      if self.process.poll() is None:
+        self.process.kill()  # a hung job must not outlive the test
+        self.process.wait()
+    self.reader.join(timeout=10)
+    return self.process.returncode, "".join(self.lines)
+
+
+def _checkpoint_epoch(model_dir):
+  """Epoch of the latest full checkpoint in model_dir (0 if none)."""
+  state = os.path.join(model_dir, "checkpoints", "checkpoint")
+  if not os.path.exists(state):
+    return 0
+  with open(state) as f:
+    return int(re.search(r'model_checkpoint_path: "ckpt-(\d+)"', f.read()).group(1))
+
+
+def _history(model_dir):
+  with open(os.path.join(model_dir, "history.csv")) as f:
+    return f.read().splitlines()[1:]
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["one_process", "two_workers"])
+def test_a_run_killed_mid_epoch_resumes_and_ends_as_an_uninterrupted_run(data_dir, tmp_path,
+                                                                        workers):
+  model_dir = str(tmp_path / "run")
+  flags = [f"--data_dir={data_dir}", f"--model_dir={model_dir}", "--batch_size=16",
+           "--steps_per_epoch=2", "--learning_rate=0", f"--patience={PATIENCE}",
+           "--epochs=50", "--noaugment", "--seed=5"]
+  prefix = r"^\[worker 0\] .*" if workers > 1 else ""
+  first = Job(workers, flags)
+  victim = first.pid(0)
+  # Worker 0 logs "epoch 2/50" after writing epoch 2's checkpoint, and starts training
+  # epoch 3 right after: a SIGKILL now lands in the middle of epoch 3.
+  first.wait_for(prefix + r"epoch 2/50: loss", timeout=240)
+  os.kill(victim, signal.SIGKILL)
+  code, log = first.finish(timeout=60)
+  done = _checkpoint_epoch(model_dir)
+  assert 2 <= done < UNINTERRUPTED_EPOCHS, log[-3000:]
+  assert not os.path.exists(os.path.join(model_dir, "results.json"))
+  if workers == 1:
+    assert code == -signal.SIGKILL
+  else:
+    # The launcher saw worker 0 die, stopped worker 1 (which cannot train alone) and failed.
+    assert code == 1, log[-3000:]
+    assert "[launch] worker 0 was killed by SIGKILL; stopping the other workers" in log
+    other = int(re.search(r"\[launch\] worker 1 pid (\d+)", log).group(1))
+    with pytest.raises(ProcessLookupError):
+      os.kill(other, 0)
+  history_before = _history(model_dir)[:done]
+  print(f"killed pid {victim} (worker 0 of {workers}) in epoch {done + 1}; restarting from "
+        f"the checkpoint of epoch {done}")  # shown with pytest -s
+
+  second = Job(workers, flags)  # the same command again
+  code, log = second.finish(timeout=240)
+  assert code == 0, log[-4000:]
+  # Every worker restored the checkpoint the killed run left, and none started over.
+  assert log.count(f"{done} epochs done") == workers, log[-4000:]
+  with open(os.path.join(model_dir, "results.json")) as f:
+    results = json.load(f)
+  assert results["resumed_from_epoch"] == done
+  # What an uninterrupted run ends with: the early-stopping count carried over the restart.
+  assert (results["epochs_run"], results["best_epoch"], results["stopped_early"]) == (
+      UNINTERRUPTED_EPOCHS, 1, True)
+  history = _history(model_dir)
+  assert [row.split(",")[0] for row in history] == [
+      str(e) for e in range(1, UNINTERRUPTED_EPOCHS + 1)]
+  assert history[:done] == history_before  # epochs before the kill were not run again
+  assert len({row.split(",")[3] for row in history}) == 1  # val_loss never moved (lr 0)
+  if workers > 1:
+    # Both workers stopped early together (the validation loss is all-reduced), so neither
+    # waited for the other, and they hold the same weights.
+    assert len(re.findall(r"test_loss .*, stopped early", log)) == 2, log[-4000:]
+    digests = set(re.findall(r"final weights sha256 ([0-9a-f]{64})", log))
+    assert len(digests) == 1, log[-4000:]
