@@ -134,8 +134,8 @@ def run(num_workers, trainer_args, *, grace_seconds=10.0, out=None, cwd=None):
   received = []  # signals forwarded to the workers
 
   def forward(signum, _frame):
+    # No printing here: the handler may run while this thread holds the printer's lock.
     received.append(signum)
-    printer.line(f"{PREFIX} {signal.Signals(signum).name}: forwarding to every worker")
     for p in workers:
       if p.poll() is None:
         p.send_signal(signum)
@@ -159,7 +159,10 @@ def run(num_workers, trainer_args, *, grace_seconds=10.0, out=None, cwd=None):
     if failed is None:
       failed = next((i for i, p in enumerate(workers) if p.poll() not in (None, 0)), None)
     if received:
-      stop(workers, grace_seconds, sig=received[-1])  # the grace period, then SIGKILL
+      name = signal.Signals(received[-1]).name
+      printer.line(f"{PREFIX} {name}: forwarded to every worker; SIGKILL to those still "
+                   f"running after {grace_seconds:g} s")
+      stop(workers, grace_seconds, sig=received[-1])
     elif failed is not None:
       printer.line(f"{PREFIX} worker {failed} {_describe(workers[failed].returncode)}; "
                    "stopping the other workers (they cannot continue without it)")
