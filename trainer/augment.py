@@ -231,7 +231,7 @@ def _resample_xla(images, params):
   return top * (1.0 - wy) + bottom * wy
 
 
-def apply_transforms(images, params, resampler="op"):
+def apply_transforms(images, params, resampler="xla"):
   """Resamples images [B, H, W, C] with per-image params [B, 8] (or [1, 8] for all):
   bilinear, edges extended ("nearest", as the report). Returns the input dtype.
 
