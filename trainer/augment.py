@@ -219,6 +219,8 @@ def _resample_xla(images, params):
   x0, y0 = tf.floor(x_in), tf.floor(y_in)
   wx, wy = (x_in - x0)[..., None], (y_in - y0)[..., None]  # [B, H, W, 1] weights
   x0, y0 = tf.cast(x0, tf.int32), tf.cast(y0, tf.int32)
+  # On the last row/column the second neighbour has weight 0; clamping keeps its index
+  # inside the image all the same (else it would read the next row, or past the batch).
   x1, y1 = tf.minimum(x0 + 1, width - 1), tf.minimum(y0 + 1, height - 1)
   pixels = tf.reshape(images, [-1, channels])  # [B*H*W, C]
   first = (tf.range(batch) * height * width)[:, None, None]  # index of each image's (0, 0)
