@@ -19,6 +19,7 @@ This is a stand-in for a cluster manager on one machine. On several machines, st
 """
 
 import argparse
+import ctypes
 import json
 import os
 import signal
@@ -61,14 +62,20 @@ def trainer_command(trainer_args, python=sys.executable):
   return [python, "-m", "trainer.train", "--strategy=multi_worker", *trainer_args]
 
 
-def _die_with_parent():
-  # Linux: a worker gets SIGKILL when the launcher dies, even by SIGKILL, so that no worker
-  # is left waiting for its peers. (prctl option 1 = PR_SET_PDEATHSIG.)
+def _die_with_parent_hook():
+  """A preexec_fn giving the worker SIGKILL when the launcher dies, even by SIGKILL, so that no
+  worker is left waiting for its peers (Linux prctl PR_SET_PDEATHSIG = 1); None elsewhere.
+
+  libc is loaded here, in the launcher: the hook runs between fork and exec, where only
+  simple calls are safe while other threads (the log streams) exist."""
+  if not sys.platform.startswith("linux"):
+    return None
   try:
-    import ctypes
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
+    libc = ctypes.CDLL(None, use_errno=True)
+    prctl = libc.prctl
   except (OSError, AttributeError):
-    pass
+    return None
+  return lambda: prctl(1, signal.SIGKILL.value)
 
 
 def start_worker(index, hosts, trainer_args, *, env=None, cwd=None):
@@ -79,7 +86,7 @@ def start_worker(index, hosts, trainer_args, *, env=None, cwd=None):
   return subprocess.Popen(
       trainer_command(trainer_args), env=full_env, cwd=cwd, stdin=subprocess.DEVNULL,
       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-      preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+      preexec_fn=_die_with_parent_hook())
 
 
 class _Printer:

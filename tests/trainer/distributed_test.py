@@ -161,3 +161,19 @@ def test_a_run_killed_mid_epoch_resumes_and_ends_as_an_uninterrupted_run(data_di
     assert len(re.findall(r"test_loss .*, stopped early", log)) == 2, log[-4000:]
     digests = set(re.findall(r"final weights sha256 ([0-9a-f]{64})", log))
     assert len(digests) == 1, log[-4000:]
+
+
+def test_a_malformed_tf_config_stops_the_worker_with_the_problem(data_dir, tmp_path):
+  # Every kind of malformed TF_CONFIG is checked in strategy_test.py; this is the real
+  # process: a message and exit 1 before any server starts, not a wait for a cluster.
+  tf_config = ('{"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, '
+               '"task": {"type": "worker", "index": 2}}')
+  problem = "TF_CONFIG task index 2 is out of range: job 'worker' has 2 hosts"
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=tf_config)
+  process = subprocess.run(
+      [sys.executable, "-m", "trainer.train", "--strategy=multi_worker",
+       f"--data_dir={data_dir}", f"--model_dir={tmp_path / 'run'}"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+  assert process.returncode == 1
+  assert problem in process.stderr, process.stderr[-2000:]
+  assert "Traceback" not in process.stderr
