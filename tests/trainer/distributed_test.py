@@ -7,6 +7,8 @@ epoch 1. A restart that lost the early-stopping state (epochs without improvemen
 past epoch 4; one that started from scratch would train epochs 1-2 again. (That training
 itself resumes, optimizer included, is checked with a real learning rate in loop_test.py.)
 The worker to kill is the chief, worker 0: the one whose files the restart resumes from.
+The restarted 2-worker run is also the check of a whole 2-worker run: disjoint train shards,
+identical final weights, prefixed logs, and only the chief's files in --model_dir.
 """
 
 import json
@@ -159,8 +161,24 @@ def test_a_run_killed_mid_epoch_resumes_and_ends_as_an_uninterrupted_run(data_di
     # Both workers stopped early together (the validation loss is all-reduced), so neither
     # waited for the other, and they hold the same weights.
     assert len(re.findall(r"test_loss .*, stopped early", log)) == 2, log[-4000:]
-    digests = set(re.findall(r"final weights sha256 ([0-9a-f]{64})", log))
-    assert len(digests) == 1, log[-4000:]
+    digests = re.findall(r"^\[worker (\d)\] .*final weights sha256 ([0-9a-f]{64})$", log,
+                         re.M)
+    assert sorted(w for w, _ in digests) == ["0", "1"] and len({d for _, d in digests}) == 1
+    # Every line carries its worker's prefix (or the launcher's).
+    assert all(line.startswith(("[worker 0] ", "[worker 1] ", "[launch] "))
+               for line in log.splitlines())
+    # Each worker read its own half of the train shards, and together all of them.
+    shards = {}
+    for worker, files in re.findall(r"^\[worker (\d)\] .*input pipeline \d of 2 reads "
+                                    r"train shards \[(.*)\]$", log, re.M):
+      shards[worker] = set(re.findall(r"train-\d+-of-00004", files))
+    assert shards["0"] and shards["1"] and not shards["0"] & shards["1"]
+    assert len(shards["0"] | shards["1"]) == 4
+    # Only the chief wrote into model_dir; worker 1's scratch directory is gone.
+    assert sorted(os.listdir(model_dir)) == [
+        "best", "checkpoints", "flags.txt", "history.csv", "model.keras", "results.json",
+        "saved_model", "tensorboard"]
+    assert (results["strategy"], results["num_replicas"]) == ("multi_worker", 2)
 
 
 def test_a_malformed_tf_config_stops_the_worker_with_the_problem(data_dir, tmp_path):
