@@ -133,6 +133,12 @@ def _connect_multi_worker(tf_config, timeout_seconds):
     options = tf.distribute.experimental.CommunicationOptions(
         timeout_seconds=float(timeout_seconds) if timeout_seconds else None)
     return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+  except tf.errors.OpError as e:  # e.g. "Could not start gRPC server": the port is taken
+    own = tf_config["cluster"][task["type"]][task["index"]]
+    raise StrategyError(
+        f"{task['type']} {task['index']} could not start its server at {own} or join the "
+        f"cluster {hosts}: {e.message.strip()} (is another process using that port?)"
+    ) from None
   finally:
     if watchdog is not None:
       watchdog.stdin.close()  # connected (or failed otherwise): the watchdog exits

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -194,4 +195,22 @@ def test_a_malformed_tf_config_stops_the_worker_with_the_problem(data_dir, tmp_p
       cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
   assert process.returncode == 1
   assert problem in process.stderr, process.stderr[-2000:]
+  assert "Traceback" not in process.stderr
+
+
+def test_a_worker_whose_port_is_taken_says_so(data_dir, tmp_path):
+  with socket.socket() as taken:
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    host = f"127.0.0.1:{taken.getsockname()[1]}"
+    tf_config = json.dumps({"cluster": {"worker": [host, "127.0.0.1:1"]},
+                            "task": {"type": "worker", "index": 0}})
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=tf_config)
+    process = subprocess.run(
+        [sys.executable, "-m", "trainer.train", "--strategy=multi_worker",
+         f"--data_dir={data_dir}", f"--model_dir={tmp_path / 'run'}", "--worker_timeout=60"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+  assert process.returncode == 1
+  assert f"worker 0 could not start its server at {host}" in process.stderr, (
+      process.stderr[-2000:])
   assert "Traceback" not in process.stderr
