@@ -158,11 +158,22 @@ def run(num_workers, trainer_args, *, grace_seconds=10.0, out=None, cwd=None):
                                 daemon=True)
       thread.start()
       streams.append(thread)
+    started, reported = time.monotonic(), set()
+
+    def report_exits():
+      for i, p in enumerate(workers):
+        if p.poll() is not None and i not in reported:
+          reported.add(i)
+          printer.line(f"{PREFIX} worker {i} {_describe(p.returncode)} after "
+                       f"{time.monotonic() - started:.1f} s")
+
     while any(p.poll() is None for p in workers):
+      report_exits()
       failed = next((i for i, p in enumerate(workers) if p.poll() not in (None, 0)), None)
       if failed is not None or received:
         break
       time.sleep(0.1)
+    report_exits()
     if failed is None:
       failed = next((i for i, p in enumerate(workers) if p.poll() not in (None, 0)), None)
     if received:
