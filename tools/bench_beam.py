@@ -1,0 +1,199 @@
+"""Images/s of the Beam TFRecord job (DirectRunner, 1 and 2 workers) beside a plain Python loop.
+
+    python -m tools.bench_beam --limit=10000          # a table
+    python -m tools.bench_beam --limit=10000 --json   # {"images_per_s": {...}, ...}
+
+  plain_loop     one process, no Beam: the same planning (pipeline.sources.plan_image_dir),
+                 split assignment (sources.assign_split), image checks and conversion
+                 (pipeline.images.prepare), train-split pixel statistics, record encoding
+                 (pipeline.features.encode_example) and TFRecord framing (Beam's own
+                 _TFRecordUtil.write_record) into as many shards per split as the job writes.
+  beam_1_worker  pipeline.build_tfrecords.run_job on the DirectRunner (FnApiRunner),
+                 --direct_running_mode=in_memory: one worker thread in this process.
+  beam_2_workers the same job with --direct_running_mode=multi_processing
+                 --direct_num_workers=2: two worker processes (one per core here).
+
+Each time is the wall time of the whole job: planning, the run, dataset_info.json and
+rejected.csv, from the call to the last file closed; images/s = input images / wall time.
+The three run in turn within each repeat, each into a fresh output directory; min / median /
+max over `--repeats`. With `--limit=N`, N images drawn by a hash of their key (a mix of every
+class and split) are linked into a temporary tree and all three read that.
+"""
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import pathlib
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+DEFAULT_IMAGE_DIR = "/tmp/cifar10"  # {train,test}/<class>/*.jpg: the extracted CIFAR-10 JPEGs
+METHODS = ("plain_loop", "beam_1_worker", "beam_2_workers")
+BEAM_ARGS = {
+    "beam_1_worker": ["--direct_running_mode=in_memory", "--direct_num_workers=1"],
+    "beam_2_workers": ["--direct_running_mode=multi_processing", "--direct_num_workers=2"],
+}
+
+
+def limited_tree(image_dir, limit, out_dir):
+  """Symlinks to `limit` images of `image_dir` drawn by a salted hash of their key, in the
+  same <split>/<class>/<file> layout, under `out_dir`. Returns `out_dir`.
+
+  Salted: the job assigns validation and test by the unsalted key hash, so the images first
+  in that order would all be held out."""
+  from pipeline import sources
+  plan = sources.plan_image_dir(image_dir)
+  chosen = sorted(plan.elements, key=lambda e: sources.key_fraction("bench_beam:" + e["key"]))
+  chosen = chosen[:limit]
+  for element in chosen:
+    link = pathlib.Path(out_dir) / element["key"]
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(pathlib.Path(element["path"]).resolve())
+  return str(out_dir)
+
+
+def plain_loop(image_dir, output_dir, validation_fraction=0.1, test_fraction=0.1):
+  """The job's work for an image folder, in one Python loop. Returns {split: records}."""
+  from apache_beam.io.tfrecordio import _TFRecordUtil  # the framing WriteToTFRecord uses
+  from pipeline import beam_job
+  from pipeline import build_tfrecords
+  from pipeline import features
+  from pipeline import images
+  from pipeline import sources
+  plan = sources.plan_image_dir(image_dir)
+  sizes = build_tfrecords.split_sizes(plan, build_tfrecords.JobConfig(
+      source="image_dir", output_dir=output_dir, validation_fraction=validation_fraction,
+      test_fraction=test_fraction))
+  os.makedirs(output_dir, exist_ok=True)
+  shards = {split: [open(os.path.join(output_dir, features.shard_name(split, i, n)), "wb")
+                    for i in range(n)]
+            for split, n in ((s, beam_job.default_num_shards(v)) for s, v in sizes.items())}
+  counts = dict.fromkeys(shards, 0)
+  stats = np.zeros(7)
+  rejected = []
+  try:
+    for element in sorted(plan.elements, key=lambda e: sources.key_fraction(e["key"])):
+      split = sources.assign_split(element["key"], element["split"], validation_fraction,
+                                   test_fraction, plan.has_test)
+      try:
+        encoded, fmt, pixels, _ = images.prepare(sources.read_bytes(element["path"]))
+      except images.BadImage as e:
+        rejected.append((element["path"], e.reason))
+        continue
+      height, width = pixels.shape[:2]
+      record = features.encode_example(
+          key=element["key"], image=encoded, image_format=fmt, height=height, width=width,
+          label=element["label"])
+      if split == "train":  # the job's train-split mean/std statistics
+        flat = pixels.reshape(-1, 3).astype(np.float64)
+        stats += np.concatenate([flat.sum(0), (flat * flat).sum(0), [len(flat)]])
+      files = shards[split]
+      _TFRecordUtil.write_record(files[counts[split] % len(files)], record)
+      counts[split] += 1
+  finally:
+    for files in shards.values():
+      for f in files:
+        f.close()
+  with open(os.path.join(output_dir, features.INFO_FILE), "w") as f:
+    json.dump({"splits": counts, "rejected": len(rejected), "stats": stats.tolist()}, f)
+  return counts
+
+
+def beam_job(image_dir, output_dir, beam_args):
+  """pipeline.build_tfrecords.run_job on `image_dir`. Returns {split: records}."""
+  from pipeline import build_tfrecords
+  config = build_tfrecords.JobConfig(source="image_dir", image_dir=image_dir,
+                                     output_dir=output_dir, command="tools.bench_beam")
+  with contextlib.redirect_stdout(sys.stderr):  # its summary must not mix into --json
+    result = build_tfrecords.run_job(config, beam_args)
+  if result.exit_code:
+    raise RuntimeError(f"the Beam job failed (exit code {result.exit_code})")
+  return {split: s["num_examples"] for split, s in result.info["splits"].items()}
+
+
+def run(image_dir=DEFAULT_IMAGE_DIR, limit=0, repeats=3, methods=METHODS, log=None):
+  """Returns {"images_per_s": {method: median}, "runs": {method: [per repeat]}, ...}."""
+  import apache_beam  # pylint: disable=unused-import  # imported once, before any timing
+  from pipeline import sources
+  with tempfile.TemporaryDirectory(prefix="bench_beam_") as tmp:
+    if limit:
+      image_dir = limited_tree(image_dir, limit, os.path.join(tmp, "images"))
+    num_images = len(sources.plan_image_dir(image_dir).elements)
+    runs = {name: [] for name in methods}
+    records = {}
+    for r in range(repeats):
+      for name in methods:
+        output_dir = os.path.join(tmp, f"{name}-{r}")
+        start = time.perf_counter()
+        if name == "plain_loop":
+          counts = plain_loop(image_dir, output_dir)
+        else:
+          counts = beam_job(image_dir, output_dir, BEAM_ARGS[name])
+        runs[name].append(num_images / (time.perf_counter() - start))
+        records[name] = counts
+      if log:
+        log(f"repeat {r + 1}/{repeats}: "
+            + ", ".join(f"{n} {runs[n][-1]:,.0f} images/s" for n in methods))
+  median = {name: statistics.median(v) for name, v in runs.items()}
+  ratios = {f"{name}_vs_plain_loop": median[name] / median["plain_loop"]
+            for name in methods if name != "plain_loop" and "plain_loop" in median}
+  if "beam_1_worker" in median and "beam_2_workers" in median:
+    ratios["beam_2_workers_vs_beam_1_worker"] = (median["beam_2_workers"]
+                                                 / median["beam_1_worker"])
+  return {
+      "images_per_s": median,
+      "seconds": {name: num_images / v for name, v in median.items()},
+      "runs": runs,
+      "ratios": ratios,
+      "records": records,
+      "settings": {"image_dir": image_dir if not limit else f"{image_dir} (first {limit})",
+                   "num_images": num_images, "repeats": repeats, "cpus": os.cpu_count(),
+                   "load_average": list(os.getloadavg())},
+  }
+
+
+def format_table(result):
+  s = result["settings"]
+  lines = [f"{'method':<16} {'min':>8} {'median':>8} {'max':>8}  images/s   median wall s "
+           f"({s['num_images']} images, {s['repeats']} repeats)"]
+  for name, values in result["runs"].items():
+    lines.append(f"{name:<16} {min(values):>8,.0f} {statistics.median(values):>8,.0f} "
+                 f"{max(values):>8,.0f}  {result['seconds'][name]:>12.1f}")
+  lines.append("")
+  for key, value in result["ratios"].items():
+    lines.append(f"{key:<34} {value:6.2f}x")
+  lines.append(f"records per split: {result['records']}")
+  lines.append(f"load average at the end (1, 5, 15 min): "
+               f"{', '.join(f'{v:.2f}' for v in s['load_average'])}")
+  return "\n".join(lines)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--image_dir", default=DEFAULT_IMAGE_DIR,
+                      help="<class>/<file> or {train,test}/<class>/<file> images")
+  parser.add_argument("--limit", type=int, default=0,
+                      help="use only N images, drawn by key hash (0: all)")
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--methods", default=",".join(METHODS),
+                      help=f"comma-separated subset of {','.join(METHODS)}")
+  parser.add_argument("--json", action="store_true", help="print one JSON object")
+  args = parser.parse_args(argv)
+  methods = tuple(m for m in args.methods.split(",") if m)
+  unknown = set(methods) - set(METHODS)
+  if unknown:
+    parser.error(f"--methods: unknown {sorted(unknown)}; choose from {','.join(METHODS)}")
+  logging.getLogger().setLevel(logging.WARNING)  # Beam's per-stage INFO lines
+  log = None if args.json else lambda line: print(line, file=sys.stderr, flush=True)
+  result = run(args.image_dir, args.limit, args.repeats, methods, log)
+  print(json.dumps(result) if args.json else format_table(result))
+
+
+if __name__ == "__main__":
+  main()
