@@ -35,6 +35,10 @@ class Config:
   # Multi-worker only: seconds to wait for the other workers, when connecting and in each
   # collective (so a lost worker ends the run with an error, not a hang); 0 waits forever.
   worker_timeout: int = 600
+  # Read every shard once before training (CRCs, counts, labels; no decoding) so that a
+  # corrupt or mismatched data dir fails by name up front, not mid-epoch inside tf.data.
+  # About 2 s for CIFAR-10's 60,000 records; turn off for very large remote datasets.
+  verify_data: bool = True
 
   def image_shape(self, stored_shape):
     """The model's input shape given the data's stored (H, W, C), or None if unknown."""

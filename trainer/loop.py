@@ -32,6 +32,7 @@ import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
 from pipeline import dataset_info
+from pipeline import verify
 from trainer import augment as augment_lib
 from trainer import config as config_lib
 from trainer import input_pipeline
@@ -405,6 +406,9 @@ def train_and_evaluate(config, strategy):
   then evaluates the best weights on the test split and exports them. Returns results."""
   started = time.time()
   config_lib.validate(config, model_names=models.MODELS)
+  if config.verify_data:
+    # Before load: it also turns an unreachable gs:// data_dir into an error naming it.
+    verify.check_data_dir(config.data_dir, decode=False)
   info = dataset_info.load(config.data_dir)
   config_lib.check_against_data(config, info, strategy.num_replicas_in_sync,
                                 strategy_lib.num_workers(strategy))

@@ -64,6 +64,10 @@ def define_flags(flag_values=flags.FLAGS):
   flags.DEFINE_integer("worker_timeout", d.worker_timeout, "--strategy=multi_worker: seconds "
                        "a worker waits for the others, to connect and in each all-reduce, "
                        "before it fails with an error; 0 waits forever.", **fv)
+  flags.DEFINE_boolean("verify_data", d.verify_data, "Read every shard once before training "
+                       "(CRCs, record counts, labels) so that a corrupt or mismatched "
+                       "--data_dir fails by name; --noverify_data skips it for very large "
+                       "datasets.", **fv)
 
 
 def config_from_flags(flag_values=flags.FLAGS):
