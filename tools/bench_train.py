@@ -126,6 +126,9 @@ def run(data_dir, model="simple", steps=100, repeats=3, batch_size=128, memory_b
       "images_per_s": {side: v * batch_size for side, v in median.items()},
       "runs": runs,
       "ratio": median["pipeline"] / median["memory"],
+      # Each repeat's own ratio (the two sides ran back to back): less hit by load that
+      # changes between repeats than the ratio of medians.
+      "paired_ratios": [p / m for p, m in zip(runs["pipeline"], runs["memory"])],
       "within_target": median["pipeline"] >= TARGET * median["memory"],
       "settings": {"data_dir": data_dir, "model": model, "batch_size": batch_size,
                    "steps": steps, "repeats": repeats, "memory_batches": memory_batches,
@@ -145,7 +148,8 @@ def format_table(result):
                  f"{max(values):>8.2f}   ({result['images_per_s'][side]:,.0f} images/s)")
   lines.append(f"pipeline / memory: {result['ratio']:.3f} "
                f"({'within' if result['within_target'] else 'NOT within'} "
-               f"{100 * (1 - TARGET):.0f}% of memory)")
+               f"{100 * (1 - TARGET):.0f}% of memory); per repeat: "
+               + ", ".join(f"{r:.3f}" for r in result["paired_ratios"]))
   lines.append(f"data: {s['data_dir']} ({s['train_examples']} train examples); "
                f"warm-up {s['warmup_s']} s; load average at the end (1, 5, 15 min): "
                f"{', '.join(f'{v:.2f}' for v in s['load_average'])}")

@@ -16,6 +16,7 @@ def test_json_output_has_both_sides_and_their_ratio(tmp_path, capsys):
   assert all(isinstance(v, float) and v > 0 for v in rates.values())
   assert all(len(result["runs"][side]) == 2 for side in bench_train.SIDES)
   assert result["ratio"] == rates["pipeline"] / rates["memory"]
+  assert len(result["paired_ratios"]) == 2
   assert result["within_target"] == (rates["pipeline"] >= bench_train.TARGET * rates["memory"])
   assert result["images_per_s"]["memory"] == rates["memory"] * 8
   assert result["settings"]["train_examples"] == 48
