@@ -17,9 +17,9 @@ Steady state, as in epochs after the first: the warm-up reads one full epoch of 
 (which decodes the TFRecords once, into the cache) and fills the memory side's cache, and
 runs one untimed call of each side (tracing). Each timing starts a fresh iterator (a live
 tf.data iterator keeps working in the background, and its banked batches would be counted
-at memory speed), runs one untimed call, then times `--steps` steps. The two sides alternate
-within each repeat, so that changes in machine load hit both; min / median / max over
-`--repeats`. The goal (issue 4): pipeline steps/s within 5% of memory steps/s.
+at memory speed), runs one untimed call, then times `--steps` steps. Both sides run in each
+repeat, back to back, first one then the other first, so that changes in machine load hit
+both; min / median / max over `--repeats`, and each repeat's own ratio. The goal (issue 4): pipeline steps/s within 5% of memory steps/s.
 
 Without --data_dir the tool builds a small data directory from the repository's sample
 (pipeline/sample_data/cifar10, 500 JPEGs) with the Beam job, in a temporary directory.
@@ -113,7 +113,9 @@ def run(data_dir, model="simple", steps=100, repeats=3, batch_size=128, memory_b
 
   runs = {side: [] for side in SIDES}
   for r in range(repeats):
-    for side in SIDES:
+    # Alternate which side goes first, so that neither always runs right after the
+    # other's background threads or on the same turn of a periodic load.
+    for side in SIDES if r % 2 == 0 else SIDES[::-1]:
       iterator = iter(data[side])
       runs[side].append(_time_steps(train_step, iterator, steps))
       del iterator  # stops its background threads before the other side runs
