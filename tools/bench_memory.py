@@ -83,7 +83,8 @@ def run(data_dir, model="simple", epochs=3, steps_per_epoch=0, extra_args=(), lo
       "peak": usage.ru_maxrss * 1024,  # kilobytes on Linux
       "decoded": decoded,
       "settings": {"data_dir": data_dir, "model": model, "epochs": epochs,
-                   "steps_per_epoch": steps_per_epoch, "command": " ".join(command),
+                   "steps_per_epoch": steps_per_epoch, "extra_args": list(extra_args),
+                   "command": " ".join(command),
                    "cpus": os.cpu_count(), "load_average": list(os.getloadavg())},
   }
   if "built" in by_name:
@@ -96,7 +97,7 @@ def run(data_dir, model="simple", epochs=3, steps_per_epoch=0, extra_args=(), lo
 def format_table(result):
   s = result["settings"]
   lines = [f"{'at':<10} {'rss MiB':>9} {'peak so far MiB':>16}   ({s['model']}, "
-           f"{s['epochs']} epochs, in-memory cache)"]
+           f"{s['epochs']} epochs, {' '.join(s['extra_args']) or 'in-memory cache'})"]
   for p in result["points"]:
     lines.append(f"{p['at']:<10} {p['rss'] / MIB:>9,.0f} {p['hwm'] / MIB:>16,.0f}")
   lines.append(f"peak RSS (wait4): {result['peak'] / MIB:,.0f} MiB")
