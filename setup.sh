@@ -19,3 +19,6 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 echo "setup: .venv ready ($(.venv/bin/python -c 'import tensorflow as tf, apache_beam as b; print("tensorflow", tf.__version__, "apache-beam", b.__version__)' 2>/dev/null))"
+# Bazel for `bazel test //...` / `bazel run` (docs/bazel.md): Debian's offline 4.2.3 via apt when
+# missing. Not fatal here: python -m and pytest work without it; CI calls it directly.
+tools/bazel_setup.sh || echo "setup: Bazel not set up (see docs/bazel.md); python -m and pytest work without it" >&2
