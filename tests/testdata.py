@@ -8,6 +8,7 @@ tests do not pay Beam's start-up. The Beam job itself is tested in tests/pipelin
 import json
 import os
 import pathlib
+import re
 
 from pipeline import dataset_info
 from pipeline import features
@@ -79,3 +80,13 @@ def write_data_dir(out_dir, *, classes=("airplane", "automobile", "bird"),
   with open(os.path.join(out_dir, features.INFO_FILE), "w") as f:
     json.dump(info, f, indent=2)
   return dataset_info.load(out_dir)
+
+
+def latest_checkpoint_epoch(model_dir):
+  """Epoch of the trainer's latest full checkpoint in model_dir (0 if none), read from the
+  checkpoint state file without TensorFlow, so tests can poll a running trainer cheaply."""
+  state = os.path.join(model_dir, "checkpoints", "checkpoint")
+  if not os.path.exists(state):
+    return 0
+  with open(state) as f:
+    return int(re.search(r'model_checkpoint_path: "ckpt-(\d+)"', f.read()).group(1))

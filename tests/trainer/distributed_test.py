@@ -97,15 +97,6 @@ class Job:
     return self.process.returncode, "".join(self.lines)
 
 
-def _checkpoint_epoch(model_dir):
-  """Epoch of the latest full checkpoint in model_dir (0 if none)."""
-  state = os.path.join(model_dir, "checkpoints", "checkpoint")
-  if not os.path.exists(state):
-    return 0
-  with open(state) as f:
-    return int(re.search(r'model_checkpoint_path: "ckpt-(\d+)"', f.read()).group(1))
-
-
 def _history(model_dir):
   with open(os.path.join(model_dir, "history.csv")) as f:
     return f.read().splitlines()[1:]
@@ -126,7 +117,7 @@ def test_a_run_killed_mid_epoch_resumes_and_ends_as_an_uninterrupted_run(data_di
   first.wait_for(prefix + r"epoch 2/50: loss", timeout=240)
   os.kill(victim, signal.SIGKILL)
   code, log = first.finish(timeout=60)
-  done = _checkpoint_epoch(model_dir)
+  done = testdata.latest_checkpoint_epoch(model_dir)
   assert 2 <= done < UNINTERRUPTED_EPOCHS, log[-3000:]
   assert not os.path.exists(os.path.join(model_dir, "results.json"))
   if workers == 1:

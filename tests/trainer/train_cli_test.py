@@ -2,7 +2,6 @@
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -101,14 +100,6 @@ def test_config_flagfiles_set_the_reports_baseline(name, model):
   assert (config.strategy, config.steps_per_epoch, config.mixed_precision) == ("auto", 0, False)
 
 
-def _latest_checkpoint_epoch(model_dir):
-  state = os.path.join(model_dir, "checkpoints", "checkpoint")
-  if not os.path.exists(state):
-    return 0
-  with open(state) as f:
-    return int(re.search(r'model_checkpoint_path: "ckpt-(\d+)"', f.read()).group(1))
-
-
 def test_a_killed_run_resumes_from_its_last_checkpoint(data_dir, tmp_path):
   model_dir = tmp_path / "run"
   # Too many epochs to finish before the kill; the config file supplies the rest.
@@ -117,7 +108,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(data_dir, tmp_path):
                    "--epochs=10000", "--patience=10000", "--learning_rate=1e-3")
   try:
     deadline = time.time() + 120
-    while _latest_checkpoint_epoch(model_dir) < 2 and process.poll() is None:
+    while testdata.latest_checkpoint_epoch(model_dir) < 2 and process.poll() is None:
       assert time.time() < deadline, "no checkpoint of epoch 2 within 120 s"
       time.sleep(0.05)
   finally:
@@ -125,7 +116,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(data_dir, tmp_path):
     process.communicate()
   assert process.returncode == -signal.SIGKILL
   assert not os.path.exists(model_dir / "results.json")
-  done = _latest_checkpoint_epoch(model_dir)
+  done = testdata.latest_checkpoint_epoch(model_dir)
   assert done >= 2
 
   # Rerun from the run's own flags.txt, allowing two more epochs.
