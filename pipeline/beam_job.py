@@ -10,6 +10,7 @@ remote runners import them) and counted in the `build_tfrecords` metrics namespa
   excluded/class_subset          examples of classes left out by --classes/--num_classes
 """
 
+import collections
 import csv
 import io
 import json
@@ -29,8 +30,7 @@ from pipeline import sources
 
 NAMESPACE = "build_tfrecords"
 REJECTED = "rejected"
-CONVERTED = "converted"
-STATS = "stats"
+SUMMARY = "summary"
 EXAMPLES_PER_SHARD = 5000  # ~10 MB of CIFAR-size JPEG/PNG per shard (TF guidance: >= 10 MB).
 FAILED_INFO_FILE = "dataset_info.failed.json"
 
@@ -60,8 +60,48 @@ class AssignSplitAndClass(beam.DoFn):
     yield element
 
 
+class Summary:
+  """What dataset_info.json needs from the written examples: counts per (split, label), the
+  image shapes, train pixel sums and conversions. EncodeExample keeps one per bundle and
+  emits it once at the bundle's end, so that the metadata costs no extra per-example stage
+  (per-example side branches, each a stage every element passed through, made the job
+  about a third slower on the DirectRunner; BENCHMARKS.md)."""
+
+  def __init__(self):
+    self.counts = collections.Counter()  # (split, label) -> examples
+    self.shapes = set()  # (height, width)
+    self.stats = np.zeros(7)  # train: sum R, G, B; sum of squares R, G, B; pixel count
+    self.converted = collections.Counter()  # kind -> images
+
+  def add(self, split, label, shape, pixels, converted_kind):
+    self.counts[(split, label)] += 1
+    self.shapes.add(shape)
+    if split == "train":
+      flat = pixels.reshape(-1, 3).astype(np.float64)
+      self.stats[0:3] += flat.sum(0)
+      self.stats[3:6] += np.einsum("ij,ij->j", flat, flat)
+      self.stats[6] += len(flat)
+    if converted_kind:
+      self.converted[converted_kind] += 1
+
+  def merge(self, other):
+    self.counts.update(other.counts)
+    self.shapes |= other.shapes
+    self.stats += other.stats
+    self.converted.update(other.converted)
+    return self
+
+
+def merge_summaries(summaries):
+  total = Summary()
+  for s in summaries:
+    total.merge(s)
+  return total
+
+
 class EncodeExample(beam.DoFn):
-  """Reads, checks, converts and encodes one image; bad inputs go to the `rejected` output."""
+  """Reads, checks, converts and encodes one image; bad inputs go to the `rejected` output,
+  and one Summary per bundle to the `summary` output."""
 
   def __init__(self, class_names, image_size=None):
     self._class_names = class_names
@@ -70,6 +110,13 @@ class EncodeExample(beam.DoFn):
   def setup(self):
     self._done = 0
     self._start = time.time()
+
+  def start_bundle(self):
+    self._summary = Summary()
+
+  def finish_bundle(self):
+    yield beam.pvalue.TaggedOutput(
+        SUMMARY, beam.transforms.window.GlobalWindows.windowed_value(self._summary))
 
   def process(self, element):
     source = element.get("path") or element["key"]
@@ -85,7 +132,6 @@ class EncodeExample(beam.DoFn):
       return
     if kind:
       counter(f"converted/{kind}").inc()
-      yield beam.pvalue.TaggedOutput(CONVERTED, kind)
     split, label = element["split"], element["label"]
     height, width = pixels.shape[:2]
     record = features.encode_example(
@@ -93,15 +139,12 @@ class EncodeExample(beam.DoFn):
         label=label, coarse_label=element.get("coarse_label", features.NO_COARSE_LABEL))
     counter(f"examples/{split}").inc()
     counter(f"examples/{split}/{self._class_names[label]}").inc()
-    if split == "train":
-      flat = pixels.reshape(-1, 3).astype(np.float64)
-      yield beam.pvalue.TaggedOutput(
-          STATS, np.concatenate([flat.sum(0), (flat * flat).sum(0), [len(flat)]]))
+    self._summary.add(split, label, (height, width), pixels, kind)
     self._done += 1
     if self._done % 5000 == 0:  # Progress: the DirectRunner shows none of its own.
       logging.info("encoded %d images in this worker (%.0f/s)", self._done,
                    self._done / (time.time() - self._start))
-    yield {"split": split, "label": label, "shape": (height, width), "record": record}
+    yield {"split": split, "record": record}
 
 
 def _read(path):
@@ -115,13 +158,6 @@ def _read(path):
     # OSError, but also what remote file systems raise of their own (gcsfs's HttpError on a
     # 403, say) and ValueError for a path fsspec cannot parse: all mean "could not read it".
     raise images.BadImage("read_error", f"{type(e).__name__}: {e}"[:500]) from None
-
-
-def sum_stats(values):
-  total = np.zeros(7)
-  for v in values:
-    total += v
-  return total
 
 
 def rejected_csv_line(rejection):
@@ -138,20 +174,8 @@ def get_record(example):
   return example["record"]
 
 
-def split_label_one(example):
-  return (example["split"], example["label"]), 1
-
-
 def reason_one(rejection):
   return rejection[1], 1
-
-
-def kind_one(kind):
-  return kind, 1
-
-
-def get_shape(example):
-  return example["shape"]
 
 
 @beam.ptransform_fn
@@ -164,24 +188,25 @@ def WriteSplit(examples, output_dir, split, num_shards):  # pylint: disable=inva
               num_shards=num_shards, shard_name_template="-SSSSS-of-NNNNN"))
 
 
-def write_info(_, *, output_dir, meta, split_names, counts, stats, shapes, files, rejected,
-               converted, max_reject_fraction):
-  """Assembles dataset_info.json from the job's side outputs and writes it."""
+def write_info(_, *, output_dir, meta, split_names, summary, files, rejected,
+               max_reject_fraction):
+  """Assembles dataset_info.json from the job's Summary and side outputs and writes it."""
   num_classes = len(meta["class_names"])
   splits = {}
   for split in split_names:
     per_class = [0] * num_classes
-    for (s, label), n in counts:
+    for (s, label), n in summary.counts.items():
       if s == split:
         per_class[label] = n
     prefix = split + "-"
     shards = sorted(f.rsplit("/", 1)[-1] for f in files
                     if f.rsplit("/", 1)[-1].startswith(prefix))
     splits[split] = {"num_examples": sum(per_class), "shards": shards, "per_class": per_class}
+  stats = summary.stats
   pixel_count = max(stats[6], 1.0)
   mean = stats[0:3] / pixel_count
   std = np.sqrt(np.maximum(stats[3:6] / pixel_count - mean**2, 0.0))
-  shapes = sorted(set(map(tuple, shapes)))
+  shapes = sorted(summary.shapes)
   by_reason = dict(sorted(rejected))
   written = sum(s["num_examples"] for s in splits.values())
   total_rejected = sum(by_reason.values())
@@ -194,7 +219,7 @@ def write_info(_, *, output_dir, meta, split_names, counts, stats, shapes, files
       "train_std": [round(float(x), 4) for x in std],
       "rejected": {"total": total_rejected, "by_reason": by_reason,
                    "fraction": round(total_rejected / max(written + total_rejected, 1), 6)},
-      "converted": dict(sorted(converted)),
+      "converted": dict(sorted(summary.converted.items())),
   })
   ok = info["rejected"]["fraction"] <= max_reject_fraction
   name = features.INFO_FILE if ok else FAILED_INFO_FILE
@@ -227,7 +252,7 @@ def build(pipeline, plan, *, output_dir, split_names, num_shards, kept, validati
       # Spread the expensive reads and decodes over workers (path lists arrive as one bundle).
       | "Spread" >> beam.Reshuffle()
       | "Encode" >> beam.ParDo(EncodeExample(class_names, image_size)).with_outputs(
-          REJECTED, CONVERTED, STATS, main="examples"))
+          REJECTED, SUMMARY, main="examples"))
   examples = encoded.examples
   parts = examples | "BySplit" >> beam.Partition(split_of, len(split_names), split_names)
   files = [parts[i] | f"Write_{split}" >> WriteSplit(output_dir, split, num_shards[split])
@@ -252,16 +277,11 @@ def build(pipeline, plan, *, output_dir, split_names, num_shards, kept, validati
       p | "InfoTrigger" >> beam.Create([None])
       | "WriteInfo" >> beam.Map(
           write_info, output_dir=output_dir, meta=meta, split_names=split_names,
-          counts=side.AsList(examples | "SplitLabel" >> beam.Map(split_label_one)
-                             | "CountSplitLabel" >> beam.CombinePerKey(sum)),
-          stats=side.AsSingleton(encoded[STATS] | "SumStats" >> beam.CombineGlobally(sum_stats)),
-          shapes=side.AsList(examples | "Shape" >> beam.Map(get_shape)
-                             | "Shapes" >> beam.Distinct()),
+          summary=side.AsSingleton(encoded[SUMMARY]
+                                   | "SumSummaries" >> beam.CombineGlobally(merge_summaries)),
           files=side.AsList(files),
           rejected=side.AsList(rejected | "Reason" >> beam.Map(reason_one)
                                | "CountReasons" >> beam.CombinePerKey(sum)),
-          converted=side.AsList(encoded[CONVERTED] | "Kind" >> beam.Map(kind_one)
-                                | "CountKinds" >> beam.CombinePerKey(sum)),
           max_reject_fraction=max_reject_fraction))
 
 
