@@ -54,6 +54,34 @@ class DatasetInfo:
   train_mean: tuple
   train_std: tuple
   raw: dict
+  # Set by `subset`: label_map[new label] = the label stored in the records. Readers keep
+  # only records of these classes and relabel them 0..len-1.
+  label_map: Optional[tuple] = None
+
+  def subset(self, class_indices):
+    """This data restricted to `class_indices` (stored labels), relabelled in that order.
+
+    Split sizes come from the per-class counts, so steps per epoch and evaluation
+    padding stay exact without reading the data.
+    """
+    indices = tuple(int(i) for i in class_indices)
+    path = join(self.data_dir, features.INFO_FILE)
+    if self.label_map is not None:
+      raise DatasetInfoError(f"{path}: subset of a subset is not supported")
+    bad = [i for i in indices if not 0 <= i < self.num_classes]
+    if bad or len(set(indices)) != len(indices):
+      raise DatasetInfoError(f"{path}: invalid class subset {indices}")
+    splits = {}
+    for name, split in self.splits.items():
+      if len(split.per_class) != self.num_classes:
+        raise DatasetInfoError(
+            f"{path}: split {name!r} has no per-class counts, which a class subset needs; "
+            "rebuild the data with `python -m pipeline.build_tfrecords`")
+      per_class = tuple(split.per_class[i] for i in indices)
+      splits[name] = SplitInfo(num_examples=sum(per_class), shards=split.shards,
+                               per_class=per_class)
+    return dataclasses.replace(self, class_names=tuple(self.class_names[i] for i in indices),
+                               splits=splits, label_map=indices)
 
   @property
   def num_classes(self):

@@ -4,11 +4,12 @@
     python -m tools.bench_train --model=basic --steps=60 --repeats=3 --json
 
 Is the trainer input-bound? Both sides run the trainer's own code: the model, optimizer and
-strategy of `trainer.loop._build`, the looped step of `trainer.loop.make_train_step`, driven
+strategy of `trainer.loop._build`, the looped step of `trainer.loop.TrainSteps`, driven
 by `trainer.loop.run_steps` (20 steps per tf.function call, as in training).
 
   pipeline  `trainer.loop.distributed_train_data`: TFRecords -> parse -> decode -> memory
-            cache -> shuffle -> batch -> augment -> prefetch, exactly as a run is fed.
+            cache -> shuffle -> batch -> augment -> prefetch, exactly as a run is fed
+            (with --augment_on=device both sides augment inside the step instead).
   memory    the same `trainer.input_pipeline.train_dataset`, cut to its first
             `--memory_batches` batches, which are cached and repeated
             (`.take(K).cache().repeat()`): input costs ~0, so this is the step alone.
@@ -59,7 +60,8 @@ def memory_train_data(strategy, info, config, num_batches):
   import tensorflow as tf
   from trainer import augment as augment_lib
   from trainer import input_pipeline
-  augment = augment_lib.AugmentConfig() if config.augment else None
+  from trainer import loop
+  augment = augment_lib.AugmentConfig() if loop.host_augmentation(config) else None
 
   def dataset_fn(input_context):
     ds = input_pipeline.train_dataset(
@@ -81,7 +83,7 @@ def _time_steps(train_step, iterator, steps):
 
 
 def run(data_dir, model="simple", steps=100, repeats=3, batch_size=128, memory_batches=50,
-        augment=True, log=None):
+        augment=True, augment_on="host", log=None):
   """Returns {"steps_per_s": {side: median}, "runs": {side: [per repeat]}, "ratio", ...}."""
   from pipeline import dataset_info
   from trainer import config as config_lib
@@ -90,11 +92,11 @@ def run(data_dir, model="simple", steps=100, repeats=3, batch_size=128, memory_b
   from trainer import strategy as strategy_lib
 
   config = config_lib.Config(data_dir=data_dir, model_dir="", model=model,
-                             batch_size=batch_size, augment=augment)
+                             batch_size=batch_size, augment=augment, augment_on=augment_on)
   info = dataset_info.load(data_dir)
   strategy = strategy_lib.make_strategy(config.strategy, config.cpu_replicas)
-  model_, optimizer, _ = loop._build(config, info, strategy)  # pylint: disable=protected-access
-  train_step = loop.make_train_step(model_, optimizer, strategy, config.batch_size)
+  model_, optimizers, _ = loop._build(config, info, strategy)  # pylint: disable=protected-access
+  train_step = loop.TrainSteps(model_, optimizers, strategy, config).for_epoch(0)
   data = {"pipeline": loop.distributed_train_data(strategy, info, config, first_epoch=0),
           "memory": memory_train_data(strategy, info, config, memory_batches)}
 
@@ -134,7 +136,7 @@ def run(data_dir, model="simple", steps=100, repeats=3, batch_size=128, memory_b
       "within_target": median["pipeline"] >= TARGET * median["memory"],
       "settings": {"data_dir": data_dir, "model": model, "batch_size": batch_size,
                    "steps": steps, "repeats": repeats, "memory_batches": memory_batches,
-                   "augment": augment, "train_examples": info.split("train").num_examples,
+                   "augment": augment, "augment_on": augment_on, "train_examples": info.split("train").num_examples,
                    "replicas": strategy.num_replicas_in_sync, "warmup_s": round(warmup_s, 1),
                    "cpus": os.cpu_count(), "load_average": list(os.getloadavg())},
   }
@@ -144,7 +146,7 @@ def format_table(result):
   s = result["settings"]
   lines = [f"{'side':<10} {'min':>8} {'median':>8} {'max':>8}   train steps/s ({s['model']}, "
            f"batch {s['batch_size']}, {s['steps']} steps x {s['repeats']} repeats, "
-           f"{s['replicas']} replica(s), augment={s['augment']})"]
+           f"{s['replicas']} replica(s), augment={s['augment']}, augment_on={s['augment_on']})"]
   for side, values in result["runs"].items():
     lines.append(f"{side:<10} {min(values):>8.2f} {statistics.median(values):>8.2f} "
                  f"{max(values):>8.2f}   ({result['images_per_s'][side]:,.0f} images/s)")
@@ -172,13 +174,16 @@ def main(argv=None):
                       help="batches the memory side holds and repeats")
   parser.add_argument("--noaugment", dest="augment", action="store_false",
                       help="train without augmentation (as --noaugment in trainer.train)")
+  parser.add_argument("--augment_on", choices=("host", "device"), default="host",
+                      help="where augmentation runs (as --augment_on in trainer.train): "
+                           "in tf.data, or inside the train step on both sides")
   parser.add_argument("--json", action="store_true", help="print one JSON object")
   args = parser.parse_args(argv)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   log = None if args.json else lambda line: print(line, file=sys.stderr, flush=True)
   kwargs = dict(model=args.model, steps=args.steps, repeats=args.repeats,
                 batch_size=args.batch_size, memory_batches=args.memory_batches,
-                augment=args.augment, log=log)
+                augment=args.augment, augment_on=args.augment_on, log=log)
   if args.data_dir:
     result = run(args.data_dir, **kwargs)
   else:

@@ -6,8 +6,10 @@ so an error can name the flag to change and `flagfile_text` can write a file tha
 """
 
 import dataclasses
+import random
 
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
+AUGMENT_ON = ("host", "device")
 
 
 class ConfigError(ValueError):
@@ -39,6 +41,26 @@ class Config:
   # corrupt or mismatched data dir fails by name up front, not mid-epoch inside tf.data.
   # About 2 s for CIFAR-10's 60,000 records; turn off for very large remote datasets.
   verify_data: bool = True
+  # Where augmentation runs: "host" in tf.data, or "device" inside the train step (the host
+  # then only decodes; on a GPU the step absorbs the resampling, which costs a 2-core host
+  # a fifth of its time for `simple`).
+  augment_on: str = "host"
+  # Train on a subset of the data's classes: "" all; "N" the first N of a permutation of
+  # the classes seeded by --seed (so 2 of them are among 5, 5 among 10); "cat,dog,..."
+  # those classes by name, labelled in the order given.
+  classes: str = ""
+  # Transfer learning (Keras applications models; trainer/models.py).
+  weights: str = "none"  # "none", "imagenet", or a path to a weights file for the base
+  # Which layers of the base network train: "all", "none" (only the new head), or N (the
+  # last N layers of the base). BatchNorm layers that do not train run in inference mode.
+  trainable_layers: str = "all"
+  # Two-stage schedule: the first head_epochs epochs train only the head, at
+  # head_learning_rate; then --trainable_layers train at --learning_rate. 0 = one stage.
+  head_epochs: int = 0
+  head_learning_rate: float = 1e-3
+  # Start from another run's exported best weights (its model.keras): every layer but the
+  # classification head. Ignored when --model_dir already holds a checkpoint to resume.
+  init_from: str = ""
 
   def image_shape(self, stored_shape):
     """The model's input shape given the data's stored (H, W, C), or None if unknown."""
@@ -67,9 +89,60 @@ def validate(config, *, model_names=None):
       raise ConfigError(f"--{name}={value}: must be at least 1")
   if not c.learning_rate >= 0:  # Also rejects NaN.
     raise ConfigError(f"--learning_rate={c.learning_rate}: must be >= 0")
-  for name in ("image_size", "steps_per_epoch", "worker_timeout"):
+  if c.augment_on not in AUGMENT_ON:
+    raise ConfigError(f"--augment_on={c.augment_on}: choose one of {', '.join(AUGMENT_ON)}")
+  trainable_layers(c)  # raises on a bad value
+  if not c.head_learning_rate >= 0:
+    raise ConfigError(f"--head_learning_rate={c.head_learning_rate}: must be >= 0")
+  if c.head_epochs and trainable_layers(c) == 0:
+    raise ConfigError(f"--head_epochs={c.head_epochs} with --trainable_layers=none: the "
+                      "second stage would train the head only too; set --trainable_layers "
+                      "to all or N, or --head_epochs=0")
+  if c.classes.strip().isdigit() and int(c.classes) < 2:
+    raise ConfigError(f"--classes={c.classes}: need at least 2 classes to classify")
+  for name in ("image_size", "steps_per_epoch", "worker_timeout", "head_epochs"):
     if getattr(c, name) < 0:
       raise ConfigError(f"--{name}={getattr(c, name)}: must be >= 0 (0 = off)")
+
+
+def trainable_layers(config):
+  """--trainable_layers as None (all layers), 0 (none) or N > 0; ConfigError if malformed."""
+  value = config.trainable_layers.strip().lower()
+  if value == "all":
+    return None
+  if value == "none":
+    return 0
+  if value.isdigit() and int(value) > 0:
+    return int(value)
+  raise ConfigError(f"--trainable_layers={config.trainable_layers}: use all, none, or a "
+                    "positive number of layers (the last N layers of the base network)")
+
+
+def class_subset(config, class_names):
+  """The class indices --classes selects, in their new label order, or None for all.
+
+  Raises ConfigError naming an unknown class or a count the data cannot provide.
+  """
+  value = config.classes.strip()
+  if not value:
+    return None
+  if value.isdigit():
+    n = int(value)
+    if n > len(class_names):
+      raise ConfigError(f"--classes={n}: the data has only {len(class_names)} classes")
+    order = list(range(len(class_names)))
+    random.Random(config.seed).shuffle(order)
+    return tuple(sorted(order[:n]))
+  names = [n.strip() for n in value.split(",") if n.strip()]
+  unknown = [n for n in names if n not in class_names]
+  if unknown:
+    raise ConfigError(f"--classes: unknown class(es) {', '.join(unknown)}; the data has "
+                      f"{', '.join(class_names)}")
+  if len(set(names)) != len(names):
+    raise ConfigError(f"--classes={value}: a class is named twice")
+  if len(names) < 2:
+    raise ConfigError(f"--classes={value}: need at least 2 classes to classify")
+  return tuple(class_names.index(n) for n in names)
 
 
 def check_against_data(config, info, num_replicas, num_workers=1):

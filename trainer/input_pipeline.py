@@ -1,8 +1,8 @@
 """tf.data input pipelines from the TFRecord shards that `pipeline/` writes.
 
     shard files -> parallel interleave of TFRecordDataset -> batches of records -> parse_batch
-    -> decode (+ resize) -> cache decoded uint8 -> shuffle -> repeat -> batch -> augment
-    -> prefetch
+    -> [keep a class subset] -> decode -> cache decoded uint8 -> shuffle -> repeat -> batch
+    -> [resize] -> augment -> prefetch
 
 What the pipelines yield (the model rescales its input itself):
   train: (images uint8 [B, H, W, 3], labels int32 [B]), endless, every batch full.
@@ -19,6 +19,7 @@ Augmenting on the device instead: pass augment=None here and call
 resampler compiles inside or outside a jit-compiled step).
 """
 
+import hashlib
 import math
 
 import tensorflow as tf
@@ -55,19 +56,47 @@ def output_size(info, image_size=None):
       "pass --image_size to resize them to one size.")
 
 
+def _stored_size_is_fixed(info):
+  return info.image_shape is not None
+
+
+def _cached_size(info, image_size):
+  """(height, width) of the decoded images the cache holds.
+
+  Images of one fixed stored size are cached at that size and resized per batch after the
+  cache (so resizing CIFAR to 224 for a transfer model caches 3 KB per image, not 150 KB);
+  images that differ in size must be resized before they can be cached or batched.
+  """
+  if _stored_size_is_fixed(info):
+    return tuple(int(s) for s in info.image_shape[:2])
+  return output_size(info, image_size)
+
+
+def _resize_batch_fn(info, image_size):
+  """fn(uint8 images [B, h, w, 3]) -> uint8 [B, H, W, 3] at the output size, or None when
+  the cached images already have it."""
+  size = output_size(info, image_size)
+  if _cached_size(info, image_size) == size:
+    return None
+
+  def resize(images):
+    # antialias: downscaling without it aliases fine detail; upscaling is unaffected.
+    resized = tf.image.resize(images, size, antialias=True)
+    return tf.saturate_cast(tf.round(resized), tf.uint8)
+
+  return resize
+
+
 def _decoder(info, image_size):
-  """Returns fn(parsed example dict) -> (uint8 [H, W, 3], int32 label)."""
-  height, width = output_size(info, image_size)
-  # Resize only when the data's size is unknown or differs: for a fixed-size dataset read at
-  # its own size the pixels stay exactly as decoded.
-  may_differ = info.image_shape is None or tuple(info.image_shape[:2]) != (height, width)
+  """Returns fn(parsed example dict) -> (uint8 [h, w, 3], int32 label) at the cached size."""
+  height, width = _cached_size(info, image_size)
+  may_differ = not _stored_size_is_fixed(info)
 
   def decode(example):
     image = tf.io.decode_image(example[features.IMAGE], channels=3,
                                expand_animations=False)
     if may_differ:
       def resize():
-        # antialias: downscaling large photos without it aliases fine detail.
         resized = tf.image.resize(image, (height, width), antialias=True)
         return tf.saturate_cast(tf.round(resized), tf.uint8)
       same = tf.reduce_all(tf.equal(tf.shape(image)[:2], [height, width]))
@@ -76,6 +105,27 @@ def _decoder(info, image_size):
     return image, tf.cast(example[features.LABEL], tf.int32)
 
   return decode
+
+
+def _class_filter(info):
+  """(keep, relabel) functions on parsed examples for a class subset, or None."""
+  if info.label_map is None:
+    return None
+  stored_classes = len(info.raw.get("class_names", ())) or max(info.label_map) + 1
+  lookup = [-1] * stored_classes
+  for new, old in enumerate(info.label_map):
+    lookup[old] = new
+  lookup = tf.constant(lookup, tf.int64)
+
+  def keep(example):
+    return tf.gather(lookup, example[features.LABEL]) >= 0
+
+  def relabel(example):
+    example = dict(example)
+    example[features.LABEL] = tf.gather(lookup, example[features.LABEL])
+    return example
+
+  return keep, relabel
 
 
 def _read_decoded(files, info, image_size, *, deterministic, shard=None, file_seed=None):
@@ -94,10 +144,19 @@ def _read_decoded(files, info, image_size, *, deterministic, shard=None, file_se
   ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
                      block_length=1 if deterministic else PARSE_BATCH,
                      num_parallel_calls=AUTOTUNE, deterministic=deterministic)
-  if shard is not None and shard[0] > 1:
-    ds = ds.shard(*shard)
+  class_filter = _class_filter(info)
+  sharded = shard is not None and shard[0] > 1
+  if sharded and class_filter is None:
+    ds = ds.shard(*shard)  # before parsing: each pipeline parses only its share
   ds = ds.batch(PARSE_BATCH).map(features.parse_batch, num_parallel_calls=AUTOTUNE)
   ds = ds.unbatch()
+  if class_filter is not None:
+    # A class subset: drop the other classes' records, then share out what is left (the
+    # subset's counts in dataset_info give every pipeline's share exactly).
+    keep, relabel = class_filter
+    ds = ds.filter(keep).map(relabel)
+    if sharded:
+      ds = ds.shard(*shard)
   return ds.map(_decoder(info, image_size), num_parallel_calls=AUTOTUNE)
 
 
@@ -109,6 +168,14 @@ def _cache(ds, cache, name):
   if cache == "":
     return ds.cache()
   return ds.cache(f"{cache}-{name}")
+
+
+def _cache_name(split, info, height, width, pipeline_id, num_pipelines):
+  """One cache file per split, cached size, class subset and pipeline: never shared."""
+  classes = ""
+  if info.label_map is not None:
+    classes = "-c" + hashlib.sha1(repr(info.label_map).encode()).hexdigest()[:8]
+  return f"{split}-{height}x{width}{classes}-{pipeline_id}of{num_pipelines}"
 
 
 def _options(deterministic):
@@ -154,10 +221,11 @@ def train_dataset(info, *, batch_size, input_context=None, seed=0, augment=None,
           f"Rebuild the data with at least {num_pipelines} train shards (ideally 10x as "
           "many).")
     files = files[pipeline_id::num_pipelines]
-  height, width = output_size(info, image_size)
+  height, width = _cached_size(info, image_size)
   pipeline_seed = seed * 1_000_003 + pipeline_id  # pipelines hold different data: own seeds
   ds = _read_decoded(files, info, image_size, deterministic=False, file_seed=pipeline_seed)
-  ds = _cache(ds, cache, f"train-{height}x{width}-{pipeline_id}of{num_pipelines}")
+  ds = _cache(ds, cache, _cache_name("train", info, height, width, pipeline_id,
+                                     num_pipelines))
   # Shuffle after the cache (else every epoch replays the first one's order) and before
   # repeat (so each epoch is a full pass before the next starts).
   num_examples = max(1, info.split("train").num_examples // num_pipelines)
@@ -166,6 +234,9 @@ def train_dataset(info, *, batch_size, input_context=None, seed=0, augment=None,
   ds = ds.repeat()
   # Full batches only: replicas must agree on batch shapes, and XLA compiles one shape.
   ds = ds.batch(batch_size, drop_remainder=True, num_parallel_calls=AUTOTUNE)
+  resize = _resize_batch_fn(info, image_size)
+  if resize is not None:
+    ds = ds.map(lambda images, labels: (resize(images), labels), num_parallel_calls=AUTOTUNE)
   if augment is not None and augment.enabled:
     base_seed = tf.constant([seed, pipeline_id], tf.int64)
 
@@ -211,7 +282,7 @@ def eval_dataset(info, split, *, batch_size, input_context=None, image_size=None
   steps = eval_steps(split_info.num_examples, batch_size=batch_size,
                      num_pipelines=num_pipelines, replicas_per_pipeline=replicas)
   total = steps * replicas * batch_size  # examples this pipeline yields, padding included
-  height, width = output_size(info, image_size)
+  height, width = _cached_size(info, image_size)
   if not split_info.shards:
     raise ValueError(f"The {split} split of {info.data_dir} has no shard files.")
   ds = _read_decoded(split_info.shards, info, image_size, deterministic=True,
@@ -229,13 +300,17 @@ def eval_dataset(info, split, *, batch_size, input_context=None, image_size=None
       return example[0], example[1], tf.constant(1.0)
 
   ds = ds.enumerate().map(weight_one)
-  ds = _cache(ds, cache, f"{split}-{height}x{width}-{pipeline_id}of{num_pipelines}")
+  ds = _cache(ds, cache, _cache_name(split, info, height, width, pipeline_id, num_pipelines))
   padding = tf.data.Dataset.from_tensors(
       (tf.zeros([height, width, 3], tf.uint8), tf.constant(0, tf.int32), tf.constant(0.0)))
   # Endless padding then `take`: the count is exact even if the shards hold a different
   # number of records than dataset_info.json says (more would be cut, so check below).
   ds = ds.concatenate(padding.repeat()).take(total)
   ds = ds.batch(batch_size, drop_remainder=True)
+  resize = _resize_batch_fn(info, image_size)
+  if resize is not None:
+    ds = ds.map(lambda images, labels, weights: (resize(images), labels, weights),
+                num_parallel_calls=AUTOTUNE)
   ds = ds.prefetch(AUTOTUNE)
   return ds.with_options(_options(deterministic=True)), steps
 

@@ -13,6 +13,7 @@ A run writes into `model_dir`:
   model.keras        the best weights, Keras format
   saved_model/       the best weights, TF SavedModel (serving signature takes raw pixels)
   results.json       test metrics, best epoch, epochs run, throughput, ...
+  confusion_matrix.csv  test counts of the best weights: rows true class, columns predicted
 
 Restarting the same command resumes from the last checkpoint. In a multi-worker cluster every
 worker runs the same code and calls every save (saving can involve collectives); only the
@@ -119,7 +120,7 @@ def distributed_train_data(strategy, info, config, first_epoch):
   The seed moves on with the epoch a run starts from, so that a resumed run does not replay
   the shuffle order (and augmentations) of the epochs it has already trained.
   """
-  augment = augment_lib.AugmentConfig() if config.augment else None
+  augment = augment_lib.AugmentConfig() if host_augmentation(config) else None
   seed = config.seed + 1_000 * first_epoch
 
   def dataset_fn(input_context):
@@ -154,6 +155,16 @@ def distributed_eval_data(strategy, info, split, config):
   if len(set(steps)) != 1:
     raise RuntimeError(f"{split} input pipelines disagree on the number of steps: {steps}")
   return dataset, steps[0]
+
+
+def host_augmentation(config):
+  return config.augment and config.augment_on == "host"
+
+
+def device_augmentation(config):
+  """The AugmentConfig the train step applies itself (--augment_on=device), else None."""
+  return augment_lib.AugmentConfig() if config.augment and config.augment_on == "device" \
+      else None
 
 
 def train_steps_per_epoch(info, config):
@@ -231,13 +242,16 @@ def _reduce(strategy, per_replica):
           for k, v in per_replica.items()}
 
 
-def _looped(strategy, step_fn):
+def _looped(strategy, step_fn, num_classes=None):
   """fn(iterator, num_steps) running `step_fn` on num_steps batches in one tf.function call,
-  returning the {loss, correct, count} sums over all replicas and steps."""
+  returning the {loss, correct, count} sums (and "confusion" [true, predicted] counts when
+  num_classes is given) over all replicas and steps."""
 
   @tf.function
   def run(iterator, num_steps):
     totals = {"loss": tf.constant(0.0), "correct": tf.constant(0.0), "count": tf.constant(0.0)}
+    if num_classes:
+      totals["confusion"] = tf.zeros([num_classes, num_classes])
     for _ in tf.range(num_steps):
       sums = _reduce(strategy, strategy.run(step_fn, args=next(iterator)))
       totals = {k: totals[k] + sums[k] for k in totals}
@@ -246,10 +260,23 @@ def _looped(strategy, step_fn):
   return run
 
 
-def make_train_step(model, optimizer, strategy, global_batch_size):
-  """Returns train_steps(iterator, n) -> summed {loss, correct, count} of n global batches."""
+def make_train_step(model, optimizer, strategy, global_batch_size, *, augment=None, seed=0):
+  """Returns train_steps(iterator, n) -> summed {loss, correct, count} of n global batches.
+
+  augment: an AugmentConfig to apply inside the step (--augment_on=device). Its draws are
+  seeded by (seed, optimizer step, replica), so they differ per batch and replica and a
+  resumed run does not replay them.
+  """
+  base_seed = tf.constant([seed, 7], tf.int64)
 
   def step_fn(images, labels):
+    if augment is not None:
+      replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+      step_seed = tf.random.experimental.stateless_fold_in(
+          base_seed, tf.cast(optimizer.iterations, tf.int64), alg=augment_lib.RNG_ALG)
+      step_seed = tf.random.experimental.stateless_fold_in(step_seed, replica,
+                                                           alg=augment_lib.RNG_ALG)
+      images = augment_lib.augment_batch(images, augment, seed=step_seed)
     images = tf.cast(images, tf.float32)  # uint8 pixels in; the model rescales
     with tf.GradientTape() as tape:
       probs = model(images, training=True)
@@ -267,15 +294,21 @@ def make_train_step(model, optimizer, strategy, global_batch_size):
   return _looped(strategy, step_fn)
 
 
-def make_eval_step(model, strategy):
-  """Returns eval_steps(iterator, n) -> summed weighted {loss, correct, count} of n batches."""
+def make_eval_step(model, strategy, num_classes=None):
+  """Returns eval_steps(iterator, n) -> summed weighted {loss, correct, count} of n batches
+  (and the "confusion" matrix, rows true and columns predicted, if num_classes is given)."""
 
   def step_fn(images, labels, weights):
     probs = model(tf.cast(images, tf.float32), training=False)
     per_example = keras.losses.sparse_categorical_crossentropy(labels, probs)
-    return _sums(per_example, labels, probs, weights)  # padding has weight 0
+    sums = _sums(per_example, labels, probs, weights)  # padding has weight 0
+    if num_classes:
+      predicted = tf.argmax(probs, axis=-1, output_type=tf.int32)
+      sums["confusion"] = tf.math.confusion_matrix(labels, predicted, num_classes,
+                                                   weights=weights, dtype=tf.float32)
+    return sums
 
-  return _looped(strategy, step_fn)
+  return _looped(strategy, step_fn, num_classes)
 
 
 def run_steps(looped_step, iterator, steps):
@@ -286,8 +319,11 @@ def run_steps(looped_step, iterator, steps):
     sums = looped_step(iterator, tf.constant(min(STEPS_PER_CALL, steps - start)))
     totals = sums if totals is None else {k: totals[k] + v for k, v in sums.items()}
   count = float(totals["count"])
-  return {"loss": float(totals["loss"]) / count, "accuracy": float(totals["correct"]) / count,
-          "examples": count}
+  out = {"loss": float(totals["loss"]) / count, "accuracy": float(totals["correct"]) / count,
+         "examples": count}
+  if "confusion" in totals:
+    out["confusion"] = totals["confusion"].numpy().round().astype(int).tolist()
+  return out
 
 
 def barrier(strategy):
@@ -306,9 +342,12 @@ class Checkpoints:
   directory; both are read from the chief's.
   """
 
-  def __init__(self, dirs, model, optimizer, state):
+  def __init__(self, dirs, model, optimizers, state):
     self.dirs = dirs
-    self.full = tf.train.Checkpoint(model=model, optimizer=optimizer, **state.variables())
+    # "optimizer" is the main stage's (the only one without --head_epochs).
+    extra = {"head_optimizer": optimizers["head"]} if "head" in optimizers else {}
+    self.full = tf.train.Checkpoint(model=model, optimizer=optimizers["main"], **extra,
+                                    **state.variables())
     self.weights = tf.train.Checkpoint(model=model)
     self.full_manager = tf.train.CheckpointManager(
         self.full, dirs.write_checkpoints, max_to_keep=CHECKPOINTS_TO_KEEP)
@@ -385,20 +424,71 @@ def export(model, dirs):
 
 
 def _build(config, info, strategy):
-  """Model, optimizer and loop state, with their variables created under the strategy."""
+  """Model, optimizers and loop state, with their variables created under the strategy.
+
+  Returns (model, optimizers, state); optimizers maps each training stage ("head" when
+  --head_epochs is set, and "main") to its optimizer, built on the variables it trains.
+  """
   keras.utils.set_random_seed(config.seed)  # same initial weights for the same seed
   policy = dtype_policy(config.mixed_precision, strategy)
+  loss_scaling = policy == "mixed_float16"
+  optimizers = {}
   with strategy.scope():
-    model = models.build(config.model, info.num_classes,
-                         config.image_shape(info.image_shape), dtype_policy=policy)
-    optimizer = make_optimizer(config.optimizer, config.learning_rate,
-                               loss_scaling=policy == "mixed_float16")
-    # Create the optimizer's slots now, so that a restore fills them instead of deferring.
-    optimizer.build(model.trainable_variables)
+    model = models.build(config.model, info.num_classes, config.image_shape(info.image_shape),
+                         dtype_policy=policy, weights=config.weights)
+    # Create each optimizer's slots now, for the variables its stage trains, so that a
+    # restore fills them instead of deferring.
+    if config.head_epochs:
+      models.set_trainable(model, 0)
+      optimizers["head"] = make_optimizer(config.optimizer, config.head_learning_rate,
+                                          loss_scaling=loss_scaling)
+      optimizers["head"].build(model.trainable_variables)
+    models.set_trainable(model, config_lib.trainable_layers(config))
+    optimizers["main"] = make_optimizer(config.optimizer, config.learning_rate,
+                                        loss_scaling=loss_scaling)
+    optimizers["main"].build(model.trainable_variables)
   # Outside the scope: plain host variables. Every worker updates its own copy from the
   # same all-reduced numbers, so the copies agree without mirroring.
   state = LoopState()
-  return model, optimizer, state
+  return model, optimizers, state
+
+
+def stage_of(config, epochs_done):
+  """The training stage of the next epoch: "head" (base frozen) or "main"."""
+  return "head" if epochs_done < config.head_epochs else "main"
+
+
+class TrainSteps:
+  """The train step of each stage, made when first needed; switching stage sets which
+  layers train (the two stages' steps update different variables)."""
+
+  def __init__(self, model, optimizers, strategy, config):
+    self.model, self.optimizers, self.strategy, self.config = model, optimizers, strategy, config
+    self.steps = {}
+    self.stage = None
+
+  def for_epoch(self, epochs_done):
+    stage = stage_of(self.config, epochs_done)
+    if stage != self.stage:
+      layers = 0 if stage == "head" else config_lib.trainable_layers(self.config)
+      trained = models.set_trainable(self.model, layers)
+      logging.info("stage %s: %d of %d base layers train (%d trainable parameters), "
+                   "learning rate %g", stage, trained, len(models.base_layers(self.model)),
+                   _count(self.model.trainable_variables),
+                   self.config.head_learning_rate if stage == "head"
+                   else self.config.learning_rate)
+      self.stage = stage
+    if stage not in self.steps:
+      self.steps[stage] = make_train_step(
+          self.model, self.optimizers[stage], self.strategy, self.config.batch_size,
+          augment=device_augmentation(self.config),
+          # Each stage's optimizer counts its steps from 0: a seed of its own per stage.
+          seed=self.config.seed + (1_000_003 if stage == "head" else 0))
+    return self.steps[stage]
+
+
+def _count(variables):
+  return int(sum(v.shape.num_elements() for v in variables))
 
 
 def train_and_evaluate(config, strategy):
@@ -410,6 +500,11 @@ def train_and_evaluate(config, strategy):
     # Before load: it also turns an unreachable gs:// data_dir into an error naming it.
     verify.check_data_dir(config.data_dir, decode=False)
   info = dataset_info.load(config.data_dir)
+  subset = config_lib.class_subset(config, info.class_names)
+  if subset is not None:
+    info = info.subset(subset)
+    logging.info("training on %d of the data's classes: %s", info.num_classes,
+                 ", ".join(info.class_names))
   config_lib.check_against_data(config, info, strategy.num_replicas_in_sync,
                                 strategy_lib.num_workers(strategy))
   dirs = strategy_lib.RunDirs(config.model_dir, strategy)
@@ -417,9 +512,13 @@ def train_and_evaluate(config, strategy):
   logging.info("this process writes into %s", dirs.write_root)
   write_flags(dirs, config)
 
-  model, optimizer, state = _build(config, info, strategy)
-  checkpoints = Checkpoints(dirs, model, optimizer, state)
+  model, optimizers, state = _build(config, info, strategy)
+  checkpoints = Checkpoints(dirs, model, optimizers, state)
   resumed_from = checkpoints.restore_latest()
+  if config.init_from and not resumed_from:
+    copied = models.init_from(model, config.init_from)
+    logging.info("--init_from=%s: copied the weights of %d layers (all but the head)",
+                 config.init_from, copied)
   first_epoch = int(state.epoch)
   history = load_history(dirs, first_epoch)
   if resumed_from:
@@ -429,7 +528,7 @@ def train_and_evaluate(config, strategy):
   steps = train_steps_per_epoch(info, config)
   train_iterator = iter(distributed_train_data(strategy, info, config, first_epoch))
   val_data, val_steps = distributed_eval_data(strategy, info, "validation", config)
-  train_step = make_train_step(model, optimizer, strategy, config.batch_size)
+  train_steps = TrainSteps(model, optimizers, strategy, config)
   eval_step = make_eval_step(model, strategy)
   writers = make_summary_writers(dirs)
   logging.info("training %s (%d parameters) on %d replica(s) with %s: %d steps of %d "
@@ -439,6 +538,7 @@ def train_and_evaluate(config, strategy):
 
   speeds = []  # (train examples, train seconds) of each epoch this process trains
   while not state.should_stop(config):
+    train_step = train_steps.for_epoch(int(state.epoch))
     epoch_start = time.time()
     train = run_steps(train_step, train_iterator, steps)
     speeds.append((train["examples"], time.time() - epoch_start))
@@ -457,12 +557,14 @@ def train_and_evaluate(config, strategy):
     checkpoints.save(int(state.epoch))
     _end_of_epoch_report(writers, row, speeds[-1][0] / speeds[-1][1], config, state)
 
-  test = _test_best_weights(strategy, checkpoints, state, eval_step, info, config)
+  test = _test_best_weights(strategy, checkpoints, state, model, info, config)
   write_summaries(writers["test"], int(state.best_epoch),
                   {"loss": test["loss"], "accuracy": test["accuracy"]})
   export(model, dirs)
-  results = _results(config, strategy, info, state, test, speeds, first_epoch, started)
+  results = _results(config, strategy, info, state, test, speeds, first_epoch, started,
+                     _count(model.trainable_variables))
   if dirs.chief:
+    write_confusion_matrix(dirs, info.class_names, test["confusion"])
     _write_text(dirs.file("results.json"), json.dumps(results, indent=2) + "\n")
   logging.info("test_loss %.4f test_accuracy %.4f (best epoch %d of %d)%s",
                test["loss"], test["accuracy"], results["best_epoch"], results["epochs_run"],
@@ -495,15 +597,28 @@ def _end_of_epoch_report(writers, row, examples_per_s, config, state):
       int(state.epochs_since_best), config.patience)
 
 
-def _test_best_weights(strategy, checkpoints, state, eval_step, info, config):
-  """Loads the best weights into the model and evaluates them on the test split."""
+def _test_best_weights(strategy, checkpoints, state, model, info, config):
+  """Loads the best weights into the model and evaluates them on the test split, with the
+  confusion matrix."""
   barrier(strategy)  # the chief's last best/ save is complete before anyone reads it
   checkpoints.restore_best(int(state.best_epoch))
   test_data, test_steps = distributed_eval_data(strategy, info, "test", config)
+  eval_step = make_eval_step(model, strategy, num_classes=info.num_classes)
   return run_steps(eval_step, iter(test_data), test_steps)
 
 
-def _results(config, strategy, info, state, test, speeds, first_epoch, started):
+def write_confusion_matrix(dirs, class_names, confusion):
+  """confusion_matrix.csv: a header of predicted class names, then one row per true class."""
+  out = io.StringIO()
+  writer = csv.writer(out, lineterminator="\n")
+  writer.writerow(["true\\predicted", *class_names])
+  for name, row in zip(class_names, confusion):
+    writer.writerow([name, *row])
+  _write_text(dirs.file("confusion_matrix.csv"), out.getvalue())
+
+
+def _results(config, strategy, info, state, test, speeds, first_epoch, started,
+             trainable_parameters):
   # The first epoch a process trains includes tracing the steps: leave it out of the
   # throughput when there is anything else to measure.
   steady = speeds[1:] or speeds
@@ -522,6 +637,7 @@ def _results(config, strategy, info, state, test, speeds, first_epoch, started):
       "num_replicas": strategy.num_replicas_in_sync,
       "strategy": strategy_lib.name_of(strategy),
       "model": config.model,
+      "trainable_parameters": trainable_parameters,
       "global_batch_size": config.batch_size,
       "dtype_policy": dtype_policy(config.mixed_precision, strategy),
       "class_names": list(info.class_names),

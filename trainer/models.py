@@ -5,14 +5,28 @@ model needs no preprocessing beyond decoding (and resizing to its input size). T
 output is always float32: under a mixed precision policy a bfloat16/float16 softmax loses
 enough precision to make the cross-entropy of confident predictions noisy.
 
-`simple` and `basic` are the report's two baselines, layer for layer. New models (e.g. a
-transfer-learning backbone) are added by writing a builder and registering it in MODELS.
+`simple` and `basic` are the report's two baselines, layer for layer. The transfer-learning
+models (VGG16 ... EfficientNetB0) are Keras applications without their ImageNet classifier:
+
+    pixels -> ApplicationPreprocess (the family's own preprocess_input) -> base network
+    (a nested keras.Model named "base", global average pooling) -> Dropout -> Dense softmax
+
+with `weights` "none" (random), "imagenet" (downloaded by Keras) or a path to a weights file
+of the base network (e.g. the `..._notop.h5` that Keras downloads, copied to an offline
+machine). `set_trainable` freezes all, none or all but the last N layers of the base.
 """
 
 import contextlib
+import os
 
 import keras
 from keras import layers
+
+from trainer import config as config_lib
+
+
+class ModelError(config_lib.ConfigError):
+  """A model cannot be built as asked (bad weights file, input too small, ...)."""
 
 
 def _simple(num_classes, image_shape):
@@ -63,10 +77,110 @@ def _basic(num_classes, image_shape):
   ], name="basic")
 
 
-# name -> builder(num_classes, image_shape). The CLI's --model choices come from here.
+# Keras applications: name -> (constructor, preprocess_input of its family).
+APPLICATIONS = {
+    "VGG16": (keras.applications.VGG16, keras.applications.vgg16.preprocess_input),
+    "VGG19": (keras.applications.VGG19, keras.applications.vgg19.preprocess_input),
+    "ResNet50": (keras.applications.ResNet50, keras.applications.resnet50.preprocess_input),
+    "ResNet50V2": (keras.applications.ResNet50V2,
+                   keras.applications.resnet_v2.preprocess_input),
+    "DenseNet121": (keras.applications.DenseNet121,
+                    keras.applications.densenet.preprocess_input),
+    "MobileNetV2": (keras.applications.MobileNetV2,
+                    keras.applications.mobilenet_v2.preprocess_input),
+    # EfficientNet rescales inside the network; its preprocess_input is the identity.
+    "EfficientNetB0": (keras.applications.EfficientNetB0,
+                       keras.applications.efficientnet.preprocess_input),
+}
+MIN_APPLICATION_SIZE = 32  # Keras applications refuse smaller inputs
+
+
+@keras.saving.register_keras_serializable(package="trainer")
+class ApplicationPreprocess(layers.Layer):
+  """Raw 0..255 RGB pixels -> what Keras application `model_name` expects (its family's
+  preprocess_input: BGR mean-subtracted for VGG/ResNet50, [-1, 1] for ResNet50V2 and
+  MobileNetV2, ImageNet mean/std for DenseNet, unchanged for EfficientNet). Part of the
+  model, so the exported model takes the same raw pixels as `simple` and `basic`."""
+
+  def __init__(self, model_name, **kwargs):
+    super().__init__(**kwargs)
+    if model_name not in APPLICATIONS:
+      raise ValueError(f"unknown application {model_name!r}")
+    self.model_name = model_name
+
+  def call(self, inputs):
+    return APPLICATIONS[self.model_name][1](inputs)
+
+  def compute_output_shape(self, input_shape):
+    return input_shape
+
+  def get_config(self):
+    return {**super().get_config(), "model_name": self.model_name}
+
+
+def _base_network(name, image_shape, weights):
+  """The application's convolutional base with global average pooling, named "base"."""
+  constructor = APPLICATIONS[name][0]
+  if min(image_shape[:2]) < MIN_APPLICATION_SIZE:
+    raise ModelError(f"--model={name} needs inputs of at least {MIN_APPLICATION_SIZE}x"
+                     f"{MIN_APPLICATION_SIZE} pixels, got {image_shape[0]}x{image_shape[1]}; "
+                     "set --image_size")
+  if weights == "imagenet":
+    if image_shape[2] != 3:
+      raise ModelError(f"--weights=imagenet needs 3-channel input, got {image_shape[2]}")
+    source = "imagenet"
+  elif weights == "none":
+    source = None
+  else:
+    if not os.path.isfile(weights):
+      raise ModelError(f"--weights={weights}: no such file (use none, imagenet or the path "
+                       f"of a weights file for {name}'s base network)")
+    source = None  # loaded below, so that a mismatch can be reported in our words
+  try:
+    base = constructor(include_top=False, weights=source, input_shape=tuple(image_shape),
+                       pooling="avg")
+  except Exception as e:  # pylint: disable=broad-except
+    if weights == "imagenet":
+      raise ModelError(f"--weights=imagenet: Keras could not get {name}'s ImageNet weights "
+                       f"({type(e).__name__}: {e}). On a machine without internet, copy the "
+                       f"file into ~/.keras/models/ or pass --weights=<path of the file>")
+    raise ModelError(f"--model={name}: cannot build it for input {tuple(image_shape)}: "
+                     f"{e}") from None
+  if source is None and weights != "none":
+    load_base_weights(base, weights, name)
+  base.name = "base"
+  return base
+
+
+def load_base_weights(base, path, name="the model"):
+  """Loads weights file `path` into the base network; ModelError naming the file and the
+  mismatch if it does not fit (wrong network, include_top weights, not a weights file)."""
+  try:
+    base.load_weights(path)
+  except Exception as e:  # pylint: disable=broad-except
+    message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise ModelError(f"--weights={path}: does not fit {name}'s base network without its "
+                     f"top ({len(base.layers)} layers, {len(base.weights)} weight arrays): "
+                     f"{message}") from None
+
+
+def _application_builder(name):
+  def build_application(num_classes, image_shape, weights="none"):
+    inputs = keras.Input(shape=image_shape)
+    x = ApplicationPreprocess(name, name="preprocess")(inputs)
+    x = _base_network(name, image_shape, weights)(x)
+    x = layers.Dropout(0.2, name="head_dropout")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32",
+                           name="predictions")(x)
+    return keras.Model(inputs, outputs, name=name)
+  return build_application
+
+
+# name -> builder(num_classes, image_shape[, weights]). --model's choices come from here.
 MODELS = {
     "simple": _simple,
     "basic": _basic,
+    **{name: _application_builder(name) for name in APPLICATIONS},
 }
 
 
@@ -90,13 +204,96 @@ def _dtype_policy(name):
     keras.config.set_dtype_policy(previous)
 
 
-def build(name, num_classes, image_shape, *, dtype_policy="float32"):
+def build(name, num_classes, image_shape, *, dtype_policy="float32", weights="none"):
   """Builds model `name` for `num_classes` classes and inputs of `image_shape` (H, W, C).
 
   dtype_policy: a Keras policy name, e.g. "mixed_bfloat16" (CPU/TPU) or "mixed_float16"
   (GPU); the output layer stays float32 either way.
+  weights: for the applications, "none", "imagenet" or a weights file of the base network.
   """
   if name not in MODELS:
     raise UnknownModelError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
   with _dtype_policy(dtype_policy):
+    if name in APPLICATIONS:
+      return MODELS[name](num_classes, tuple(image_shape), weights=weights)
+    if weights != "none":
+      raise ModelError(f"--weights={weights}: only the Keras applications models "
+                       f"({', '.join(APPLICATIONS)}) take pretrained weights; to start "
+                       f"--model={name} from another run, use --init_from=<its model_dir>")
     return MODELS[name](num_classes, tuple(image_shape))
+
+
+def base_layers(model):
+  """The layers --trainable_layers counts: the application's base network's layers, or for
+  the other models every layer before the classification head (the last layer)."""
+  try:
+    base = model.get_layer("base")
+  except ValueError:
+    return list(model.layers[:-1])
+  return [layer for layer in base.layers if not isinstance(layer, keras.layers.InputLayer)]
+
+
+def set_trainable(model, trainable_layers):
+  """Freezes the base: None = everything trains, 0 = only the head, N = the last N layers of
+  the base and the head. Returns the number of base layers that train.
+
+  Frozen BatchNorm layers run in inference mode (Keras 3 ties that to `trainable`), so
+  their ImageNet (or pretraining) statistics are kept, not refitted to small batches.
+  """
+  layers_ = base_layers(model)
+  if trainable_layers is not None and trainable_layers > len(layers_):
+    raise ModelError(f"--trainable_layers={trainable_layers}: {model.name}'s base has only "
+                     f"{len(layers_)} layers")
+  model.trainable = True
+  for layer in model.layers:
+    layer.trainable = True
+  first_trainable = 0 if trainable_layers is None else len(layers_) - trainable_layers
+  for i, layer in enumerate(layers_):
+    layer.trainable = i >= first_trainable
+  return len(layers_) - first_trainable
+
+
+def _weighted_layers(model):
+  """Layers with weights, in order, the nested base's expanded (so that a base and its
+  copy line up layer by layer)."""
+  out = []
+  for layer in model.layers:
+    if isinstance(layer, keras.Model):
+      out.extend(_weighted_layers(layer))
+    elif layer.weights:
+      out.append(layer)
+  return out
+
+
+def init_from(model, source_dir):
+  """Copies the weights of every layer but the classification head from another run's
+  exported best model (`<source_dir>/model.keras`) into `model`, layer by layer in order.
+
+  The two models must be the same network (the head may differ in classes); a layer whose
+  type or weight shapes differ is a ModelError naming it. Returns the number of layers copied.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  path = source_dir.rstrip("/") + "/model.keras"
+  if not tf.io.gfile.exists(path):
+    raise ModelError(f"--init_from={source_dir}: {path} not found; point it at the "
+                     "--model_dir of a finished run")
+  try:
+    source = keras.models.load_model(path, compile=False)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ModelError(f"--init_from={source_dir}: cannot load {path}: {e}") from None
+  src, dst = _weighted_layers(source)[:-1], _weighted_layers(model)[:-1]
+  if len(src) != len(dst):
+    raise ModelError(f"--init_from={source_dir}: {path} is a {source.name} model with "
+                     f"{len(src)} layers below its head; this {model.name} model has "
+                     f"{len(dst)}. Use a run of the same --model.")
+  for i, (s, d) in enumerate(zip(src, dst)):
+    src_shapes = [tuple(w.shape) for w in s.weights]
+    dst_shapes = [tuple(w.shape) for w in d.weights]
+    if type(s) is not type(d) or src_shapes != dst_shapes:
+      raise ModelError(f"--init_from={source_dir}: layer {i} ({d.name}, "
+                       f"{type(d).__name__} {dst_shapes}) does not match {path}'s "
+                       f"({s.name}, {type(s).__name__} {src_shapes}); a different "
+                       "--model or --image_size?")
+  for s, d in zip(src, dst):
+    d.set_weights(s.get_weights())
+  return len(dst)

@@ -36,7 +36,30 @@ def define_flags(flag_values=flags.FLAGS):
                       "gs://).", **fv)
   flags.DEFINE_string("model_dir", None, "Where checkpoints, results and the exported model "
                       "go. Rerunning with the same --model_dir resumes.", **fv)
-  flags.DEFINE_enum("model", d.model, sorted(models.MODELS), "Model to train.", **fv)
+  flags.DEFINE_enum("model", d.model, list(models.MODELS),
+                    "Model to train: the report's simple and basic CNNs, or a Keras "
+                    "application (ImageNet architecture) with a new classification head.",
+                    case_sensitive=False, **fv)
+  flags.DEFINE_string("weights", d.weights, "Applications only: initial weights of the base "
+                      "network: none (random), imagenet (downloaded by Keras), or the path "
+                      "of a weights file (e.g. Keras' ..._notop.h5 copied to this machine).",
+                      **fv)
+  flags.DEFINE_string("trainable_layers", d.trainable_layers, "Which layers of the base "
+                      "network train: all, none (only the new head) or N (the last N "
+                      "layers). For simple/basic the base is every layer but the last. "
+                      "Frozen BatchNorm layers run in inference mode.", **fv)
+  flags.DEFINE_integer("head_epochs", d.head_epochs, "Two-stage fine-tuning: train only the "
+                       "head for this many epochs at --head_learning_rate, then "
+                       "--trainable_layers at --learning_rate (set it lower). 0 = one "
+                       "stage.", **fv)
+  flags.DEFINE_float("head_learning_rate", d.head_learning_rate, "Learning rate of the "
+                     "--head_epochs stage.", **fv)
+  flags.DEFINE_string("init_from", d.init_from, "A finished run's --model_dir: start from "
+                      "its best weights (model.keras), all layers but the classification "
+                      "head. Same --model; the classes may differ.", **fv)
+  flags.DEFINE_string("classes", d.classes, "Train on a subset of the data's classes: empty "
+                      "for all; N for N classes picked by --seed (nested: the 2 of N=2 are "
+                      "among the 5 of N=5); or comma-separated class names.", **fv)
   flags.DEFINE_integer("batch_size", d.batch_size,
                        "Global batch size (over all replicas and workers).", **fv)
   flags.DEFINE_enum("optimizer", d.optimizer, config_lib.OPTIMIZERS, "Optimizer.", **fv)
@@ -46,6 +69,9 @@ def define_flags(flag_values=flags.FLAGS):
                        "Stop after this many epochs without a lower validation loss.", **fv)
   flags.DEFINE_boolean("augment", d.augment,
                        "Random flips, rotations, zooms and shifts of the training images.", **fv)
+  flags.DEFINE_enum("augment_on", d.augment_on, config_lib.AUGMENT_ON, "Where --augment "
+                    "runs: host (in tf.data, overlapping the step) or device (inside the "
+                    "train step, so that a GPU does it and the host only decodes).", **fv)
   flags.DEFINE_enum("strategy", d.strategy, strategy_lib.STRATEGIES,
                     "tf.distribute strategy; multi_worker reads the cluster from TF_CONFIG.",
                     **fv)
@@ -58,7 +84,9 @@ def define_flags(flag_values=flags.FLAGS):
   flags.DEFINE_string("cache", d.cache, "Where decoded images are cached: empty for memory, "
                       "else a file path prefix.", **fv)
   flags.DEFINE_integer("image_size", d.image_size, "Resize images to this many pixels "
-                       "square; 0 keeps the stored size.", **fv)
+                       "square (e.g. 96 or 224 for the applications); 0 keeps the stored "
+                       "size. Fixed-size data is cached at its stored size and resized per "
+                       "batch.", **fv)
   flags.DEFINE_integer("steps_per_epoch", d.steps_per_epoch, "Cap on training steps per "
                        "epoch (smoke runs); 0 = one pass over train.", **fv)
   flags.DEFINE_integer("worker_timeout", d.worker_timeout, "--strategy=multi_worker: seconds "

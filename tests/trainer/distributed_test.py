@@ -168,8 +168,8 @@ def test_a_run_killed_mid_epoch_resumes_and_ends_as_an_uninterrupted_run(data_di
     assert len(shards["0"] | shards["1"]) == 4
     # Only the chief wrote into model_dir; worker 1's scratch directory is gone.
     assert sorted(os.listdir(model_dir)) == [
-        "best", "checkpoints", "flags.txt", "history.csv", "model.keras", "results.json",
-        "saved_model", "tensorboard"]
+        "best", "checkpoints", "confusion_matrix.csv", "flags.txt", "history.csv", "model.keras",
+        "results.json", "saved_model", "tensorboard"]
     assert (results["strategy"], results["num_replicas"]) == ("multi_worker", 2)
 
 

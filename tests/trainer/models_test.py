@@ -85,7 +85,7 @@ def test_models_follow_the_input_shape_and_class_count():
   assert model.output_shape == (None, 7)
 
 
-@pytest.mark.parametrize("name", sorted(models.MODELS))
+@pytest.mark.parametrize("name", ["simple", "basic"])
 def test_model_takes_raw_pixels_and_outputs_probabilities(name):
   model = models.build(name, 5, (32, 32, 3))
   raw = np.random.default_rng(0).integers(0, 256, size=(4, 32, 32, 3)).astype("float32")

@@ -164,5 +164,5 @@ def test_two_workers_train_together_and_only_the_chief_writes(data_dir, tmp_path
   assert f"this process writes into {model_dir}\n" in logs[0]
   assert f"this process writes into {model_dir}/.worker1\n" in logs[1]
   assert sorted(os.listdir(model_dir)) == [
-      "best", "checkpoints", "flags.txt", "history.csv", "model.keras", "results.json",
-      "saved_model", "tensorboard"]
+      "best", "checkpoints", "confusion_matrix.csv", "flags.txt", "history.csv", "model.keras",
+      "results.json", "saved_model", "tensorboard"]

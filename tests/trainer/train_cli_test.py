@@ -38,7 +38,7 @@ def _start(*args, env=None):
 # One case per way in which a run can be refused: by absl (enum flags), by the config checks,
 # against the data, and by the strategy (the rest of the config checks run in-process below).
 CLI_ERRORS = [
-    (["--model=resnet"], "flag --model=resnet: value should be one of <basic|simple>"),
+    (["--model=resnet"], "flag --model=resnet: value should be one of <simple|basic|VGG16"),
     (["--batch_size=1000"], "--batch_size=1000 is larger than the train split (96 examples"),
     (["--data_dir=/nonexistent/data"], "--data_dir=/nonexistent/data: "
      "/nonexistent/data/dataset_info.json not found (no such directory)"),
@@ -65,7 +65,7 @@ def test_bad_flags_fail_with_a_message_naming_the_flag(data_dir, tmp_path):
     ({"learning_rate": float("nan")}, "--learning_rate=nan: must be >= 0"),
     ({"model_dir": ""}, "--model_dir is required"),
     ({"data_dir": ""}, "--data_dir is required"),
-    ({"model": "vgg"}, "--model=vgg: unknown model; choose one of basic, simple"),
+    ({"model": "vgg"}, "--model=vgg: unknown model; choose one of DenseNet121, "),
     ({"optimizer": "lbfgs"}, "--optimizer=lbfgs: choose one of adam, sgd, rmsprop"),
     ({"steps_per_epoch": -1}, "--steps_per_epoch=-1: must be >= 0"),
 ])
