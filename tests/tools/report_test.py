@@ -1,0 +1,328 @@
+"""tools/report.py on synthetic run directories in the trainer's format (trainer/loop.py)."""
+
+import base64
+import csv
+import io
+import json
+import math
+import re
+
+from PIL import Image
+import pytest
+
+from tools import report
+
+CLASSES = ["airplane", "automobile", "bird"]
+# learning_rate -> (test_loss, test_accuracy, best_epoch, epochs_run)
+SWEEP = {"0.1": (1.0987, 0.3412, 2, 8), "0.01": (0.7421, 0.7438, 6, 10),
+         "0.001": (0.8215, 0.6954, 7, 7)}
+
+
+def flags_text(learning_rate, model_dir, **overrides):
+  flags = {"data_dir": "/data", "model_dir": model_dir, "model": "simple", "batch_size": "128",
+           "optimizer": "adam", "learning_rate": learning_rate, "epochs": "10",
+           "patience": "3", "augment": True, "mixed_precision": False, "seed": "0",
+           "cache": "", "image_size": "0", **overrides}
+  lines = []
+  for name, value in flags.items():
+    if isinstance(value, bool):
+      lines.append(f"--{name}" if value else f"--no{name}")
+    else:
+      lines.append(f"--{name}={value}")
+  return "\n".join(lines) + "\n"
+
+
+def history_rows(epochs, best_epoch, final_accuracy):
+  """Train loss falls every epoch; val_loss is lowest at best_epoch."""
+  rows = []
+  for epoch in range(1, epochs + 1):
+    progress = epoch / epochs
+    val_loss = 0.7 + 0.05 * (epoch - best_epoch) ** 2 + 0.01 * epoch
+    rows.append({"epoch": epoch, "loss": round(2.1 * math.exp(-1.5 * progress), 4),
+                 "accuracy": round(final_accuracy * (0.5 + 0.5 * progress) + 0.05, 4),
+                 "val_loss": round(val_loss, 4),
+                 "val_accuracy": round(final_accuracy - 0.02 * abs(epoch - best_epoch), 4),
+                 "time": round(30 + epoch % 3, 3)})
+  return rows
+
+
+def write_history(path, rows, fields=("epoch", "loss", "accuracy", "val_loss", "val_accuracy",
+                                      "time")):
+  with open(path, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+
+
+def write_confusion(path, counts, classes=CLASSES):
+  with open(path, "w", newline="") as f:
+    writer = csv.writer(f, lineterminator="\n")
+    writer.writerow(["true\\predicted", *classes])
+    for name, row in zip(classes, counts):
+      writer.writerow([name, *row])
+
+
+def write_run(run_dir, learning_rate, test_loss, test_accuracy, best_epoch, epochs_run,
+              finished=True, confusion=True, **flag_overrides):
+  run_dir.mkdir(parents=True)
+  (run_dir / "flags.txt").write_text(flags_text(learning_rate, str(run_dir), **flag_overrides))
+  write_history(run_dir / "history.csv", history_rows(epochs_run, best_epoch, test_accuracy))
+  if not finished:
+    return run_dir
+  results = {"test_loss": test_loss, "test_accuracy": test_accuracy, "test_examples": 300,
+             "best_epoch": best_epoch, "best_val_loss": 0.7 + 0.01 * best_epoch,
+             "epochs_run": epochs_run, "resumed_from_epoch": 0,
+             "stopped_early": epochs_run < 10, "examples_per_s": 1234.5,
+             "wall_time_s": 31.0 * epochs_run + 12.5, "num_replicas": 1,
+             "strategy": "OneDeviceStrategy", "model": flag_overrides.get("model", "simple"),
+             "global_batch_size": 128, "dtype_policy": "float32", "class_names": CLASSES}
+  (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+  if confusion:
+    correct = round(100 * test_accuracy)
+    rest = 100 - correct
+    write_confusion(run_dir / "confusion_matrix.csv",
+                    [[correct, rest // 2, rest - rest // 2],
+                     [rest // 2, correct, rest - rest // 2],
+                     [rest - rest // 2, rest // 2, correct]])
+  return run_dir
+
+
+@pytest.fixture
+def sweep(tmp_path):
+  """A learning-rate sweep: 3 finished runs and 1 unfinished one, in tmp_path/sweep."""
+  for lr, (loss, accuracy, best, epochs) in SWEEP.items():
+    write_run(tmp_path / "sweep" / f"lr_{lr}", lr, loss, accuracy, best, epochs)
+  write_run(tmp_path / "sweep" / "lr_0.0001", "0.0001", None, 0.5231, 4, 5, finished=False)
+  return tmp_path / "sweep"
+
+
+def embedded_pngs(html_text):
+  return [base64.b64decode(b64)
+          for b64 in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html_text)]
+
+
+def table_rows(html_text):
+  """{run name: row html} of the runs table."""
+  body = html_text.split("<tbody>", 1)[1].split("</tbody>", 1)[0]
+  rows = re.findall(r"<tr[^>]*>(.*?)</tr>", body)
+  return {re.search(r"<td>(.*?)</td>", r).group(1): r for r in rows}
+
+
+def section(html_text, title):
+  return html_text.split(f"<h2>{title}</h2>", 1)[1].split("<h2>", 1)[0]
+
+
+def check_png(data):
+  image = Image.open(io.BytesIO(data))
+  assert image.format == "PNG"
+  assert image.width > 100 and image.height > 100
+  low_high = image.convert("L").getextrema()
+  assert low_high[1] - low_high[0] > 50, "a blank image"
+
+
+def test_sweep_report(sweep, tmp_path, capsys, caplog):
+  out = tmp_path / "out"
+  assert report.main([str(sweep), f"--out={out}", "--title=lr <sweep>"]) == 0
+  printed = capsys.readouterr().out.split()
+  html_text = (out / "report.html").read_text()
+  md = (out / "report.md").read_text()
+  assert str(out / "report.html") in printed and str(out / "report.md") in printed
+
+  # Self-contained: no external resources; the title escaped.
+  assert "<h1>lr &lt;sweep&gt;</h1>" in html_text
+  assert not re.search(r'(src|href)="(?!data:)', html_text)
+
+  # 4 learning-curve figures, the val_accuracy overlay, learning_rate, the confusion matrix.
+  pngs = embedded_pngs(html_text)
+  assert html_text.count("data:image/png;base64,") == len(pngs) == 7
+  for data in pngs:
+    check_png(data)
+  files = sorted(p.name for p in out.glob("*.png"))
+  assert files == sorted(["curves_lr_0.0001.png", "curves_lr_0.001.png", "curves_lr_0.01.png",
+                          "curves_lr_0.1.png", "val_accuracy_all.png", "flag_learning_rate.png",
+                          "confusion_matrix.png"])
+  assert sorted(pngs) == sorted((out / f).read_bytes() for f in files)
+  printed_pngs = [p for p in printed if p.endswith(".png")]
+  assert sorted(printed_pngs) == sorted(str(out / f) for f in files)
+
+  # The table: every run (the parent expanded, sorted by name), its accuracy as printed.
+  rows = table_rows(html_text)
+  assert list(rows) == ["lr_0.0001", "lr_0.001", "lr_0.01", "lr_0.1"]
+  for lr, (loss, accuracy, best, epochs) in SWEEP.items():
+    cells = re.findall(r"<td>(.*?)</td>", rows[f"lr_{lr}"])
+    shown = f"<strong>{accuracy:.4f}</strong>" if lr == "0.01" else f"{accuracy:.4f}"
+    assert cells == [f"lr_{lr}", "simple", lr, f"{loss:.4f}", shown, str(best), str(epochs),
+                     f"{(31.0 * epochs + 12.5) / 60:.1f}"]
+  assert html_text.count("<strong>") == 1
+  assert "unfinished: best val_accuracy 0.5231" in rows["lr_0.0001"]
+  assert "0.7438" not in rows["lr_0.0001"]
+  header = re.findall(r"<th>(.*?)</th>", html_text)
+  assert "learning_rate" in header
+  for constant in ("batch_size", "optimizer", "model_dir", "data_dir", "augment", "epochs"):
+    assert constant not in header
+  assert any("lr_0.0001" in r.message and "unfinished" in r.message for r in caplog.records)
+
+  # One chart per swept flag only; the learning rates span 1000x: log-scale x.
+  sweep_section = section(html_text, "Swept flags")
+  assert sweep_section.count("data:image/png") == 1
+  assert "--learning_rate (line through the mean per value, log-scale x)" in sweep_section
+  assert "batch_size" not in sweep_section
+
+  # The confusion matrix is the best run's, named with its classes.
+  confusion = section(html_text, "Confusion matrix")
+  assert "lr_0.01" in confusion and "0.7438" in confusion
+  for name in CLASSES:
+    assert name in confusion
+  assert confusion.count("data:image/png") == 1
+
+  # Markdown: the same table, the best accuracy bold, the plots linked by relative path.
+  md_rows = [line for line in md.splitlines() if line.startswith("| lr_")]
+  assert len(md_rows) == 4
+  assert "| **0.7438** |" in next(r for r in md_rows if r.startswith("| lr_0.01 "))
+  assert "| 0.3412 |" in next(r for r in md_rows if r.startswith("| lr_0.1 "))
+  links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+  assert sorted(links) == files
+
+
+def test_two_swept_flags_bar_chart_and_mean_line(tmp_path):
+  runs = tmp_path / "grid"
+  for i, (optimizer, lr) in enumerate([("adam", "0.001"), ("adam", "0.01"), ("sgd", "0.001"),
+                                       ("sgd", "0.01")]):
+    write_run(runs / f"{optimizer}_{lr}", lr, 0.9 - 0.05 * i, 0.6 + 0.05 * i, 3, 5,
+              optimizer=optimizer, confusion=False)
+  out = tmp_path / "out"
+  report.main([str(runs), f"--out={out}"])
+  html_text = (out / "report.html").read_text()
+  sweep_section = section(html_text, "Swept flags")
+  assert "--learning_rate (line through the mean per value, log-scale x)" in sweep_section
+  assert "--optimizer (bar = mean per value)" in sweep_section
+  assert sweep_section.count("data:image/png") == 2
+  for data in embedded_pngs(sweep_section):
+    check_png(data)
+  header = re.findall(r"<th>(.*?)</th>", html_text)
+  assert header[:4] == ["run", "model", "optimizer", "learning_rate"]
+  # The best run (sgd_0.01, accuracy 0.75) wrote no confusion matrix: said in text.
+  confusion = section(html_text, "Confusion matrix")
+  assert "sgd_0.01" in confusion and "no confusion_matrix.csv" in confusion
+  assert "data:image/png" not in confusion
+
+
+def test_run_dirs_given_directly_colliding_names_and_many_classes(tmp_path):
+  a = write_run(tmp_path / "a" / "run", "0.01", 0.8, 0.7, 2, 3, confusion=False)
+  b = write_run(tmp_path / "b" / "run", "0.01", 0.7, 0.72, 3, 3, confusion=False,
+                model="basic")
+  classes = [f"class_{i:02d}" for i in range(25)]
+  counts = [[(40 if i == j else (i * 7 + j) % 3) for j in range(25)] for i in range(25)]
+  write_confusion(b / "confusion_matrix.csv", counts, classes)
+  out = tmp_path / "out"
+  report.main([str(a), str(b), f"--out={out}"])
+  html_text = (out / "report.html").read_text()
+  rows = table_rows(html_text)
+  assert list(rows) == ["a/run", "b/run"]
+  assert "<td>basic</td>" in rows["b/run"]  # model has its own column, not a flag column
+  assert re.findall(r"<th>(.*?)</th>", html_text).count("model") == 1
+  assert "data:image/png" in section(html_text, "Swept flags")  # a bar chart of model
+  confusion = section(html_text, "Confusion matrix")
+  assert "class_00" in confusion and "class_24" in confusion
+  (data,) = embedded_pngs(confusion)
+  check_png(data)
+  assert {"curves_a_run.png", "curves_b_run.png"} <= {p.name for p in out.glob("*.png")}
+
+
+def test_parse_flags_lines_booleans():
+  lines = [["--augment", "--nomixed_precision", "--notes", "--lr=0.1", "--cache="],
+           ["--noaugment", "--mixed_precision", "--nonotes", "--lr=0.2", "--cache=/tmp/c"]]
+  first, second = report.parse_flags_lines(lines)
+  assert first == {"augment": "true", "mixed_precision": "false", "notes": "true", "lr": "0.1",
+                   "cache": '""'}
+  assert second == {"augment": "false", "mixed_precision": "true", "notes": "false",
+                    "lr": "0.2", "cache": "/tmp/c"}
+
+
+def run_error(argv, capsys):
+  with pytest.raises(SystemExit) as raised:
+    report.main(argv)
+  message = str(raised.value.code)
+  assert message.startswith("tools.report: error: ") and "\n" not in message
+  return message
+
+
+def test_errors_name_the_bad_path(sweep, tmp_path, capsys):
+  out = f"--out={tmp_path / 'out'}"
+  empty = tmp_path / "empty"
+  (empty / "not_a_run").mkdir(parents=True)
+  assert f"{empty}: not a run directory" in run_error([str(sweep), str(empty), out], capsys)
+  missing = tmp_path / "missing"
+  assert f"{missing}: no such directory" in run_error([str(missing), out], capsys)
+
+  bad_json = sweep / "lr_0.1" / "results.json"
+  bad_json.write_text('{"test_loss": 1.0, ')
+  assert f"{bad_json}: not valid JSON" in run_error([str(sweep), out], capsys)
+  bad_json.write_text('{"test_loss": 1.0, "test_accuracy": 0.3}')
+  assert f"{bad_json}: missing key(s) best_epoch, epochs_run" in run_error([str(sweep), out],
+                                                                         capsys)
+  bad_json.unlink()  # now an unfinished run
+
+  confusion = sweep / "lr_0.01" / "confusion_matrix.csv"
+  confusion.write_text("true\\predicted,airplane,automobile,bird\n"
+                       "airplane,70,10,20\nautomobile,10,75,15\n")
+  message = run_error([str(sweep), out], capsys)
+  assert f"{confusion}: not square" in message and "3 predicted classes" in message
+  confusion.write_text("true\\predicted,airplane,automobile\nairplane,70,10\nautomobile,10\n")
+  assert f"{confusion}: not square: line 3 has 1 counts" in run_error([str(sweep), out], capsys)
+  confusion.unlink()
+
+  history = sweep / "lr_0.001" / "history.csv"
+  write_history(history, history_rows(3, 2, 0.5), fields=("epoch", "loss", "accuracy", "time"))
+  message = run_error([str(sweep), out], capsys)
+  assert f"{history}: missing column(s) val_loss, val_accuracy" in message
+  assert not (tmp_path / "out" / "report.html").exists()
+
+
+def test_figures_axes_ticks_and_cells(sweep, tmp_path):
+  runs = {r.name: r for r in report.load_runs([str(sweep)])}
+  assert [r.name for r in runs.values()] == ["lr_0.0001", "lr_0.001", "lr_0.01", "lr_0.1"]
+
+  # Learning curves: the best epoch dashed and labelled on both panels (lowest val_loss if
+  # unfinished).
+  for name, best, suffix in (("lr_0.01", 6, ""), ("lr_0.0001", 4, " so far")):
+    fig = report.learning_curves_figure(runs[name])
+    for ax in fig.axes:
+      (vline,) = [l for l in ax.get_lines() if l.get_label().startswith("best epoch")]
+      assert list(vline.get_xdata()) == [best, best] and vline.get_linestyle() == "--"
+      assert vline.get_label() == f"best epoch {best}{suffix}"
+      assert [t.get_text() for t in ax.get_legend().get_texts()][-1] == vline.get_label()
+    report.plt.close(fig)
+
+  # The learning-rate chart: finished runs only, log x, the line through the values sorted
+  # (whatever the runs' order).
+  fig, kind = report.flag_figure("learning_rate", list(reversed(runs.values())))
+  accuracy_ax, loss_ax = fig.axes
+  assert accuracy_ax.get_xscale() == "log" and "log-scale x" in kind
+  (line,) = accuracy_ax.get_lines()
+  assert list(line.get_xdata()) == [0.001, 0.01, 0.1]
+  assert list(line.get_ydata()) == [0.6954, 0.7438, 0.3412]
+  assert list(loss_ax.get_lines()[0].get_ydata()) == [0.8215, 0.7421, 1.0987]
+  report.plt.close(fig)
+
+  # The confusion matrix: class names on both axes, a count in each cell, rows as fractions.
+  fig = report.confusion_matrix_figure(runs["lr_0.01"])
+  ax = fig.axes[0]
+  assert [t.get_text() for t in ax.get_xticklabels()] == CLASSES
+  assert [t.get_text() for t in ax.get_yticklabels()] == CLASSES
+  assert sorted(t.get_text() for t in ax.texts) == sorted(["74", "13", "13"] * 3)
+  fractions = ax.get_images()[0].get_array().tolist()
+  assert fractions[0] == pytest.approx([0.74, 0.13, 0.13])
+  assert [sum(row) for row in fractions] == pytest.approx([1, 1, 1])
+  report.plt.close(fig)
+
+  # More than 20 classes: no cell text, smaller tick labels.
+  many = [f"c{i}" for i in range(30)]
+  run = runs["lr_0.01"]
+  run.confusion = (many, report.np.eye(30, dtype=int) * 5 + 1)
+  fig = report.confusion_matrix_figure(run)
+  ax = fig.axes[0]
+  assert not ax.texts
+  assert [t.get_text() for t in ax.get_yticklabels()] == many
+  assert ax.get_yticklabels()[0].get_fontsize() < 9
+  report.plt.close(fig)
