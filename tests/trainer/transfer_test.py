@@ -224,19 +224,33 @@ def _simple_run(data_dir, tmp_path, strategy):
 
 
 def test_two_stages_train_the_head_first_then_the_base(data_dir, strategy, tmp_path):
+  # Start from a weights file (--weights=<path>), as an offline machine would.
+  source = models.build("MobileNetV2", 4, (32, 32, 3))
+  weights = str(tmp_path / "mobilenetv2_notop.weights.h5")
+  source.get_layer("base").save_weights(weights)
   model_dir = tmp_path / "staged"
   results = _run(data_dir, model_dir, strategy, model="MobileNetV2", head_epochs=1, epochs=2,
-                 trainable_layers="4", steps_per_epoch=1)
+                 trainable_layers="4", steps_per_epoch=1, weights=weights)
   assert results["epochs_run"] == 2
   # After stage 2 the last 4 base layers and the head train.
   model = models.build("MobileNetV2", 4, (32, 32, 3))
   models.set_trainable(model, 4)
   assert results["trainable_parameters"] == loop._count(model.trainable_variables)  # pylint: disable=protected-access
+  # The layers that never trained still hold the file's weights in the exported model.
+  exported = keras.models.load_model(str(model_dir / "model.keras"), compile=False)
+  frozen = models.base_layers(exported)[:-4]
+  originals = {l.name: l for l in models.base_layers(source)}
+  checked = 0
+  for layer in frozen:
+    for a, b in zip(layer.get_weights(), originals[layer.name].get_weights()):
+      np.testing.assert_array_equal(a, b)
+      checked += 1
+  assert checked > 100
   flags_text = (model_dir / "flags.txt").read_text()
   assert "--head_epochs=1" in flags_text and "--trainable_layers=4" in flags_text
   # The checkpoint holds both stages' optimizers: a rerun with more epochs resumes.
   resumed = _run(data_dir, model_dir, strategy, model="MobileNetV2", head_epochs=1, epochs=3,
-                 trainable_layers="4", steps_per_epoch=1)
+                 trainable_layers="4", steps_per_epoch=1, weights=weights)
   assert resumed["resumed_from_epoch"] == 2 and resumed["epochs_run"] == 3
 
 
