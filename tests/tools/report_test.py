@@ -326,3 +326,19 @@ def test_figures_axes_ticks_and_cells(sweep, tmp_path):
   assert [t.get_text() for t in ax.get_yticklabels()] == many
   assert ax.get_yticklabels()[0].get_fontsize() < 9
   report.plt.close(fig)
+
+
+def test_runs_sort_numbers_by_value_and_confusion_run_picks_the_matrix(tmp_path, capsys):
+  for classes, accuracy in (("10", 0.49), ("2", 0.94), ("5", 0.66)):
+    write_run(tmp_path / "classes" / f"classes={classes}", "0.001", 1.0, accuracy, 3, 4,
+              classes=classes)
+  out = tmp_path / "out"
+  assert report.main([str(tmp_path / "classes"), f"--out={out}",
+                      "--confusion_run=classes=10"]) == 0
+  html_text = (out / "report.html").read_text()
+  assert list(table_rows(html_text)) == ["classes=2", "classes=5", "classes=10"]
+  assert "Test split of the chosen run, classes=10 (test accuracy 0.4900)" in html_text
+  message = run_error([str(tmp_path / "classes"), f"--out={out}", "--confusion_run=nope"],
+                      capsys)
+  assert "--confusion_run=nope: no finished run of that name" in message
+  assert report.natural_key("lr=1e-4") < report.natural_key("lr=1e-3")
