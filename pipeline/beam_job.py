@@ -76,9 +76,9 @@ class AssignSplitAndClass(beam.DoFn):
 class Summary:
   """What dataset_info.json needs from the written examples: counts per (split, label), the
   image shapes, train pixel sums and conversions. EncodeExample keeps one per bundle and
-  emits it once at the bundle's end, so that the metadata costs no extra per-example stage
-  (per-example side branches, each a stage every element passed through, made the job
-  about a third slower on the DirectRunner; BENCHMARKS.md)."""
+  emits it once at the bundle's end, so that the metadata needs no per-example branch of
+  its own (one stage and one element per bundle instead of four branches of one element per
+  example; on the DirectRunner the two cost about the same, BENCHMARKS.md)."""
 
   def __init__(self):
     self.counts = collections.Counter()  # (split, label) -> examples
