@@ -24,7 +24,8 @@ Sections:
                      epoch (results.json's best_epoch; the lowest val_loss if unfinished)
                      dashed; with more than one run, every run's val_accuracy overlaid.
   Swept flags        one chart per flag whose value differs between the runs' flags.txt
-                     (--model_dir never counts): test accuracy and test loss of each
+                     (--model_dir never counts; nor does a flag that older runs lack and
+                     the others all set alike): test accuracy and test loss of each
                      finished run against the flag's value. Numeric values: sorted, on a
                      log x axis if all positive and max/min >= 10 (learning rates); other
                      values: one bar per value, in the runs' order. When several runs share
@@ -326,13 +327,28 @@ def natural_key(name):
 
 
 def swept_flags(runs):
-  """Flags whose value differs between the runs that have flags.txt, in first-seen order."""
+  """Flags whose value differs between the runs that have flags.txt, in first-seen order.
+
+  A flag missing from some runs' flags.txt (runs made before the trainer had it) counts only
+  if the runs that do record it disagree; it is not taken to differ merely by being absent.
+  """
   with_flags = [r for r in runs if r.flags is not None]
   names = []
   for run in with_flags:
     names.extend(n for n in run.flags if n not in names)
-  return [n for n in names if n not in IGNORED_FLAGS
-          and len({r.flags.get(n) for r in with_flags}) > 1]
+  swept, partial = [], []
+  for name in names:
+    if name in IGNORED_FLAGS:
+      continue
+    recorded = [r for r in with_flags if name in r.flags]
+    if len({r.flags[name] for r in recorded}) > 1:
+      swept.append(name)
+    elif len(recorded) < len(with_flags):
+      partial.append(name)
+  if partial:
+    logging.warning("flags recorded by only some runs, with one value among them, not compared: "
+                    "%s (the other runs' flags.txt predate them)", ", ".join(partial))
+  return swept
 
 
 def best_run(runs):

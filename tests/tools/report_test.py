@@ -207,6 +207,27 @@ def test_two_swept_flags_bar_chart_and_mean_line(tmp_path):
   assert "data:image/png" not in confusion
 
 
+def test_flag_missing_from_older_runs_is_not_a_difference(tmp_path, caplog):
+  # "old" predates --augment_on and --weights; the newer runs agree on augment_on but not on
+  # weights, so only weights (and learning_rate) are compared, "old" showing (unset).
+  runs = tmp_path / "runs"
+  write_run(runs / "old", "0.01", 0.9, 0.6, 3, 5, confusion=False)
+  write_run(runs / "new_a", "0.01", 0.8, 0.65, 3, 5, confusion=False, augment_on="host",
+            weights="none")
+  write_run(runs / "new_b", "0.001", 0.7, 0.7, 3, 5, confusion=False, augment_on="host",
+            weights="imagenet")
+  out = tmp_path / "out"
+  with caplog.at_level("WARNING"):
+    report.main([str(runs), f"--out={out}"])
+  header = re.findall(r"<th>(.*?)</th>", (out / "report.html").read_text())
+  assert header[:4] == ["run", "model", "learning_rate", "weights"]
+  assert "augment_on" not in header
+  assert not (out / "flag_augment_on.png").exists() and (out / "flag_weights.png").exists()
+  rows = table_rows((out / "report.html").read_text())
+  assert "(unset)" in rows["old"] and "(unset)" not in rows["new_a"]
+  assert "not compared: augment_on" in caplog.text
+
+
 def test_run_dirs_given_directly_colliding_names_and_many_classes(tmp_path):
   a = write_run(tmp_path / "a" / "run", "0.01", 0.8, 0.7, 2, 3, confusion=False)
   b = write_run(tmp_path / "b" / "run", "0.01", 0.7, 0.72, 3, 3, confusion=False,
