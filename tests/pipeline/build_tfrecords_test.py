@@ -145,3 +145,20 @@ def test_shards_mix_classes_rather_than_running_through_them_in_folder_order(tmp
   changes = sum(a != b for a, b in zip(labels, labels[1:]))
   assert changes > 300, changes
   assert len(set(labels[:40])) >= 8
+
+
+def test_two_workers_write_the_same_records_and_metadata_as_one(tmp_path):
+  records = {}
+  for name, argv in (("one", []), ("two", ["--direct_running_mode=multi_threading",
+                                           "--direct_num_workers=2"])):
+    config = build_tfrecords.JobConfig(
+        output_dir=str(tmp_path / name), source="image_dir", image_dir=str(testdata.SAMPLE_DIR),
+        classes=("cat", "ship"), num_shards=2)
+    info = build_tfrecords.run_job(config, argv).info
+    records[name] = {s: sorted(r.numpy() for r in tf.data.TFRecordDataset(
+        [os.path.join(config.output_dir, f) for f in info["splits"][s]["shards"]]))
+                     for s in info["splits"]}
+    del info["command"]
+    records[name]["info"] = info
+  assert records["one"] == records["two"]
+  assert sum(len(records["one"][s]) for s in ("train", "validation", "test")) == 100
