@@ -17,10 +17,15 @@ from tests import testdata
 from tests.pipeline import cifar_archive
 
 
-def read_split(data_dir, info, split):
-  """All parsed records of a split, from the shards dataset_info lists."""
+def split_records(data_dir, info, split):
+  """The serialized records of a split, from the shards dataset_info lists."""
   files = [os.path.join(data_dir, s) for s in info["splits"][split]["shards"]]
-  return [features.parse_single(r) for r in tf.data.TFRecordDataset(files)]
+  return [r.numpy() for r in tf.data.TFRecordDataset(files)]
+
+
+def read_split(data_dir, info, split):
+  """All parsed records of a split."""
+  return [features.parse_single(r) for r in split_records(data_dir, info, split)]
 
 
 def run(tmp_path, **kwargs):
@@ -148,17 +153,15 @@ def test_shards_mix_classes_rather_than_running_through_them_in_folder_order(tmp
 
 
 def test_two_workers_write_the_same_records_and_metadata_as_one(tmp_path):
-  records = {}
+  records, infos = {}, {}
   for name, argv in (("one", []), ("two", ["--direct_running_mode=multi_threading",
                                            "--direct_num_workers=2"])):
     config = build_tfrecords.JobConfig(
         output_dir=str(tmp_path / name), source="image_dir", image_dir=str(testdata.SAMPLE_DIR),
         classes=("cat", "ship"), num_shards=2)
     info = build_tfrecords.run_job(config, argv).info
-    records[name] = {s: sorted(r.numpy() for r in tf.data.TFRecordDataset(
-        [os.path.join(config.output_dir, f) for f in info["splits"][s]["shards"]]))
-                     for s in info["splits"]}
+    records[name] = {s: sorted(split_records(config.output_dir, info, s)) for s in info["splits"]}
     del info["command"]
-    records[name]["info"] = info
-  assert records["one"] == records["two"]
-  assert sum(len(records["one"][s]) for s in ("train", "validation", "test")) == 100
+    infos[name] = info
+  assert records["one"] == records["two"] and infos["one"] == infos["two"]
+  assert sum(len(r) for r in records["one"].values()) == 100
