@@ -31,6 +31,10 @@ class Config:
   cpu_replicas: int = 1  # logical CPU devices, so MirroredStrategy runs without GPUs
   mixed_precision: bool = False
   seed: int = 0
+  # Same seed, same run: tf.data keeps a fixed order in every parallel stage and TensorFlow
+  # picks deterministic kernels (tf.config.experimental.enable_op_determinism; on a GPU some
+  # are slower, and ops without one raise an error). For debugging and exact comparisons.
+  deterministic: bool = False
   cache: str = ""  # "" caches decoded images in memory; else a file path prefix
   image_size: int = 0  # resize to image_size x image_size pixels; 0 keeps the stored size
   steps_per_epoch: int = 0  # cap on train steps per epoch; 0 means one pass over train

@@ -180,8 +180,8 @@ def _cache_name(split, info, height, width, pipeline_id, num_pipelines):
 
 def _options(deterministic):
   options = tf.data.Options()
-  # Train: let parallel stages hand out elements as soon as they are ready (the shuffle
-  # makes order moot). Eval: fixed order so that runs and workers agree.
+  # Train: by default parallel stages hand out elements as soon as they are ready (the
+  # shuffle makes order moot). Eval: fixed order so that runs and workers agree.
   options.deterministic = deterministic
   # Sharding is done here by file or by element; keep tf.distribute from re-sharding.
   options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
@@ -189,7 +189,7 @@ def _options(deterministic):
 
 
 def train_dataset(info, *, batch_size, input_context=None, seed=0, augment=None, cache="",
-                  image_size=None, shuffle_buffer=DEFAULT_SHUFFLE_BUFFER):
+                  image_size=None, shuffle_buffer=DEFAULT_SHUFFLE_BUFFER, deterministic=False):
   """Endless training batches for one input pipeline.
 
   Args:
@@ -204,6 +204,9 @@ def train_dataset(info, *, batch_size, input_context=None, seed=0, augment=None,
       prefix, None does not cache (for data larger than memory).
     image_size: int or (height, width) to resize to; required when the images differ.
     shuffle_buffer: examples held for shuffling (capped at the examples in the share).
+    deterministic: bool; False lets parallel stages hand out files, examples and batches as
+      they are ready (faster; a batch of the next epoch may come before the last of this
+      one). True fixes the order, so that one seed gives the same batches every run.
 
   Yields (images uint8 [batch_size, H, W, 3], labels int32 [batch_size]).
   """
@@ -223,7 +226,8 @@ def train_dataset(info, *, batch_size, input_context=None, seed=0, augment=None,
     files = files[pipeline_id::num_pipelines]
   height, width = _cached_size(info, image_size)
   pipeline_seed = seed * 1_000_003 + pipeline_id  # pipelines hold different data: own seeds
-  ds = _read_decoded(files, info, image_size, deterministic=False, file_seed=pipeline_seed)
+  ds = _read_decoded(files, info, image_size, deterministic=deterministic,
+                     file_seed=pipeline_seed)
   ds = _cache(ds, cache, _cache_name("train", info, height, width, pipeline_id,
                                      num_pipelines))
   # Shuffle after the cache (else every epoch replays the first one's order) and before
@@ -249,7 +253,7 @@ def train_dataset(info, *, batch_size, input_context=None, seed=0, augment=None,
     # Each batch's draws depend only on (seed, pipeline, batch number): reproducible.
     ds = ds.enumerate().map(augment_with_seed, num_parallel_calls=AUTOTUNE)
   ds = ds.prefetch(AUTOTUNE)
-  return ds.with_options(_options(deterministic=False))
+  return ds.with_options(_options(deterministic=deterministic))
 
 
 def eval_steps(num_examples, *, batch_size, num_pipelines=1, replicas_per_pipeline=1):

@@ -132,7 +132,7 @@ def distributed_train_data(strategy, info, config, first_epoch):
     return input_pipeline.train_dataset(
         info, batch_size=input_context.get_per_replica_batch_size(config.batch_size),
         input_context=input_context, seed=seed, augment=augment, cache=config.cache,
-        image_size=config.image_size or None)
+        image_size=config.image_size or None, deterministic=config.deterministic)
 
   return strategy.distribute_datasets_from_function(dataset_fn)
 
@@ -430,6 +430,8 @@ def _build(config, info, strategy):
   --head_epochs is set, and "main") to its optimizer, built on the variables it trains.
   """
   keras.utils.set_random_seed(config.seed)  # same initial weights for the same seed
+  if config.deterministic:
+    tf.config.experimental.enable_op_determinism()
   policy = dtype_policy(config.mixed_precision, strategy)
   loss_scaling = policy == "mixed_float16"
   optimizers = {}

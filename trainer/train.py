@@ -81,9 +81,15 @@ def define_flags(flag_values=flags.FLAGS):
   flags.DEFINE_boolean("mixed_precision", d.mixed_precision,
                        "mixed_float16 with loss scaling on GPU, mixed_bfloat16 on CPU.", **fv)
   flags.DEFINE_integer("seed", d.seed, "Seed for weights, shuffling and augmentation. Runs are "
-                       "not bit-identical: training shards are read in parallel, in the order "
-                       "they arrive; two runs with one seed differ by about 0.01-0.02 test "
-                       "accuracy after 10 epochs (EXPERIMENTS.md).", **fv)
+                       "not bit-identical unless --deterministic: training shards are read "
+                       "in parallel, in the order they arrive; two runs with one seed differ "
+                       "by about 0.01-0.02 test accuracy after 10 epochs (EXPERIMENTS.md).",
+                       **fv)
+  flags.DEFINE_boolean("deterministic", d.deterministic, "Bit-identical runs for one --seed, "
+                       "machine and strategy: the input keeps a fixed order in every "
+                       "parallel stage (as fast on the host: BENCHMARKS.md) and TensorFlow "
+                       "uses deterministic kernels (on a GPU some are slower, and an op "
+                       "without one fails with an error naming it).", **fv)
   flags.DEFINE_string("cache", d.cache, "Where decoded images are cached: empty for memory, "
                       "else a file path prefix.", **fv)
   flags.DEFINE_integer("image_size", d.image_size, "Resize images to this many pixels "

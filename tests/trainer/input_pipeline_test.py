@@ -62,6 +62,24 @@ def test_train_is_endless_reshuffled_and_full_batches(info):
   assert order[:NUM_TRAIN] != order[NUM_TRAIN:2 * NUM_TRAIN]
 
 
+def test_deterministic_train_batches_repeat_exactly_and_keep_epochs_apart(info):
+  # Augmented, so the per-batch augmentation seeds are checked too. 30 batches of 4 read
+  # the split 5 times; in order, each run of NUM_TRAIN examples is one whole epoch.
+  def batches():
+    ds = input_pipeline.train_dataset(info, batch_size=4, seed=2, deterministic=True,
+                                      augment=augment.AugmentConfig())
+    return list(ds.take(5 * NUM_TRAIN // 4).as_numpy_iterator())
+
+  first, second = batches(), batches()
+  for (images_1, labels_1), (images_2, labels_2) in zip(first, second):
+    np.testing.assert_array_equal(images_1, images_2)
+    np.testing.assert_array_equal(labels_1, labels_2)
+  labels = np.concatenate([labels for _, labels in first])
+  plain = collections.Counter(l for _, l in _records(info.split("train").shards))
+  for epoch in range(5):
+    assert collections.Counter(labels[epoch * NUM_TRAIN:(epoch + 1) * NUM_TRAIN]) == plain
+
+
 def test_augmentation_changes_train_images_not_labels(info):
   plain = _records(info.split("train").shards)
   ds = input_pipeline.train_dataset(info, batch_size=NUM_TRAIN, seed=3,

@@ -109,9 +109,11 @@ def test_mirrored_on_two_logical_cpus_matches_one_device(data_dir, tmp_path):
   # the first-step loss is the mean over the same 96 examples whichever replica saw which,
   # and after one update with the replicas' summed gradients both runs must hold the same
   # weights. Plain SGD, because Adam's first step ignores the gradient's scale and would
-  # hide a gradient wrongly averaged (or summed twice) across replicas.
+  # hide a gradient wrongly averaged (or summed twice) across replicas. --deterministic:
+  # otherwise the mirrored run's second half-batch may be the next epoch's first (parallel
+  # batching hands out whichever batch is ready), and the two runs see different examples.
   flags = ("--batch_size=96", "--epochs=1", "--steps_per_epoch=1", "--optimizer=sgd",
-           "--learning_rate=0.1")
+           "--learning_rate=0.1", "--deterministic")
   one = _train(data_dir, tmp_path / "one", "--strategy=one_device", *flags)
   two = _train(data_dir, tmp_path / "two", "--strategy=mirrored", "--cpu_replicas=2", *flags)
   _finish(one)
@@ -126,6 +128,22 @@ def test_mirrored_on_two_logical_cpus_matches_one_device(data_dir, tmp_path):
              for d in ("one", "two")]
   for w_one, w_two in zip(*weights):
     np.testing.assert_allclose(w_two, w_one, rtol=1e-4, atol=1e-6)
+
+
+def test_deterministic_runs_are_bit_identical(data_dir, tmp_path):
+  # Two replicas, host augmentation, two epochs: the same seed gives the same numbers.
+  flags = ("--strategy=mirrored", "--cpu_replicas=2", "--batch_size=16", "--epochs=2",
+           "--augment", "--seed=5", "--deterministic")
+  runs = [_train(data_dir, tmp_path / d, *flags) for d in ("a", "b")]
+  for run in runs:
+    _finish(run)
+  histories = [[line.split(",")[:-1] for line in _read(tmp_path / d, "history.csv").splitlines()]
+               for d in ("a", "b")]  # the last column is the epoch's time
+  assert len(histories[0]) == 3 and histories[0] == histories[1]
+  weights = [keras.models.load_model(tmp_path / d / "model.keras").get_weights()
+             for d in ("a", "b")]
+  for w_a, w_b in zip(*weights):
+    np.testing.assert_array_equal(w_a, w_b)
 
 
 def _free_ports(n):
