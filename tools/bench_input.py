@@ -2,6 +2,7 @@
 
     python -m tools.bench_input                      # a table
     python -m tools.bench_input --json               # {"images_per_s": {...}, ...}
+    python -m tools.bench_input --deterministic      # + project_host with a fixed order
 
   image_data_generator  the report's input path: Keras' ImageDataGenerator (flip, rotation 15,
                         zoom 0.1, shifts 0.1) over decoded images in memory, one image at a
@@ -37,6 +38,9 @@ METHODS = ("image_data_generator", "tfdata_keras_layers", "project_host", "proje
 # The same two project methods with the ImageProjectiveTransformV3 resampler instead of the
 # default XLA one (trainer/augment.py): reported under "op_resampler", with --op_resampler.
 OP_METHODS = ("project_host_op", "project_device_op")
+# project_host as `python -m trainer.train --deterministic` reads (every parallel stage in
+# order), with --deterministic: reported under "deterministic".
+DETERMINISTIC_METHOD = "project_host_deterministic"
 
 
 def list_images(image_dir, num_images):
@@ -127,11 +131,12 @@ def keras_layers_dataset(images, labels, seed):
   return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def project_host_dataset(info, seed, resampler="xla"):
+def project_host_dataset(info, seed, resampler="xla", deterministic=False):
   from trainer import augment
   from trainer import input_pipeline
   return input_pipeline.train_dataset(info, batch_size=BATCH_SIZE, seed=seed,
-                                      augment=augment.AugmentConfig(resampler=resampler))
+                                      augment=augment.AugmentConfig(resampler=resampler),
+                                      deterministic=deterministic)
 
 
 def project_device_batches(info, seed, resampler="xla"):
@@ -178,16 +183,18 @@ def _time_batches(iterator, num_batches):
 
 
 def run(image_dir=DEFAULT_IMAGE_DIR, num_images=10_000, batches=200, repeats=3, seed=0,
-        op_resampler=False, log=None):
+        op_resampler=False, deterministic=False, log=None):
   """Returns {"images_per_s": {method: median}, "runs": {method: [per repeat]}, ...}."""
   files, class_names = list_images(image_dir, num_images)
   images, labels = decode_all(files)
-  methods = METHODS + (OP_METHODS if op_resampler else ())
+  methods = (METHODS + (OP_METHODS if op_resampler else ())
+             + ((DETERMINISTIC_METHOD,) if deterministic else ()))
   with tempfile.TemporaryDirectory(prefix="bench_input_") as data_dir:
     info = write_tfrecords(files, class_names, data_dir, images.shape[1:])
     generator = image_data_generator_batches(images, labels, seed)
     keras_layers = keras_layers_dataset(images, labels, seed)
-    host = {"xla": project_host_dataset(info, seed), "op": project_host_dataset(info, seed, "op")}
+    host = {"xla": project_host_dataset(info, seed), "op": project_host_dataset(info, seed, "op"),
+            "deterministic": project_host_dataset(info, seed, deterministic=True)}
     device = {"xla": project_device_batches(info, seed),
               "op": project_device_batches(info, seed, "op")}
     # A fresh iterator for every timing: a live tf.data iterator keeps working in the
@@ -201,6 +208,7 @@ def run(image_dir=DEFAULT_IMAGE_DIR, num_images=10_000, batches=200, repeats=3, 
         "project_device": device["xla"],
         "project_host_op": lambda: iter(host["op"]),
         "project_device_op": device["op"],
+        DETERMINISTIC_METHOD: lambda: iter(host["deterministic"]),
     }
     # Warm-up: one epoch (fills the caches: the TFRecords are decoded here) and a few more
     # batches (traces and compiles functions).
@@ -234,21 +242,29 @@ def run(image_dir=DEFAULT_IMAGE_DIR, num_images=10_000, batches=200, repeats=3, 
   }
   if op_resampler:
     result["op_resampler"] = {name[:-len("_op")]: median[name] for name in OP_METHODS}
+  if deterministic:
+    result["deterministic"] = {
+        "project_host": median[DETERMINISTIC_METHOD],
+        "vs_project_host": median[DETERMINISTIC_METHOD] / median["project_host"]}
   return result
 
 
 def format_table(result):
   settings = result["settings"]
-  lines = [f"{'method':<22} {'min':>9} {'median':>9} {'max':>9}   images/s "
+  width = max(len(name) for name in result["runs"])
+  lines = [f"{'method':<{width}} {'min':>9} {'median':>9} {'max':>9}   images/s "
            f"(batch {BATCH_SIZE}, {settings['batches']} batches x "
            f"{settings['repeats']} repeats, {settings['num_images']} images "
            f"{'x'.join(map(str, settings['image_shape']))})"]
   for name, values in result["runs"].items():
-    lines.append(f"{name:<22} {min(values):>9,.0f} {statistics.median(values):>9,.0f} "
+    lines.append(f"{name:<{width}} {min(values):>9,.0f} {statistics.median(values):>9,.0f} "
                  f"{max(values):>9,.0f}")
   lines.append("")
   for key, value in result["ratios"].items():
     lines.append(f"{key:<46} {value:6.2f}x")
+  if "deterministic" in result:
+    lines.append(f"{DETERMINISTIC_METHOD + '_vs_project_host':<46} "
+                 f"{result['deterministic']['vs_project_host']:6.2f}x")
   lines.append(f"load average at the end (1, 5, 15 min): "
                f"{', '.join(f'{v:.2f}' for v in settings['load_average'])}")
   return "\n".join(lines)
@@ -267,12 +283,14 @@ def main(argv=None):
   parser.add_argument("--op_resampler", action="store_true",
                       help="also time the project methods with the ImageProjectiveTransformV3 "
                            "resampler")
+  parser.add_argument("--deterministic", action="store_true",
+                      help="also time project_host in a fixed order (trainer --deterministic)")
   parser.add_argument("--json", action="store_true", help="print one JSON object")
   args = parser.parse_args(argv)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   log = None if args.json else lambda line: print(line, file=sys.stderr, flush=True)
   result = run(args.image_dir, args.num_images, args.batches, args.repeats, args.seed,
-               args.op_resampler, log)
+               args.op_resampler, args.deterministic, log)
   print(json.dumps(result) if args.json else format_table(result))
 
 

@@ -10,7 +10,8 @@ from tools import bench_input
 
 def test_json_output_has_every_method_with_positive_rates(capsys):
   bench_input.main(["--image_dir", str(testdata.SAMPLE_DIR / "train"), "--num_images", "40",
-                    "--batches", "2", "--repeats", "2", "--op_resampler", "--json"])
+                    "--batches", "2", "--repeats", "2", "--op_resampler", "--deterministic",
+                    "--json"])
   result = json.loads(capsys.readouterr().out)
   rates = result["images_per_s"]
   assert sorted(rates) == sorted(bench_input.METHODS)
@@ -21,7 +22,10 @@ def test_json_output_has_every_method_with_positive_rates(capsys):
       rates["project_host"] / rates["image_data_generator"])
   assert sorted(result["op_resampler"]) == ["project_device", "project_host"]
   assert all(v > 0 for v in result["op_resampler"].values())
-  assert "project_host_op" in bench_input.format_table(result)
+  assert result["deterministic"]["vs_project_host"] == (
+      result["deterministic"]["project_host"] / rates["project_host"])
+  table = bench_input.format_table(result)
+  assert "project_host_op" in table and "project_host_deterministic_vs_project_host" in table
 
 
 def test_images_are_taken_round_robin_over_classes():
