@@ -34,6 +34,8 @@ class Config:
   # Same seed, same run: tf.data keeps a fixed order in every parallel stage and TensorFlow
   # picks deterministic kernels (tf.config.experimental.enable_op_determinism; on a GPU some
   # are slower, and ops without one raise an error). For debugging and exact comparisons.
+  # A resumed run draws its shuffles from a seed moved on by the epoch it resumes at, so it
+  # does not repeat an uninterrupted run.
   deterministic: bool = False
   cache: str = ""  # "" caches decoded images in memory; else a file path prefix
   image_size: int = 0  # resize to image_size x image_size pixels; 0 keeps the stored size

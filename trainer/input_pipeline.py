@@ -205,8 +205,9 @@ def train_dataset(info, *, batch_size, input_context=None, seed=0, augment=None,
     image_size: int or (height, width) to resize to; required when the images differ.
     shuffle_buffer: examples held for shuffling (capped at the examples in the share).
     deterministic: bool; False lets parallel stages hand out files, examples and batches as
-      they are ready (faster; a batch of the next epoch may come before the last of this
-      one). True fixes the order, so that one seed gives the same batches every run.
+      they are ready (so a batch of the next epoch may come before the last of this one).
+      True fixes the order, so that one seed gives the same batches every run; in steady
+      state it is as fast (BENCHMARKS.md, `tools.bench_input --deterministic`).
 
   Yields (images uint8 [batch_size, H, W, 3], labels int32 [batch_size]).
   """
