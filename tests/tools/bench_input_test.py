@@ -22,7 +22,7 @@ def test_json_output_has_every_method_with_positive_rates(capsys):
       rates["project_host"] / rates["image_data_generator"])
   assert sorted(result["op_resampler"]) == ["project_device", "project_host"]
   assert all(v > 0 for v in result["op_resampler"].values())
-  assert result["deterministic"]["vs_project_host"] == (
+  assert result["ratios"]["project_host_deterministic_vs_project_host"] == (
       result["deterministic"]["project_host"] / rates["project_host"])
   table = bench_input.format_table(result)
   assert "project_host_op" in table and "project_host_deterministic_vs_project_host" in table
