@@ -8,3 +8,33 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # against the local emulator; it reads this when imported, so set it before any test does.
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+@pytest.fixture(scope="session")
+def make_data_dir(tmp_path_factory):
+  """make_data_dir(**kwargs) -> path of a data directory from `testdata.write_data_dir(**kwargs)`.
+
+  One directory per distinct set of arguments, shared by every test of the session: treat it
+  as read-only (a test that corrupts data copies it, or writes its own into tmp_path).
+  """
+  from tests import testdata  # pylint: disable=g-import-not-at-top
+  made = {}
+
+  def make(**kwargs):
+    key = tuple(sorted(kwargs.items()))
+    if key not in made:
+      path = tmp_path_factory.mktemp("data")
+      testdata.write_data_dir(path, **kwargs)
+      made[key] = str(path)
+    return made[key]
+
+  return make
+
+
+@pytest.fixture(scope="session")
+def data_dir(make_data_dir):
+  """The default test data directory (3 classes of the shipped sample, 2 shards a split)."""
+  return make_data_dir()
