@@ -38,7 +38,7 @@ METHODS = ("image_data_generator", "tfdata_keras_layers", "project_host", "proje
 # The same two project methods with the ImageProjectiveTransformV3 resampler instead of the
 # default XLA one (trainer/augment.py): reported under "op_resampler", with --op_resampler.
 OP_METHODS = ("project_host_op", "project_device_op")
-# project_host as `python -m trainer.train --deterministic` reads (every parallel stage in
+# project_host as `python -m trainer.main --deterministic` reads (every parallel stage in
 # order), with --deterministic: reported under "deterministic", with its ratio to
 # project_host among the ratios.
 DETERMINISTIC_METHOD = "project_host_deterministic"

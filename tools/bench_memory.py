@@ -3,7 +3,7 @@
     python -m tools.bench_memory --data_dir=/work/runs/cifar10_data --epochs=3
     python -m tools.bench_memory --data_dir=... --json
 
-Runs `python -m trainer.train` (in-memory cache, the default) in a child process, follows its
+Runs `python -m trainer.main` (in-memory cache, the default) in a child process, follows its
 log, and reads the child's /proc/<pid>/status at:
 
   built      the "training <model> (...)" line: TensorFlow imported, model and optimizer
@@ -52,7 +52,7 @@ def run(data_dir, model="simple", epochs=3, steps_per_epoch=0, extra_args=(), lo
   """Returns {"points": [{"at", "rss", "hwm"}...], "peak": bytes, "decoded": {...}, ...}."""
   points = []
   with tempfile.TemporaryDirectory(prefix="bench_memory_") as model_dir:
-    command = [sys.executable, "-m", "trainer.train", f"--data_dir={data_dir}",
+    command = [sys.executable, "-m", "trainer.main", f"--data_dir={data_dir}",
                f"--model_dir={model_dir}", f"--model={model}", f"--epochs={epochs}",
                f"--patience={epochs}", f"--steps_per_epoch={steps_per_epoch}", *extra_args]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
@@ -121,7 +121,7 @@ def main(argv=None):
   parser.add_argument("--steps_per_epoch", type=int, default=0,
                       help="0: full passes over train (what fills the cache)")
   parser.add_argument("--json", action="store_true", help="print one JSON object")
-  args, extra = parser.parse_known_args(argv)  # the rest go to trainer.train
+  args, extra = parser.parse_known_args(argv)  # the rest go to trainer.main
   log = None if args.json else lambda line: print(line, file=sys.stderr, flush=True)
   result = run(args.data_dir, args.model, args.epochs, args.steps_per_epoch, extra, log)
   print(json.dumps(result) if args.json else format_table(result))

@@ -4,10 +4,10 @@
     python -m tools.bench_train --model=basic --steps=60 --repeats=3 --json
 
 Is the trainer input-bound? Both sides run the trainer's own code: the model, optimizer and
-strategy of `trainer.loop._build`, the looped step of `trainer.loop.TrainSteps`, driven
-by `trainer.loop.run_steps` (20 steps per tf.function call, as in training).
+strategy of `trainer.train.build`, the looped step of `trainer.train.TrainSteps`, driven
+by `trainer.steps.run_steps` (20 steps per tf.function call, as in training).
 
-  pipeline  `trainer.loop.distributed_train_data`: TFRecords -> parse -> decode -> memory
+  pipeline  `trainer.train.distributed_train_data`: TFRecords -> parse -> decode -> memory
             cache -> shuffle -> batch -> augment -> prefetch, exactly as a run is fed
             (with --augment_on=device both sides augment inside the step instead).
   memory    the same `trainer.input_pipeline.train_dataset`, cut to its first
@@ -60,8 +60,8 @@ def memory_train_data(strategy, info, config, num_batches):
   import tensorflow as tf
   from trainer import augment as augment_lib
   from trainer import input_pipeline
-  from trainer import loop
-  augment = augment_lib.AugmentConfig() if loop.host_augmentation(config) else None
+  from trainer import train
+  augment = augment_lib.AugmentConfig() if train.host_augmentation(config) else None
 
   def dataset_fn(input_context):
     ds = input_pipeline.train_dataset(
@@ -75,10 +75,10 @@ def memory_train_data(strategy, info, config, num_batches):
 
 def _time_steps(train_step, iterator, steps):
   """Steps/s of `steps` train steps, after one untimed call (fills the prefetch buffers)."""
-  from trainer import loop
-  loop.run_steps(train_step, iterator, loop.STEPS_PER_CALL)
+  from trainer import steps as steps_lib
+  steps_lib.run_steps(train_step, iterator, steps_lib.STEPS_PER_CALL)
   start = time.perf_counter()
-  loop.run_steps(train_step, iterator, steps)  # returns once the last step has finished
+  steps_lib.run_steps(train_step, iterator, steps)  # returns once the last step has finished
   return steps / (time.perf_counter() - start)
 
 
@@ -88,16 +88,17 @@ def run(data_dir, model="simple", steps=100, repeats=3, batch_size=128, memory_b
   from pipeline import dataset_info
   from trainer import config as config_lib
   from trainer import input_pipeline
-  from trainer import loop
+  from trainer import steps as steps_lib
   from trainer import strategy as strategy_lib
+  from trainer import train
 
   config = config_lib.Config(data_dir=data_dir, model_dir="", model=model,
                              batch_size=batch_size, augment=augment, augment_on=augment_on)
   info = dataset_info.load(data_dir)
   strategy = strategy_lib.make_strategy(config.strategy, config.cpu_replicas)
-  model_, optimizers, _ = loop._build(config, info, strategy)  # pylint: disable=protected-access
-  train_step = loop.TrainSteps(model_, optimizers, strategy, config).for_epoch(0)
-  data = {"pipeline": loop.distributed_train_data(strategy, info, config, first_epoch=0),
+  model_, optimizers, _ = train.build(config, info, strategy)
+  train_step = train.TrainSteps(model_, optimizers, strategy, config).for_epoch(0)
+  data = {"pipeline": train.distributed_train_data(strategy, info, config, first_epoch=0),
           "memory": memory_train_data(strategy, info, config, memory_batches)}
 
   started = time.perf_counter()
@@ -109,7 +110,7 @@ def run(data_dir, model="simple", steps=100, repeats=3, batch_size=128, memory_b
     iterator = iter(data[side])
     for _ in range(count):
       next(iterator)
-    loop.run_steps(train_step, iterator, loop.STEPS_PER_CALL)
+    steps_lib.run_steps(train_step, iterator, steps_lib.STEPS_PER_CALL)
     del iterator
   warmup_s = time.perf_counter() - started
 
@@ -173,9 +174,9 @@ def main(argv=None):
   parser.add_argument("--memory_batches", type=int, default=50,
                       help="batches the memory side holds and repeats")
   parser.add_argument("--noaugment", dest="augment", action="store_false",
-                      help="train without augmentation (as --noaugment in trainer.train)")
+                      help="train without augmentation (as --noaugment in trainer.main)")
   parser.add_argument("--augment_on", choices=("host", "device"), default="host",
-                      help="where augmentation runs (as --augment_on in trainer.train): "
+                      help="where augmentation runs (as --augment_on in trainer.main): "
                            "in tf.data, or inside the train step on both sides")
   parser.add_argument("--json", action="store_true", help="print one JSON object")
   args = parser.parse_args(argv)

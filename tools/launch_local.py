@@ -3,7 +3,7 @@
     python -m tools.launch_local --workers=2 -- --data_dir=DATA --model_dir=RUN [trainer flags]
 
 Picks N free ports on 127.0.0.1, gives each worker its own TF_CONFIG (worker 0 is the chief),
-starts `python -m trainer.train --strategy=multi_worker <trainer flags>` once per worker, and
+starts `python -m trainer.main --strategy=multi_worker <trainer flags>` once per worker, and
 prints every output line of worker N as `[worker N] line`. Its own lines start with
 `[launch]`, among them `[launch] worker N pid P` for each worker (a test or an operator can
 kill one to rehearse a preemption).
@@ -11,10 +11,10 @@ kill one to rehearse a preemption).
 If a worker fails (non-zero exit, or killed), the others cannot go on (every step all-reduces
 over all of them): the launcher stops them (SIGTERM, then SIGKILL after --grace_seconds) and
 exits 1. SIGINT and SIGTERM to the launcher are forwarded to every worker. Rerunning the same
-command resumes from the last checkpoint in --model_dir (trainer/loop.py).
+command resumes from the last checkpoint in --model_dir (trainer/checkpoints.py).
 
 This is a stand-in for a cluster manager on one machine. On several machines, start
-`python -m trainer.train --strategy=multi_worker ...` on each with its own TF_CONFIG
+`python -m trainer.main --strategy=multi_worker ...` on each with its own TF_CONFIG
 (docs/distributed.md).
 """
 
@@ -59,7 +59,7 @@ def trainer_command(trainer_args, python=sys.executable):
     if arg.startswith("--strategy=") and arg != "--strategy=multi_worker":
       raise ValueError(f"{arg}: the launcher runs --strategy=multi_worker workers; leave "
                        "--strategy out")
-  return [python, "-m", "trainer.train", "--strategy=multi_worker", *trainer_args]
+  return [python, "-m", "trainer.main", "--strategy=multi_worker", *trainer_args]
 
 
 def _die_with_parent_hook():
@@ -205,7 +205,7 @@ def main(argv=None):
                       help="after a failure or a signal, how long workers get to exit before "
                            "SIGKILL")
   parser.add_argument("trainer_args", nargs=argparse.REMAINDER,
-                      help="flags for python -m trainer.train, after --")
+                      help="flags for python -m trainer.main, after --")
   args = parser.parse_args(argv)
   trainer_args = args.trainer_args
   if trainer_args[:1] == ["--"]:

@@ -3,12 +3,12 @@
     python -m tools.report /work/runs/lr_sweep --out=/tmp/report
     python -m tools.report runs/a runs/b --out=/tmp/report --title="simple vs basic"
 
-Each argument is a run directory (a `--model_dir` of `python -m trainer.train`: it holds
+Each argument is a run directory (a `--model_dir` of `python -m trainer.main`: it holds
 history.csv or results.json) or a parent directory whose immediate subdirectories are run
 directories, such as a sweep's output directory. Runs are named by their directory's
 basename (prefixed with the parent's name where two basenames collide) and sorted by name,
 numbers by value (classes=2 before classes=10).
-Files read from each run (see trainer/loop.py): flags.txt, history.csv, results.json and,
+Files read from each run (see trainer/workdir.py): flags.txt, history.csv, results.json and,
 if present, confusion_matrix.csv. A run with history.csv but no results.json is
 "unfinished": it is listed with its best val_accuracy so far, and a warning is logged.
 

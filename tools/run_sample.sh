@@ -11,7 +11,7 @@ export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
     --image_dir=pipeline/sample_data/cifar10 --output_dir="$out/data"
 # A fresh model_dir each time: an existing one would be resumed, not retrained.
 rm -rf "$out/simple"
-.venv/bin/python -m trainer.train --flagfile=configs/sample.flags \
+.venv/bin/python -m trainer.main --flagfile=configs/sample.flags \
     --data_dir="$out/data" --model_dir="$out/simple"
 echo "== $out/simple/results.json"
 cat "$out/simple/results.json"

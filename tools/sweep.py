@@ -1,4 +1,4 @@
-r"""Runs a grid of `python -m trainer.train` runs, one model_dir each, resumably; collects results.
+r"""Runs a grid of `python -m trainer.main` runs, one model_dir each, resumably; collects results.
 
     python -m tools.sweep --config=configs/NAME.sweep --out_dir=DIR [--dry_run] [TRAINER FLAGS]
     python -m tools.sweep --config=configs/NAME.sweep --out_dir=DIR --data_dir=DATA
@@ -30,7 +30,7 @@ Each run is named by its swept `flag=value` pairs joined by `,` in sweep-line or
 (`optimizer=sgd,learning_rate=1e-3`), with characters other than [A-Za-z0-9._=,-] replaced
 by `_`, and trains in DIR/<name>:
 
-    cd <repository root> && python -m trainer.train <base flags> <swept flags> \
+    cd <repository root> && python -m trainer.main <base flags> <swept flags> \
         <TRAINER FLAGS> --model_dir=DIR/<name>   >> DIR/<name>/train.log 2>&1
 
 Flags on the sweep's command line that are not its own (e.g. --data_dir=DATA,
@@ -217,7 +217,7 @@ def expand(config, extra_args=(), cwd=None):
 
 
 def trainer_command(run, run_dir, python=sys.executable):
-  return [python, "-m", "trainer.train", *run.args, f"--model_dir={run_dir}"]
+  return [python, "-m", "trainer.main", *run.args, f"--model_dir={run_dir}"]
 
 
 def validate(runs, out_dir):
@@ -230,14 +230,14 @@ def validate(runs, out_dir):
   saved = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   try:
-    from trainer import train  # pylint: disable=g-import-not-at-top
+    from trainer import main  # pylint: disable=g-import-not-at-top
   finally:
     if saved is None:
       del os.environ["TF_CPP_MIN_LOG_LEVEL"]
   for run in runs:
     flag_values = flags.FlagValues()
-    train.define_flags(flag_values)
-    argv = ["trainer.train", *run.args, f"--model_dir={os.path.join(out_dir, run.name)}"]
+    main.define_flags(flag_values)
+    argv = ["trainer.main", *run.args, f"--model_dir={os.path.join(out_dir, run.name)}"]
     try:
       rest = flag_values(argv)
     except flags.Error as e:
@@ -430,7 +430,7 @@ def main(argv=None):
   parser.add_argument("--dry_run", action="store_true",
                       help="print each run's command and whether it would be skipped; run "
                            "nothing, write nothing")
-  args, extra = parser.parse_known_args(argv)  # the rest go to every trainer.train run
+  args, extra = parser.parse_known_args(argv)  # the rest go to every trainer.main run
   try:
     extra = _resolve_flagfile_args(extra)
     config = load_config(args.config)

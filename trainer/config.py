@@ -1,8 +1,8 @@
 """The frozen record of one training run's settings, its checks, and its flagfile form.
 
-Field names are the command-line flag names (trainer/train.py defines one flag per field),
-so an error can name the flag to change and `flagfile_text` can write a file that
-`--flagfile=` reads back. This module imports no TensorFlow: it is plain data.
+Field names are the command-line flag names (trainer/main.py defines one flag per field),
+so an error can name the flag to change and trainer/workdir.py can write flags.txt, a file
+that `--flagfile=` reads back. This module imports no TensorFlow: it is plain data.
 """
 
 import dataclasses
@@ -175,28 +175,3 @@ def check_against_data(config, info, num_replicas, num_workers=1):
                         "and the final evaluation need it")
   if c.image_shape(info.image_shape) is None:
     raise ConfigError(f"--image_size is required: the images in {c.data_dir} differ in size")
-
-
-def flagfile_text(config):
-  """The config as absl flagfile lines: `python -m trainer.train --flagfile=FILE` reruns it."""
-  lines = []
-  for field in dataclasses.fields(config):
-    value = getattr(config, field.name)
-    if isinstance(value, bool):
-      lines.append(f"--{field.name}" if value else f"--no{field.name}")
-    else:
-      lines.append(f"--{field.name}={value}")
-  return "\n".join(lines) + "\n"
-
-
-def differences(old_text, new_text):
-  """Flag lines that changed between two flagfile texts: [(old_line or None, new_line)]."""
-  def by_name(text):
-    out = {}
-    for line in text.splitlines():
-      if line.startswith("--"):
-        name = line[2:].split("=", 1)[0]
-        out[name[2:] if name.startswith("no") and "=" not in line else name] = line
-    return out
-  old, new = by_name(old_text), by_name(new_text)
-  return [(old.get(k), v) for k, v in new.items() if old.get(k) != v]

@@ -26,6 +26,7 @@ import tensorflow as tf
 
 from pipeline import features
 from trainer import augment as augment_lib
+from trainer import seeds
 
 AUTOTUNE = tf.data.AUTOTUNE
 # Records parsed per `parse_batch` call: parsing a batch amortises the per-call overhead
@@ -226,7 +227,8 @@ def train_dataset(info, *, batch_size, input_context=None, seed=0, augment=None,
           "many).")
     files = files[pipeline_id::num_pipelines]
   height, width = _cached_size(info, image_size)
-  pipeline_seed = seed * 1_000_003 + pipeline_id  # pipelines hold different data: own seeds
+  # Pipelines hold different data: a stream of their own each.
+  pipeline_seed = seeds.derive(seed, seeds.INPUT_PIPELINE, pipeline_id)
   ds = _read_decoded(files, info, image_size, deterministic=deterministic,
                      file_seed=pipeline_seed)
   ds = _cache(ds, cache, _cache_name("train", info, height, width, pipeline_id,

@@ -1,4 +1,4 @@
-"""Which tf.distribute strategy to train with, and who in a cluster writes which files.
+"""Which tf.distribute strategy to train with, and who in a cluster is the chief.
 
   auto          MirroredStrategy over all GPUs if there are any; else, with cpu_replicas > 1,
                 MirroredStrategy over that many logical CPUs; else OneDeviceStrategy.
@@ -122,7 +122,7 @@ def _connect_multi_worker(tf_config, timeout_seconds):
   watchdog = None
   if timeout_seconds:
     message = (
-        f"trainer.train: error: {task['type']} {task['index']} could not reach the other "
+        f"trainer.main: error: {task['type']} {task['index']} could not reach the other "
         f"workers of TF_CONFIG's cluster {hosts} within --worker_timeout={timeout_seconds} s; "
         "start every worker with the same cluster (each with its own task index) and check "
         "that their host:port addresses are reachable from here. Stopping this worker.")
@@ -223,38 +223,3 @@ def name_of(strategy):
   if isinstance(strategy, tf.distribute.OneDeviceStrategy):
     return "one_device"
   return type(strategy).__name__
-
-
-def _join(directory, name):
-  return directory.rstrip("/") + "/" + name  # keeps gs://bucket prefixes intact
-
-
-class RunDirs:
-  """Where this process writes a run's files, and where it resumes them from.
-
-  The chief writes into model_dir; any other worker into model_dir/.worker<N>, which
-  `remove_worker_dir` deletes after each save. Everyone resumes from the chief's files.
-  Every worker must still call each save: saving distributed variables can run
-  collectives, and a worker that skips them stalls the others.
-  """
-
-  def __init__(self, model_dir, strategy):
-    self.model_dir = model_dir
-    self.chief = is_chief(strategy)
-    worker_dir = f".worker{worker_index(strategy)}"
-    self.write_root = model_dir if self.chief else _join(model_dir, worker_dir)
-    self.write_checkpoints = _join(self.write_root, "checkpoints")
-    self.write_best = _join(self.write_root, "best")
-    self.read_checkpoints = _join(model_dir, "checkpoints")
-    self.read_best = _join(model_dir, "best")
-
-  def file(self, name):
-    """A path in the real model_dir (for files that only the chief writes)."""
-    return _join(self.model_dir, name)
-
-  def write_path(self, name):
-    return _join(self.write_root, name)
-
-  def remove_worker_dir(self):
-    if not self.chief and tf.io.gfile.exists(self.write_root):
-      tf.io.gfile.rmtree(self.write_root)

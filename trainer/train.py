@@ -1,142 +1,336 @@
-r"""Trains an image classifier on a TFRecord data directory written by pipeline.build_tfrecords.
+"""`train_and_evaluate(config, strategy)`: one custom training loop for every tf.distribute strategy.
 
-  python -m trainer.train --data_dir=DATA --model_dir=RUN [--model=basic] [--strategy=mirrored]
-  python -m trainer.train --flagfile=configs/basic.flags --data_dir=DATA --model_dir=RUN
-  python -m trainer.train --flagfile=RUN/flags.txt      # reruns (or resumes) a run
+    verify and load the data -> build model and optimizers under the strategy -> restore the
+    latest checkpoint -> epochs of (train, validate, early-stopping bookkeeping, checkpoint)
+    -> restore the best weights -> test -> export -> results.json
 
-Rerunning the same command resumes from the last checkpoint in --model_dir. Results land in
---model_dir (results.json, history.csv, model.keras, saved_model/, tensorboard/); see
-trainer/loop.py. This is the only module that defines flags.
+Why not `model.fit`: Keras 3's fit fails under MultiWorkerMirroredStrategy ("Attempt to
+convert a value (PerReplica...)", keras-team/keras#20585), and one loop for all strategies
+means the single-device path that tests exercise is the same code that runs on a cluster.
+
+The rooms it draws on: trainer/input_pipeline.py (tf.data), trainer/steps.py (the compiled
+steps), trainer/checkpoints.py (checkpoints and early-stopping state), trainer/workdir.py
+(every file of the run directory), trainer/models.py and trainer/optimizers.py. Flags live in
+trainer/main.py; `python -m trainer.train` runs it too.
 """
 
-import dataclasses
-import sys
+import hashlib
+import time
 
-from absl import app
-from absl import flags
+from absl import logging
+import keras
+import tensorflow as tf
 
 from pipeline import dataset_info
+from pipeline import verify
+from trainer import augment as augment_lib
+from trainer import checkpoints as checkpoints_lib
 from trainer import config as config_lib
-from trainer import loop
+from trainer import input_pipeline
 from trainer import models
+from trainer import optimizers as optimizers_lib
+from trainer import seeds
+from trainer import steps as steps_lib
 from trainer import strategy as strategy_lib
+from trainer import workdir
 
-_DEFAULTS = config_lib.Config(data_dir="", model_dir="")
+
+def train_and_evaluate(config, strategy):
+  """Trains `config.model` on `config.data_dir` until early stopping or `config.epochs`,
+  then evaluates the best weights on the test split and exports them. Returns results."""
+  started = time.time()
+  info = load_data(config, strategy)
+  dirs = workdir.RunDirs(config.model_dir, chief=strategy_lib.is_chief(strategy),
+                         worker_index=strategy_lib.worker_index(strategy))
+  tf.io.gfile.makedirs(config.model_dir)
+  logging.info("this process writes into %s", dirs.write_root)
+  for name, before, after in workdir.write_flags(dirs, config):
+    logging.warning("flags.txt: --%s=%s (previous run: %s)", name, after,
+                    "not set" if before is None else before)
+
+  model, optimizers, state = build(config, info, strategy)
+  checkpoints = checkpoints_lib.Checkpoints(dirs, model, optimizers, state)
+  resumed_from = checkpoints.restore_latest()
+  if config.init_from and not resumed_from:
+    copied = models.init_from(model, config.init_from)
+    logging.info("--init_from=%s: copied the weights of %d layers (all but the head)",
+                 config.init_from, copied)
+  first_epoch = int(state.epoch)
+  history = workdir.read_history(config.model_dir, up_to_epoch=first_epoch) if dirs.chief \
+      else []
+  if resumed_from:
+    logging.info("resuming from %s: %d epochs done, best epoch %d (val_loss %.4f)",
+                 resumed_from, first_epoch, int(state.best_epoch), float(state.best_val_loss))
+
+  steps = train_steps_per_epoch(info, config)
+  train_iterator = iter(distributed_train_data(strategy, info, config, first_epoch))
+  val_data, val_steps = distributed_eval_data(strategy, info, "validation", config)
+  train_steps = TrainSteps(model, optimizers, strategy, config)
+  eval_step = steps_lib.make_eval_step(model, strategy)
+  writers = workdir.summary_writers(dirs)
+  logging.info("training %s (%d parameters) on %d replica(s) with %s: %d steps of %d "
+               "examples per epoch, %d validation steps", config.model, model.count_params(),
+               strategy.num_replicas_in_sync, strategy_lib.name_of(strategy), steps,
+               config.batch_size, val_steps)
+
+  speeds = []  # (train examples, train seconds) of each epoch this process trains
+  while not state.should_stop(config):
+    train_step = train_steps.for_epoch(int(state.epoch))
+    epoch_start = time.time()
+    train = steps_lib.run_steps(train_step, train_iterator, steps)
+    speeds.append((train["examples"], time.time() - epoch_start))
+    # The validation loss is reduced over all workers, so every worker takes the same
+    # early-stopping decision.
+    val = steps_lib.run_steps(eval_step, iter(val_data), val_steps)
+    if state.end_epoch(val["loss"]):
+      checkpoints.save_best(int(state.epoch))
+    row = {"epoch": int(state.epoch), "loss": train["loss"], "accuracy": train["accuracy"],
+           "val_loss": val["loss"], "val_accuracy": val["accuracy"],
+           "time": round(time.time() - epoch_start, 3)}
+    history.append(row)
+    # history.csv before the checkpoint: a restart drops rows past the restored epoch, so
+    # the file always ends at the checkpoint's epoch.
+    workdir.write_history(dirs, history)
+    checkpoints.save(int(state.epoch))
+    report_epoch(writers, row, speeds[-1][0] / speeds[-1][1], config, state)
+
+  test = test_best_weights(strategy, checkpoints, state, model, info, config)
+  workdir.write_scalars(writers["test"], int(state.best_epoch),
+                        {"loss": test["loss"], "accuracy": test["accuracy"]})
+  workdir.export(model, dirs)
+  results = results_record(config, strategy, info, state, test, speeds, first_epoch, started,
+                           count_parameters(model.trainable_variables))
+  workdir.write_confusion_matrix(dirs, info.class_names, test["confusion"])
+  workdir.write_results(dirs, results)
+  logging.info("test_loss %.4f test_accuracy %.4f (best epoch %d of %d)%s",
+               test["loss"], test["accuracy"], results["best_epoch"], results["epochs_run"],
+               ", stopped early" if results["stopped_early"] else "")
+  # Workers kept in sync end with the same digest; compare it across their logs.
+  logging.info("final weights sha256 %s", weights_digest(model))
+  dirs.remove_worker_dir()
+  return results
 
 
-def define_flags(flag_values=flags.FLAGS):
-  """Defines the trainer's flags (one per Config field) in `flag_values`.
+# --- data ----------------------------------------------------------------------------------
 
-  Called when the module runs, not when it is imported: importing it (tests, tools) then
-  claims no names in absl's global registry, which the Beam job's flags share (it has an
-  --image_size too).
+
+def load_data(config, strategy):
+  """The data directory's DatasetInfo (restricted to --classes), checked against the config
+  and the strategy before anything is built, so that every worker fails alike."""
+  config_lib.validate(config, model_names=models.MODELS)
+  if config.verify_data:
+    # Before load: it also turns an unreachable gs:// data_dir into an error naming it.
+    verify.check_data_dir(config.data_dir, decode=False)
+  info = dataset_info.load(config.data_dir)
+  subset = config_lib.class_subset(config, info.class_names)
+  if subset is not None:
+    info = info.subset(subset)
+    logging.info("training on %d of the data's classes: %s", info.num_classes,
+                 ", ".join(info.class_names))
+  config_lib.check_against_data(config, info, strategy.num_replicas_in_sync,
+                                strategy_lib.num_workers(strategy))
+  return info
+
+
+def distributed_train_data(strategy, info, config, first_epoch):
+  """An endless distributed dataset of per-replica train batches.
+
+  Its seed is derived from the epoch the run starts from, so that a resumed run does not
+  replay the shuffle order (and augmentations) of the epochs it has already trained.
   """
-  d, fv = _DEFAULTS, {"flag_values": flag_values}
-  flags.DEFINE_string("data_dir", None, "Data directory with dataset_info.json (local or "
-                      "gs://).", **fv)
-  flags.DEFINE_string("model_dir", None, "Where checkpoints, results and the exported model "
-                      "go. Rerunning with the same --model_dir resumes.", **fv)
-  flags.DEFINE_enum("model", d.model, list(models.MODELS),
-                    "Model to train: the report's simple and basic CNNs, or a Keras "
-                    "application (ImageNet architecture) with a new classification head.",
-                    case_sensitive=False, **fv)
-  flags.DEFINE_string("weights", d.weights, "Applications only: initial weights of the base "
-                      "network: none (random), imagenet (downloaded by Keras), or the path "
-                      "of a weights file (e.g. Keras' ..._notop.h5 copied to this machine).",
-                      **fv)
-  flags.DEFINE_string("trainable_layers", d.trainable_layers, "Which layers of the base "
-                      "network train: all, none (only the new head) or N (the last N "
-                      "layers). For simple/basic the base is every layer but the last. "
-                      "Frozen BatchNorm layers run in inference mode.", **fv)
-  flags.DEFINE_integer("head_epochs", d.head_epochs, "Two-stage fine-tuning: train only the "
-                       "head for this many epochs at --head_learning_rate, then "
-                       "--trainable_layers at --learning_rate (set it lower). 0 = one "
-                       "stage.", **fv)
-  flags.DEFINE_float("head_learning_rate", d.head_learning_rate, "Learning rate of the "
-                     "--head_epochs stage.", **fv)
-  flags.DEFINE_string("init_from", d.init_from, "A finished run's --model_dir: start from "
-                      "its best weights (model.keras), all layers but the classification "
-                      "head. Same --model; the classes may differ.", **fv)
-  flags.DEFINE_string("classes", d.classes, "Train on a subset of the data's classes: empty "
-                      "for all; N for N classes picked by --seed (nested: the 2 of N=2 are "
-                      "among the 5 of N=5); or comma-separated class names.", **fv)
-  flags.DEFINE_integer("batch_size", d.batch_size,
-                       "Global batch size (over all replicas and workers).", **fv)
-  flags.DEFINE_enum("optimizer", d.optimizer, config_lib.OPTIMIZERS, "Optimizer.", **fv)
-  flags.DEFINE_float("learning_rate", d.learning_rate, "Learning rate.", **fv)
-  flags.DEFINE_integer("epochs", d.epochs, "Maximum number of epochs.", **fv)
-  flags.DEFINE_integer("patience", d.patience,
-                       "Stop after this many epochs without a lower validation loss.", **fv)
-  flags.DEFINE_boolean("augment", d.augment,
-                       "Random flips, rotations, zooms and shifts of the training images.", **fv)
-  flags.DEFINE_enum("augment_on", d.augment_on, config_lib.AUGMENT_ON, "Where --augment "
-                    "runs: host (in tf.data, overlapping the step) or device (inside the "
-                    "train step, so that a GPU does it and the host only decodes).", **fv)
-  flags.DEFINE_enum("strategy", d.strategy, strategy_lib.STRATEGIES,
-                    "tf.distribute strategy; multi_worker reads the cluster from TF_CONFIG.",
-                    **fv)
-  flags.DEFINE_integer("cpu_replicas", d.cpu_replicas,
-                       "Split the CPU into this many logical devices so that mirrored "
-                       "training runs without GPUs.", **fv)
-  flags.DEFINE_boolean("mixed_precision", d.mixed_precision,
-                       "mixed_float16 with loss scaling on GPU, mixed_bfloat16 on CPU.", **fv)
-  flags.DEFINE_integer("seed", d.seed, "Seed for weights, shuffling and augmentation. Runs are "
-                       "not bit-identical unless --deterministic: training shards are read "
-                       "in parallel, in the order they arrive; two runs with one seed differ "
-                       "by about 0.01-0.02 test accuracy after 10 epochs (EXPERIMENTS.md).",
-                       **fv)
-  flags.DEFINE_boolean("deterministic", d.deterministic, "Bit-identical runs for one --seed, "
-                       "machine and strategy: the input keeps a fixed order in every "
-                       "parallel stage (as fast on the host: BENCHMARKS.md) and TensorFlow "
-                       "uses deterministic kernels (on a GPU some are slower, and an op "
-                       "without one fails with an error naming it).", **fv)
-  flags.DEFINE_string("cache", d.cache, "Where decoded images are cached: empty for memory, "
-                      "else a file path prefix.", **fv)
-  flags.DEFINE_integer("image_size", d.image_size, "Resize images to this many pixels "
-                       "square (e.g. 96 or 224 for the applications); 0 keeps the stored "
-                       "size. Fixed-size data is cached at its stored size and resized per "
-                       "batch.", **fv)
-  flags.DEFINE_integer("steps_per_epoch", d.steps_per_epoch, "Cap on training steps per "
-                       "epoch (smoke runs); 0 = one pass over train.", **fv)
-  flags.DEFINE_integer("worker_timeout", d.worker_timeout, "--strategy=multi_worker: seconds "
-                       "a worker waits for the others, to connect and in each all-reduce, "
-                       "before it fails with an error; 0 waits forever.", **fv)
-  flags.DEFINE_boolean("verify_data", d.verify_data, "Read every shard once before training "
-                       "(CRCs, record counts, labels) so that a corrupt or mismatched "
-                       "--data_dir fails by name; --noverify_data skips it for very large "
-                       "datasets.", **fv)
+  augment = augment_lib.AugmentConfig() if host_augmentation(config) else None
+  seed = seeds.derive(config.seed, seeds.TRAIN_DATA, first_epoch)
+
+  def dataset_fn(input_context):
+    # The files input_pipeline.train_dataset reads (files[id::n]), said once per worker so
+    # that a cluster's logs show who reads what.
+    pipeline, pipelines = input_context.input_pipeline_id, input_context.num_input_pipelines
+    logging.info("input pipeline %d of %d reads train shards %s", pipeline, pipelines,
+                 list(info.split("train").shards[pipeline::pipelines]))
+    return input_pipeline.train_dataset(
+        info, batch_size=input_context.get_per_replica_batch_size(config.batch_size),
+        input_context=input_context, seed=seed, augment=augment, cache=config.cache,
+        image_size=config.image_size or None, deterministic=config.deterministic)
+
+  return strategy.distribute_datasets_from_function(dataset_fn)
 
 
-def config_from_flags(flag_values=flags.FLAGS):
-  names = [f.name for f in dataclasses.fields(config_lib.Config)]
-  return config_lib.Config(**{name: flag_values[name].value for name in names})
+def distributed_eval_data(strategy, info, split, config):
+  """(distributed dataset, global steps for one pass over `split`)."""
+  steps = []
+
+  def dataset_fn(input_context):
+    ds, n = input_pipeline.eval_dataset(
+        info, split, batch_size=input_context.get_per_replica_batch_size(config.batch_size),
+        input_context=input_context, image_size=config.image_size or None,
+        cache=config.cache)
+    steps.append(n)
+    return ds
+
+  dataset = strategy.distribute_datasets_from_function(dataset_fn)
+  # Every pipeline must run the same number of steps, or the collectives of the longer
+  # ones would wait forever for the shorter ones.
+  if len(set(steps)) != 1:
+    raise RuntimeError(f"{split} input pipelines disagree on the number of steps: {steps}")
+  return dataset, steps[0]
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  config = config_from_flags()
-  try:
-    config_lib.validate(config, model_names=models.MODELS)
-    # The first TensorFlow call: splitting the CPU into replicas must precede every op.
-    strategy = strategy_lib.make_strategy(config.strategy, config.cpu_replicas,
-                                          worker_timeout=config.worker_timeout)
-    loop.train_and_evaluate(config, strategy)
-  except (config_lib.ConfigError, dataset_info.DatasetInfoError,
-          strategy_lib.StrategyError) as e:
-    # A one-line message on stderr and exit status 1, not a traceback: these are the
-    # user's settings to fix, not bugs.
-    sys.exit(f"trainer.train: error: {e}")
-  except strategy_lib.LOST_WORKER_ERRORS as e:
-    if config.strategy != "multi_worker":
-      raise
-    # A peer died or hung: this worker cannot go on alone (every step all-reduces).
-    reason = e.message.rsplit("aborted by: ", 1)[-1].strip().splitlines()
-    sys.exit(f"trainer.train: error: lost contact with another worker ({' '.join(reason[:2])}); "
-             "rerun the same command on every worker to resume from the last checkpoint in "
-             f"--model_dir={config.model_dir}")
+def host_augmentation(config):
+  return config.augment and config.augment_on == "host"
+
+
+def device_augmentation(config):
+  """The AugmentConfig the train step applies itself (--augment_on=device), else None."""
+  return augment_lib.AugmentConfig() if config.augment and config.augment_on == "device" \
+      else None
+
+
+def train_steps_per_epoch(info, config):
+  full = input_pipeline.steps_per_epoch(info, config.batch_size)
+  return min(full, config.steps_per_epoch) if config.steps_per_epoch else full
+
+
+# --- model and stages ----------------------------------------------------------------------
+
+
+def build(config, info, strategy):
+  """Model, optimizers and loop state, with their variables created under the strategy.
+
+  Returns (model, optimizers, state); optimizers maps each training stage ("head" when
+  --head_epochs is set, and "main") to its optimizer, built on the variables it trains.
+  """
+  keras.utils.set_random_seed(config.seed)  # same initial weights for the same seed
+  if config.deterministic:
+    tf.config.experimental.enable_op_determinism()
+  policy = optimizers_lib.dtype_policy(config.mixed_precision, strategy)
+  loss_scaling = optimizers_lib.needs_loss_scaling(policy)
+  optimizers = {}
+  with strategy.scope():
+    model = models.build(config.model, info.num_classes, config.image_shape(info.image_shape),
+                         dtype_policy=policy, weights=config.weights)
+    # Create each optimizer's slots now, for the variables its stage trains, so that a
+    # restore fills them instead of deferring.
+    if config.head_epochs:
+      models.set_trainable(model, 0)
+      optimizers["head"] = optimizers_lib.make_optimizer(
+          config.optimizer, config.head_learning_rate, loss_scaling=loss_scaling)
+      optimizers["head"].build(model.trainable_variables)
+    models.set_trainable(model, config_lib.trainable_layers(config))
+    optimizers["main"] = optimizers_lib.make_optimizer(
+        config.optimizer, config.learning_rate, loss_scaling=loss_scaling)
+    optimizers["main"].build(model.trainable_variables)
+  # Outside the scope: plain host variables. Every worker updates its own copy from the
+  # same all-reduced numbers, so the copies agree without mirroring.
+  state = checkpoints_lib.LoopState()
+  return model, optimizers, state
+
+
+STAGES = ("main", "head")  # index = the stage's id in seeds.DEVICE_AUGMENT
+
+
+def stage_of(config, epochs_done):
+  """The training stage of the next epoch: "head" (base frozen) or "main"."""
+  return "head" if epochs_done < config.head_epochs else "main"
+
+
+class TrainSteps:
+  """The train step of each stage, made when first needed; switching stage sets which
+  layers train (the two stages' steps update different variables)."""
+
+  def __init__(self, model, optimizers, strategy, config):
+    self.model, self.optimizers, self.strategy, self.config = model, optimizers, strategy, config
+    self.steps = {}
+    self.stage = None
+
+  def for_epoch(self, epochs_done):
+    stage = stage_of(self.config, epochs_done)
+    if stage != self.stage:
+      layers = 0 if stage == "head" else config_lib.trainable_layers(self.config)
+      trained = models.set_trainable(self.model, layers)
+      logging.info("stage %s: %d of %d base layers train (%d trainable parameters), "
+                   "learning rate %g", stage, trained, len(models.base_layers(self.model)),
+                   count_parameters(self.model.trainable_variables),
+                   self.config.head_learning_rate if stage == "head"
+                   else self.config.learning_rate)
+      self.stage = stage
+    if stage not in self.steps:
+      self.steps[stage] = steps_lib.make_train_step(
+          self.model, self.optimizers[stage], self.strategy, self.config.batch_size,
+          augment=device_augmentation(self.config),
+          # Each stage's optimizer counts its steps from 0: a stream of its own per stage.
+          seed=seeds.derive(self.config.seed, seeds.DEVICE_AUGMENT, STAGES.index(stage)))
+    return self.steps[stage]
+
+
+def count_parameters(variables):
+  return int(sum(v.shape.num_elements() for v in variables))
+
+
+def weights_digest(model):
+  """sha256 over the bytes of every weight of `model` (this worker's copy)."""
+  digest = hashlib.sha256()
+  for weight in model.weights:
+    digest.update(keras.ops.convert_to_numpy(weight).tobytes())
+  return digest.hexdigest()
+
+
+# --- reporting -----------------------------------------------------------------------------
+
+
+def report_epoch(writers, row, examples_per_s, config, state):
+  """TensorBoard scalars and the console line of one epoch."""
+  workdir.write_scalars(writers["train"], row["epoch"], {
+      "loss": row["loss"], "accuracy": row["accuracy"], "examples_per_s": examples_per_s})
+  workdir.write_scalars(writers["validation"], row["epoch"],
+                        {"loss": row["val_loss"], "accuracy": row["val_accuracy"]})
+  logging.info(
+      "epoch %d/%d: loss %.4f accuracy %.4f | val_loss %.4f val_accuracy %.4f | %.1f s, "
+      "%.0f examples/s | best epoch %d, %d/%d epochs without improvement",
+      row["epoch"], config.epochs, row["loss"], row["accuracy"], row["val_loss"],
+      row["val_accuracy"], row["time"], examples_per_s, int(state.best_epoch),
+      int(state.epochs_since_best), config.patience)
+
+
+def test_best_weights(strategy, checkpoints, state, model, info, config):
+  """Loads the best weights into the model and evaluates them on the test split, with the
+  confusion matrix."""
+  steps_lib.barrier(strategy)  # the chief's last best/ save is complete before anyone reads it
+  checkpoints.restore_best(int(state.best_epoch))
+  test_data, test_steps = distributed_eval_data(strategy, info, "test", config)
+  eval_step = steps_lib.make_eval_step(model, strategy, num_classes=info.num_classes)
+  return steps_lib.run_steps(eval_step, iter(test_data), test_steps)
+
+
+def results_record(config, strategy, info, state, test, speeds, first_epoch, started,
+                   trainable_parameters):
+  """results.json's fields (workdir.RESULTS_FIELDS)."""
+  # The first epoch a process trains includes tracing the steps: leave it out of the
+  # throughput when there is anything else to measure.
+  steady = speeds[1:] or speeds
+  seconds = sum(s for _, s in steady)
+  return {
+      "test_loss": test["loss"],
+      "test_accuracy": test["accuracy"],
+      "test_examples": int(test["examples"]),
+      "best_epoch": int(state.best_epoch),
+      "best_val_loss": float(state.best_val_loss),
+      "epochs_run": int(state.epoch),
+      "resumed_from_epoch": first_epoch,
+      "stopped_early": state.stopped_early(config),
+      "examples_per_s": sum(n for n, _ in steady) / seconds if seconds else None,
+      "wall_time_s": round(time.time() - started, 3),
+      "num_replicas": strategy.num_replicas_in_sync,
+      "strategy": strategy_lib.name_of(strategy),
+      "model": config.model,
+      "trainable_parameters": trainable_parameters,
+      "global_batch_size": config.batch_size,
+      "dtype_policy": optimizers_lib.dtype_policy(config.mixed_precision, strategy),
+      "class_names": list(info.class_names),
+  }
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  # `python -m trainer.train` was the entry point before trainer/main.py: keep it working.
+  # (runpy, not an import: trainer.main imports this module, and Bazel deps have no cycles.)
+  import runpy  # pylint: disable=g-import-not-at-top
+  runpy.run_module("trainer.main", run_name="__main__", alter_sys=True)

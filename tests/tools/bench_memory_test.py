@@ -9,7 +9,7 @@ from tools import bench_memory
 def test_json_output_has_rss_at_build_every_epoch_and_end(tmp_path, capsys):
   testdata.write_data_dir(tmp_path / "data", per_class=10)  # 24 train examples
   bench_memory.main(["--data_dir", str(tmp_path / "data"), "--epochs", "3", "--json",
-                     "--batch_size=8"])  # an unknown flag goes to trainer.train
+                     "--batch_size=8"])  # an unknown flag goes to trainer.main
   result = json.loads(capsys.readouterr().out)
   assert [p["at"] for p in result["points"]] == ["built", "epoch 1", "epoch 2", "epoch 3",
                                                  "end"]

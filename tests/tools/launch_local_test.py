@@ -21,10 +21,8 @@ REPO = str(testdata.REPO)
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  path = tmp_path_factory.mktemp("data")
-  testdata.write_data_dir(path, num_shards=4)
-  return str(path)
+def data_dir(make_data_dir):
+  return make_data_dir(num_shards=4)
 
 
 def _env():
@@ -65,7 +63,7 @@ def test_tf_configs_name_distinct_free_ports_and_each_worker_once():
   assert all(c["cluster"] == {"worker": hosts} for c in configs)
   assert [c["task"] for c in configs] == [{"type": "worker", "index": i} for i in range(3)]
   command = launch_local.trainer_command(["--epochs=1"], python="py")
-  assert command == ["py", "-m", "trainer.train", "--strategy=multi_worker", "--epochs=1"]
+  assert command == ["py", "-m", "trainer.main", "--strategy=multi_worker", "--epochs=1"]
   with pytest.raises(ValueError, match="--strategy=mirrored"):
     launch_local.trainer_command(["--strategy=mirrored"])
 
@@ -92,7 +90,7 @@ def test_a_worker_that_loses_its_peer_mid_run_stops_with_an_error(data_dir, tmp_
         w.kill()
         w.wait()
   assert code == 1, log[-3000:]
-  assert "trainer.train: error: lost contact with another worker" in log, log[-3000:]
+  assert "trainer.main: error: lost contact with another worker" in log, log[-3000:]
   assert "rerun the same command on every worker to resume" in log
   assert "Traceback" not in log, log[-3000:]
   # Noticed by the coordination service's heartbeats (about 10 s), well before the

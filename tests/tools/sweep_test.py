@@ -15,10 +15,8 @@ BASE = "--epochs=1\n--steps_per_epoch=1\n--batch_size=8\n--noverify_data\n"
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  path = tmp_path_factory.mktemp("data")
-  testdata.write_data_dir(path, per_class=10)  # 24 train, 6 validation, 30 test examples
-  return str(path)
+def data_dir(make_data_dir):
+  return make_data_dir(per_class=10)  # 24 train, 6 validation, 30 test examples
 
 
 def _write(path, text):
@@ -48,7 +46,7 @@ def test_runs_are_the_product_of_the_sweep_lines_first_line_slowest():
                           "--data_dir=/data")
   assert runs[4].values == {"optimizer": "sgd", "learning_rate": "1e-3"}
   assert sweep.trainer_command(runs[0], "/out/x", python="py") == [
-      "py", "-m", "trainer.train", *runs[0].args, "--model_dir=/out/x"]
+      "py", "-m", "trainer.main", *runs[0].args, "--model_dir=/out/x"]
 
 
 def test_values_are_verbatim_and_names_replace_unsafe_characters():
@@ -154,7 +152,7 @@ def test_dry_run_prints_every_command_and_what_it_would_skip_and_runs_nothing(tm
   assert "2 run(s)" in out and "1 finished earlier" in out
   assert "[1/2] learning_rate=0.01: would train" in out
   assert "[2/2] learning_rate=0.001: finished earlier, would be skipped" in out
-  assert (" -m trainer.train --epochs=1 --steps_per_epoch=1 --batch_size=8 --noverify_data "
+  assert (" -m trainer.main --epochs=1 --steps_per_epoch=1 --batch_size=8 --noverify_data "
           f"--learning_rate=0.01 --data_dir=/data --model_dir={out_dir}/learning_rate=0.01"
           in out)
   assert sorted(os.listdir(out_dir)) == ["learning_rate=0.001"]  # nothing written

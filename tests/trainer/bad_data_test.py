@@ -10,20 +10,18 @@ from pipeline import dataset_info
 from pipeline import features
 from tests import testdata
 from trainer import config as config_lib
-from trainer import loop
+from trainer import train as train_lib
 
 
 def train(data_dir, model_dir, **kwargs):
   config = config_lib.Config(data_dir=str(data_dir), model_dir=str(model_dir), epochs=1,
                              batch_size=8, steps_per_epoch=1, **kwargs)
-  return loop.train_and_evaluate(config, tf.distribute.OneDeviceStrategy("/cpu:0"))
+  return train_lib.train_and_evaluate(config, tf.distribute.OneDeviceStrategy("/cpu:0"))
 
 
 @pytest.fixture(scope="module")
-def good_dir(tmp_path_factory):
-  path = tmp_path_factory.mktemp("good")
-  testdata.write_data_dir(path, per_class=10)
-  return path
+def good_dir(make_data_dir):
+  return make_data_dir(per_class=10)  # read-only: tests damage copies of it
 
 
 def copy_dir(src, dst):

@@ -16,25 +16,20 @@ import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
 
+from tests import processes
 from tests import testdata
-
-REPO = str(testdata.REPO)
 PATIENCE = 3
 UNINTERRUPTED_EPOCHS = 1 + PATIENCE  # best epoch 1, then PATIENCE epochs without improvement
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  path = tmp_path_factory.mktemp("data")
-  testdata.write_data_dir(path, num_shards=4)  # 2 train shards per worker
-  return str(path)
+def data_dir(make_data_dir):
+  return make_data_dir(num_shards=4)  # 2 train shards per worker
 
 
 class Job:
@@ -45,16 +40,13 @@ class Job:
   """
 
   def __init__(self, workers, flags):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
-    env.pop("TF_CONFIG", None)
     if workers == 1:
-      command = [sys.executable, "-m", "trainer.train", "--strategy=one_device", *flags]
+      self.process = processes.start_trainer("--strategy=one_device", *flags,
+                                             merge_stderr=True)
     else:
-      command = [sys.executable, "-m", "tools.launch_local", f"--workers={workers}",
-                 "--grace_seconds=5", "--", *flags]
+      self.process = processes.start("tools.launch_local", f"--workers={workers}",
+                                     "--grace_seconds=5", "--", *flags, merge_stderr=True)
     self.workers = workers
-    self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True)
     self.lines = []
     self.changed = threading.Condition()
     self.reader = threading.Thread(target=self._read, daemon=True)
@@ -179,11 +171,9 @@ def test_a_malformed_tf_config_stops_the_worker_with_the_problem(data_dir, tmp_p
   tf_config = ('{"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, '
                '"task": {"type": "worker", "index": 2}}')
   problem = "TF_CONFIG task index 2 is out of range: job 'worker' has 2 hosts"
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=tf_config)
-  process = subprocess.run(
-      [sys.executable, "-m", "trainer.train", "--strategy=multi_worker",
-       f"--data_dir={data_dir}", f"--model_dir={tmp_path / 'run'}"],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+  process = processes.run_trainer("--strategy=multi_worker", f"--data_dir={data_dir}",
+                                  f"--model_dir={tmp_path / 'run'}",
+                                  env={"TF_CONFIG": tf_config}, timeout=120)
   assert process.returncode == 1
   assert problem in process.stderr, process.stderr[-2000:]
   assert "Traceback" not in process.stderr
@@ -196,11 +186,9 @@ def test_a_worker_whose_port_is_taken_says_so(data_dir, tmp_path):
     host = f"127.0.0.1:{taken.getsockname()[1]}"
     tf_config = json.dumps({"cluster": {"worker": [host, "127.0.0.1:1"]},
                             "task": {"type": "worker", "index": 0}})
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=tf_config)
-    process = subprocess.run(
-        [sys.executable, "-m", "trainer.train", "--strategy=multi_worker",
-         f"--data_dir={data_dir}", f"--model_dir={tmp_path / 'run'}", "--worker_timeout=60"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    process = processes.run_trainer("--strategy=multi_worker", f"--data_dir={data_dir}",
+                                    f"--model_dir={tmp_path / 'run'}", "--worker_timeout=60",
+                                    env={"TF_CONFIG": tf_config}, timeout=120)
   assert process.returncode == 1
   assert f"worker 0 could not start its server at {host}" in process.stderr, (
       process.stderr[-2000:])

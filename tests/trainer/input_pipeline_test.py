@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from pipeline import dataset_info
 from pipeline import features
 from tests import testdata
 from trainer import augment
@@ -19,8 +20,8 @@ NUM_TRAIN, NUM_TEST = 24, 30
 
 
 @pytest.fixture(scope="module")
-def info(tmp_path_factory):
-  return testdata.write_data_dir(tmp_path_factory.mktemp("data"), per_class=10, num_shards=2)
+def info(make_data_dir):
+  return dataset_info.load(make_data_dir(per_class=10, num_shards=2))
 
 
 def _records(files):

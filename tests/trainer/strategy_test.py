@@ -1,7 +1,7 @@
 """Strategy selection, TF_CONFIG checks, and real distributed runs in subprocesses.
 
 Logical CPU devices must be configured before TensorFlow initializes, and a multi-worker
-cluster needs one process per worker, so those runs go through `python -m trainer.train`
+cluster needs one process per worker, so those runs go through `python -m trainer.main`
 in fresh processes.
 """
 
@@ -9,35 +9,22 @@ import json
 import os
 import socket
 import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests import testdata
+from tests import processes
 from trainer import strategy as strategy_lib
-
-REPO = str(testdata.REPO)
 GOOD_TF_CONFIG = {"cluster": {"worker": ["localhost:1", "localhost:2"]},
                   "task": {"type": "worker", "index": 1}}
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  path = tmp_path_factory.mktemp("data")
-  testdata.write_data_dir(path)
-  return str(path)
-
-
 def _train(data_dir, model_dir, *flags, env=None):
-  """Starts `python -m trainer.train` on the test data (a Popen)."""
-  command = [sys.executable, "-m", "trainer.train", f"--data_dir={data_dir}",
-             f"--model_dir={model_dir}", "--noaugment", "--seed=3", *flags]
-  full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
-  return subprocess.Popen(command, cwd=REPO, env=full_env, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+  """Starts `python -m trainer.main` on the test data (a Popen)."""
+  return processes.start_trainer(f"--data_dir={data_dir}", f"--model_dir={model_dir}",
+                                 "--noaugment", "--seed=3", *flags, env=env)
 
 
 def _finish(process, timeout=180):

@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from tests import testdata
 from trainer import config as config_lib
-from trainer import loop
+from trainer import train
 from trainer import models
 from trainer import strategy as strategy_lib
 
@@ -155,10 +155,8 @@ def test_class_subsets_are_seeded_nested_or_named():
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  path = tmp_path_factory.mktemp("data")
-  testdata.write_data_dir(path, classes=("airplane", "automobile", "bird", "cat"), per_class=12)
-  return str(path)
+def data_dir(make_data_dir):
+  return make_data_dir(classes=("airplane", "automobile", "bird", "cat"), per_class=12)
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +168,7 @@ def _run(data_dir, model_dir, strategy, **overrides):
   settings = dict(data_dir=data_dir, model_dir=str(model_dir), batch_size=8, epochs=2,
                   steps_per_epoch=2, learning_rate=1e-3, verify_data=False)
   settings.update(overrides)
-  return loop.train_and_evaluate(config_lib.Config(**settings), strategy)
+  return train.train_and_evaluate(config_lib.Config(**settings), strategy)
 
 
 def _per_class(data_dir, split):
@@ -235,7 +233,7 @@ def test_two_stages_train_the_head_first_then_the_base(data_dir, strategy, tmp_p
   # After stage 2 the last 4 base layers and the head train.
   model = models.build("MobileNetV2", 4, (32, 32, 3))
   models.set_trainable(model, 4)
-  assert results["trainable_parameters"] == loop._count(model.trainable_variables)  # pylint: disable=protected-access
+  assert results["trainable_parameters"] == train.count_parameters(model.trainable_variables)
   # The layers that never trained still hold the file's weights in the exported model.
   exported = keras.models.load_model(str(model_dir / "model.keras"), compile=False)
   frozen = models.base_layers(exported)[:-4]

@@ -1,12 +1,11 @@
-"""Real (tiny) training runs through trainer.loop: artifacts, early stopping, resuming.
+"""Real (tiny) training runs through trainer.train: artifacts, early stopping, resuming.
 
 Data: 96 train / 24 validation / 30 test real CIFAR-10 images of 3 classes
 (tests.testdata). Runs use the one-device strategy in this process; the mirrored and
-multi-process paths are in strategy_test.py and train_cli_test.py.
+multi-process paths are in strategy_test.py and main_test.py; the steps alone in
+steps_test.py.
 """
 
-import csv
-import dataclasses
 import json
 import os
 
@@ -16,18 +15,12 @@ import pytest
 import tensorflow as tf
 
 from pipeline import dataset_info
-from tests import testdata
 from trainer import config as config_lib
 from trainer import input_pipeline
-from trainer import loop
+from trainer import steps as steps_lib
 from trainer import strategy as strategy_lib
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  path = tmp_path_factory.mktemp("data")
-  testdata.write_data_dir(path)
-  return str(path)
+from trainer import train as train_lib
+from trainer import workdir
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +36,7 @@ def _config(data_dir, model_dir, **overrides):
 
 
 def _history(model_dir):
-  with open(os.path.join(model_dir, "history.csv")) as f:
-    return list(csv.DictReader(f))
+  return workdir.read_history(str(model_dir))
 
 
 def _test_split(data_dir):
@@ -68,7 +60,7 @@ def _scalars(event_dir):
 
 def test_a_run_writes_results_history_exports_and_summaries(data_dir, strategy, tmp_path):
   model_dir = tmp_path / "run"
-  results = loop.train_and_evaluate(_config(data_dir, model_dir), strategy)
+  results = train_lib.train_and_evaluate(_config(data_dir, model_dir), strategy)
 
   on_disk = json.loads((model_dir / "results.json").read_text())
   assert on_disk == results
@@ -77,10 +69,11 @@ def test_a_run_writes_results_history_exports_and_summaries(data_dir, strategy, 
   assert results["num_replicas"] == 1 and results["strategy"] == "one_device"
   assert results["examples_per_s"] > 0 and not results["stopped_early"]
   history = _history(model_dir)
-  assert [r["epoch"] for r in history] == ["1", "2"]
-  assert list(history[0]) == list(loop.HISTORY_FIELDS)
+  assert [r["epoch"] for r in history] == [1, 2]
+  header = (model_dir / "history.csv").read_text().splitlines()[0]
+  assert header.split(",") == list(workdir.HISTORY_FIELDS)
   best = history[results["best_epoch"] - 1]
-  assert float(best["val_loss"]) == pytest.approx(results["best_val_loss"])
+  assert best["val_loss"] == pytest.approx(results["best_val_loss"])
 
   # The exported models hold the best weights: scoring the test split with them gives
   # the test metrics the run reported.
@@ -101,8 +94,8 @@ def test_a_run_writes_results_history_exports_and_summaries(data_dir, strategy, 
 
   train = _scalars(model_dir / "tensorboard" / "train")
   val = _scalars(model_dir / "tensorboard" / "validation")
-  assert train["loss"][2] == pytest.approx(float(history[1]["loss"]), rel=1e-6)
-  assert val["accuracy"][1] == pytest.approx(float(history[0]["val_accuracy"]), rel=1e-6)
+  assert train["loss"][2] == pytest.approx(history[1]["loss"], rel=1e-6)
+  assert val["accuracy"][1] == pytest.approx(history[0]["val_accuracy"], rel=1e-6)
   test = _scalars(model_dir / "tensorboard" / "test")
   assert test["accuracy"][results["best_epoch"]] == pytest.approx(results["test_accuracy"])
 
@@ -113,7 +106,7 @@ def test_early_stopping_stops_when_validation_loss_cannot_improve(data_dir, stra
   # loss exactly; with patience 2 the run must stop after epoch 3 of the allowed 20.
   config = _config(data_dir, tmp_path / "run", learning_rate=0.0, patience=2, epochs=20,
                    augment=False)
-  results = loop.train_and_evaluate(config, strategy)
+  results = train_lib.train_and_evaluate(config, strategy)
   assert results["stopped_early"]
   assert results["epochs_run"] == 3
   assert results["best_epoch"] == 1
@@ -123,14 +116,14 @@ def test_early_stopping_stops_when_validation_loss_cannot_improve(data_dir, stra
 
 def test_a_rerun_resumes_from_the_checkpoint(data_dir, strategy, tmp_path):
   model_dir = tmp_path / "run"
-  first = loop.train_and_evaluate(_config(data_dir, model_dir, epochs=2), strategy)
+  first = train_lib.train_and_evaluate(_config(data_dir, model_dir, epochs=2), strategy)
   first_history = _history(model_dir)
-  second = loop.train_and_evaluate(_config(data_dir, model_dir, epochs=4), strategy)
+  second = train_lib.train_and_evaluate(_config(data_dir, model_dir, epochs=4), strategy)
 
   assert (first["epochs_run"], first["resumed_from_epoch"]) == (2, 0)
   assert (second["epochs_run"], second["resumed_from_epoch"]) == (4, 2)
   history = _history(model_dir)
-  assert [r["epoch"] for r in history] == ["1", "2", "3", "4"]
+  assert [r["epoch"] for r in history] == [1, 2, 3, 4]
   # Epochs 1-2 were not trained again: their rows (down to the timings) are the first run's.
   assert history[:2] == first_history
   # The optimizer's state came back too: its step counter counts all 4 epochs x 2 steps.
@@ -143,12 +136,12 @@ def test_a_rerun_resumes_from_the_checkpoint(data_dir, strategy, tmp_path):
 
 
 def test_an_epoch_longer_than_one_call_runs_every_step(data_dir, strategy, tmp_path):
-  # 96 examples / batch 4 = 24 steps: one call of loop.STEPS_PER_CALL (20) steps and one
+  # 96 examples / batch 4 = 24 steps: one call of steps.STEPS_PER_CALL (20) steps and one
   # of 4; both must run.
-  assert 20 == loop.STEPS_PER_CALL < 24
+  assert 20 == steps_lib.STEPS_PER_CALL < 24
   model_dir = tmp_path / "run"
-  loop.train_and_evaluate(_config(data_dir, model_dir, batch_size=4, epochs=1,
-                                  steps_per_epoch=0), strategy)
+  train_lib.train_and_evaluate(_config(data_dir, model_dir, batch_size=4, epochs=1,
+                                       steps_per_epoch=0), strategy)
   reader = tf.train.load_checkpoint(str(model_dir / "checkpoints"))
   iterations = [k for k in reader.get_variable_to_shape_map()
                 if k.startswith("optimizer/") and "iteration" in k]
@@ -159,29 +152,29 @@ def test_a_rerun_drops_history_rows_past_the_checkpoint(data_dir, strategy, tmp_
   # A run killed after writing epoch 3's history row but before its checkpoint: the rerun
   # trains epoch 3 again and history.csv ends up with each epoch once.
   model_dir = tmp_path / "run"
-  loop.train_and_evaluate(_config(data_dir, model_dir, epochs=2), strategy)
+  train_lib.train_and_evaluate(_config(data_dir, model_dir, epochs=2), strategy)
   with open(model_dir / "history.csv", "a") as f:
     f.write("3,9,9,9,9,9\n")
-  loop.train_and_evaluate(_config(data_dir, model_dir, epochs=3), strategy)
+  train_lib.train_and_evaluate(_config(data_dir, model_dir, epochs=3), strategy)
   history = _history(model_dir)
-  assert [r["epoch"] for r in history] == ["1", "2", "3"]
-  assert history[2]["loss"] != "9"
+  assert [r["epoch"] for r in history] == [1, 2, 3]
+  assert history[2]["loss"] != 9
 
 
 def test_a_checkpoint_of_another_model_is_refused_by_name(data_dir, strategy, tmp_path):
-  loop.train_and_evaluate(_config(data_dir, tmp_path / "run", epochs=1), strategy)
+  train_lib.train_and_evaluate(_config(data_dir, tmp_path / "run", epochs=1), strategy)
   with pytest.raises(config_lib.ConfigError, match="--model_dir=.*new --model_dir"):
-    loop.train_and_evaluate(_config(data_dir, tmp_path / "run", epochs=2, model="basic"),
-                            strategy)
+    train_lib.train_and_evaluate(
+        _config(data_dir, tmp_path / "run", epochs=2, model="basic"), strategy)
 
 
 def test_mixed_precision_trains_in_bfloat16_on_cpu(data_dir, strategy, tmp_path):
   config = _config(data_dir, tmp_path / "run", model="basic", mixed_precision=True,
                    epochs=1, steps_per_epoch=1)
-  results = loop.train_and_evaluate(config, strategy)
+  results = train_lib.train_and_evaluate(config, strategy)
   assert results["dtype_policy"] == "mixed_bfloat16"
   assert np.isfinite(results["test_loss"])
-  assert np.isfinite(float(_history(tmp_path / "run")[0]["loss"]))
+  assert np.isfinite(_history(tmp_path / "run")[0]["loss"])
   model = keras.models.load_model(tmp_path / "run" / "model.keras")
   assert model.layers[1].compute_dtype == "bfloat16"
   assert model.layers[-1].compute_dtype == "float32"
@@ -190,49 +183,11 @@ def test_mixed_precision_trains_in_bfloat16_on_cpu(data_dir, strategy, tmp_path)
 
 def test_image_size_resizes_for_training_and_export(data_dir, strategy, tmp_path):
   config = _config(data_dir, tmp_path / "run", image_size=20, epochs=1, steps_per_epoch=1)
-  loop.train_and_evaluate(config, strategy)
+  train_lib.train_and_evaluate(config, strategy)
   model = keras.models.load_model(tmp_path / "run" / "model.keras")
   assert model.input_shape == (None, 20, 20, 3)
 
 
 def test_batch_size_larger_than_the_train_split_names_the_flag(data_dir, strategy, tmp_path):
   with pytest.raises(config_lib.ConfigError, match=r"--batch_size=200 .* train split \(96"):
-    loop.train_and_evaluate(_config(data_dir, tmp_path / "run", batch_size=200), strategy)
-
-
-def test_flagfile_text_lists_every_setting():
-  config = config_lib.Config(data_dir="d", model_dir="m", augment=False, cache="")
-  text = config_lib.flagfile_text(config)
-  assert "--noaugment\n" in text and "--cache=\n" in text
-  assert len(text.splitlines()) == len(dataclasses.fields(config_lib.Config))
-
-
-def test_device_augmentation_changes_what_the_step_trains_on(strategy):
-  """--augment_on=device: the step augments its batch (the weights move differently than
-  on the raw batch), the identity config trains exactly as no augmentation, and the same
-  seed draws the same transforms."""
-  from trainer import augment as augment_lib
-  from trainer import models
-  images = tf.constant(np.random.default_rng(0).integers(0, 256, (1, 8, 32, 32, 3)), tf.uint8)
-  labels = tf.constant([[0, 1, 2, 0, 1, 2, 0, 1]], tf.int32)
-
-  def weights_after_step(augment, steps=1):
-    keras.utils.set_random_seed(0)
-    with strategy.scope():
-      model = models.build("simple", 3, (32, 32, 3))
-      optimizer = keras.optimizers.SGD(0.1)
-      optimizer.build(model.trainable_variables)
-    step = loop.make_train_step(model, optimizer, strategy, 8, augment=augment, seed=3)
-    data = tf.data.Dataset.from_tensor_slices((images, labels)).repeat()
-    loop.run_steps(step, iter(strategy.experimental_distribute_dataset(data)), steps)
-    return [w.numpy() for w in model.trainable_variables]
-
-  plain = weights_after_step(None)
-  identity = weights_after_step(augment_lib.AugmentConfig.none())
-  augmented = weights_after_step(augment_lib.AugmentConfig())
-  for a, b in zip(plain, identity):
-    np.testing.assert_array_equal(a, b)
-  assert any(not np.allclose(a, b) for a, b in zip(plain, augmented))
-  # Same seed, same draws: reproducible.
-  for a, b in zip(augmented, weights_after_step(augment_lib.AugmentConfig())):
-    np.testing.assert_array_equal(a, b)
+    train_lib.train_and_evaluate(_config(data_dir, tmp_path / "run", batch_size=200), strategy)

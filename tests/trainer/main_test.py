@@ -1,38 +1,22 @@
-"""`python -m trainer.train` as a user runs it: flag errors, flagfiles, kill and resume."""
+"""`python -m trainer.main` as a user runs it: flag errors, flagfiles, kill and resume."""
 
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 from absl import flags
 import pytest
 
 from pipeline import dataset_info
+from tests import processes
 from tests import testdata
 from trainer import config as config_lib
+from trainer import main
 from trainer import models
-from trainer import train
 
-REPO = str(testdata.REPO)
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  path = tmp_path_factory.mktemp("data")
-  testdata.write_data_dir(path)
-  return str(path)
-
-
-def _start(*args, env=None):
-  full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-  full_env.pop("TF_CONFIG", None)
-  full_env.update(env or {})
-  return subprocess.Popen([sys.executable, "-m", "trainer.train", *args], cwd=REPO,
-                          env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True)
+REPO = processes.REPO
+_start = processes.start_trainer
 
 
 # One case per way in which a run can be refused: by absl (enum flags), by the config checks,
@@ -90,13 +74,13 @@ def test_config_flagfiles_set_the_reports_baseline(name, model):
   # The flagfiles parse with the trainer's own flag definitions (so a typo in one fails
   # here) and hold the report's settings.
   flag_values = flags.FlagValues()
-  train.define_flags(flag_values)
+  main.define_flags(flag_values)
   flag_values(["train", f"--flagfile={REPO}/configs/{name}.flags"])
   assert (flag_values.model, flag_values.optimizer, flag_values.learning_rate,
           flag_values.batch_size, flag_values.epochs, flag_values.patience,
           flag_values.augment) == (model, "adam", 1e-4, 128, 500, 25, True)
   # The flags not in the file keep the defaults, which form a valid config.
-  config = train.config_from_flags(flag_values)
+  config = main.config_from_flags(flag_values)
   assert (config.strategy, config.steps_per_epoch, config.mixed_precision) == ("auto", 0, False)
 
 
@@ -131,11 +115,14 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(data_dir, tmp_path):
   assert f"--epochs={done + 2}\n" in (model_dir / "flags.txt").read_text()
 
 
-def test_flag_differences_between_runs_pair_lines_by_flag():
-  old = config_lib.Config(data_dir="d", model_dir="m", epochs=2, augment=True)
-  new = config_lib.Config(data_dir="d", model_dir="m", epochs=4, augment=False)
-  assert config_lib.differences(config_lib.flagfile_text(old),
-                                config_lib.flagfile_text(new)) == [
-      ("--epochs=2", "--epochs=4"), ("--augment", "--noaugment")]
-  assert config_lib.differences("# a comment\n--seed=1\n", "--seed=1\n--cache=x\n") == [
-      (None, "--cache=x")]
+def test_the_old_command_name_still_trains(data_dir, tmp_path):
+  """`python -m trainer.train` (the entry point before trainer/main.py) is the same command."""
+  model_dir = tmp_path / "run"
+  process = processes.start("trainer.train", f"--data_dir={data_dir}",
+                            f"--model_dir={model_dir}", "--epochs=1", "--steps_per_epoch=1",
+                            "--batch_size=8", "--noverify_data")
+  _, stderr = process.communicate(timeout=180)
+  assert process.returncode == 0, stderr[-3000:]
+  assert json.loads((model_dir / "results.json").read_text())["epochs_run"] == 1
+  help_text = processes.start("trainer.train", "--helpshort").communicate(timeout=120)[0]
+  assert "--model_dir" in help_text and "--data_dir" in help_text

@@ -1,0 +1,148 @@
+r"""Trains an image classifier on a TFRecord data directory written by pipeline.build_tfrecords.
+
+  python -m trainer.main --data_dir=DATA --model_dir=RUN [--model=basic] [--strategy=mirrored]
+  python -m trainer.main --flagfile=configs/basic.flags --data_dir=DATA --model_dir=RUN
+  python -m trainer.main --flagfile=RUN/flags.txt      # reruns (or resumes) a run
+
+Rerunning the same command resumes from the last checkpoint in --model_dir. Results land in
+--model_dir (results.json, history.csv, model.keras, saved_model/, tensorboard/; see
+trainer/workdir.py). This is the only module that defines flags; it builds the strategy and
+calls trainer.train.train_and_evaluate. `python -m trainer.train` is the same command.
+"""
+
+import dataclasses
+import sys
+
+from absl import app
+from absl import flags
+
+from pipeline import dataset_info
+from trainer import config as config_lib
+from trainer import models
+from trainer import strategy as strategy_lib
+from trainer import train
+
+_DEFAULTS = config_lib.Config(data_dir="", model_dir="")
+
+
+def define_flags(flag_values=flags.FLAGS):
+  """Defines the trainer's flags (one per Config field) in `flag_values`.
+
+  Called when the module runs, not when it is imported: importing it (tests, tools) then
+  claims no names in absl's global registry, which the Beam job's flags share (it has an
+  --image_size too).
+  """
+  d, fv = _DEFAULTS, {"flag_values": flag_values}
+  flags.DEFINE_string("data_dir", None, "Data directory with dataset_info.json (local or "
+                      "gs://).", **fv)
+  flags.DEFINE_string("model_dir", None, "Where checkpoints, results and the exported model "
+                      "go. Rerunning with the same --model_dir resumes.", **fv)
+  flags.DEFINE_enum("model", d.model, list(models.MODELS),
+                    "Model to train: the report's simple and basic CNNs, or a Keras "
+                    "application (ImageNet architecture) with a new classification head.",
+                    case_sensitive=False, **fv)
+  flags.DEFINE_string("weights", d.weights, "Applications only: initial weights of the base "
+                      "network: none (random), imagenet (downloaded by Keras), or the path "
+                      "of a weights file (e.g. Keras' ..._notop.h5 copied to this machine).",
+                      **fv)
+  flags.DEFINE_string("trainable_layers", d.trainable_layers, "Which layers of the base "
+                      "network train: all, none (only the new head) or N (the last N "
+                      "layers). For simple/basic the base is every layer but the last. "
+                      "Frozen BatchNorm layers run in inference mode.", **fv)
+  flags.DEFINE_integer("head_epochs", d.head_epochs, "Two-stage fine-tuning: train only the "
+                       "head for this many epochs at --head_learning_rate, then "
+                       "--trainable_layers at --learning_rate (set it lower). 0 = one "
+                       "stage.", **fv)
+  flags.DEFINE_float("head_learning_rate", d.head_learning_rate, "Learning rate of the "
+                     "--head_epochs stage.", **fv)
+  flags.DEFINE_string("init_from", d.init_from, "A finished run's --model_dir: start from "
+                      "its best weights (model.keras), all layers but the classification "
+                      "head. Same --model; the classes may differ.", **fv)
+  flags.DEFINE_string("classes", d.classes, "Train on a subset of the data's classes: empty "
+                      "for all; N for N classes picked by --seed (nested: the 2 of N=2 are "
+                      "among the 5 of N=5); or comma-separated class names.", **fv)
+  flags.DEFINE_integer("batch_size", d.batch_size,
+                       "Global batch size (over all replicas and workers).", **fv)
+  flags.DEFINE_enum("optimizer", d.optimizer, config_lib.OPTIMIZERS, "Optimizer.", **fv)
+  flags.DEFINE_float("learning_rate", d.learning_rate, "Learning rate.", **fv)
+  flags.DEFINE_integer("epochs", d.epochs, "Maximum number of epochs.", **fv)
+  flags.DEFINE_integer("patience", d.patience,
+                       "Stop after this many epochs without a lower validation loss.", **fv)
+  flags.DEFINE_boolean("augment", d.augment,
+                       "Random flips, rotations, zooms and shifts of the training images.", **fv)
+  flags.DEFINE_enum("augment_on", d.augment_on, config_lib.AUGMENT_ON, "Where --augment "
+                    "runs: host (in tf.data, overlapping the step) or device (inside the "
+                    "train step, so that a GPU does it and the host only decodes).", **fv)
+  flags.DEFINE_enum("strategy", d.strategy, strategy_lib.STRATEGIES,
+                    "tf.distribute strategy; multi_worker reads the cluster from TF_CONFIG.",
+                    **fv)
+  flags.DEFINE_integer("cpu_replicas", d.cpu_replicas,
+                       "Split the CPU into this many logical devices so that mirrored "
+                       "training runs without GPUs.", **fv)
+  flags.DEFINE_boolean("mixed_precision", d.mixed_precision,
+                       "mixed_float16 with loss scaling on GPU, mixed_bfloat16 on CPU.", **fv)
+  flags.DEFINE_integer("seed", d.seed, "Seed for weights, shuffling and augmentation. Runs are "
+                       "not bit-identical unless --deterministic: training shards are read "
+                       "in parallel, in the order they arrive; two runs with one seed differ "
+                       "by about 0.01-0.02 test accuracy after 10 epochs (EXPERIMENTS.md).",
+                       **fv)
+  flags.DEFINE_boolean("deterministic", d.deterministic, "Bit-identical runs for one --seed, "
+                       "machine and strategy: the input keeps a fixed order in every "
+                       "parallel stage (as fast on the host: BENCHMARKS.md) and TensorFlow "
+                       "uses deterministic kernels (on a GPU some are slower, and an op "
+                       "without one fails with an error naming it).", **fv)
+  flags.DEFINE_string("cache", d.cache, "Where decoded images are cached: empty for memory, "
+                      "else a file path prefix.", **fv)
+  flags.DEFINE_integer("image_size", d.image_size, "Resize images to this many pixels "
+                       "square (e.g. 96 or 224 for the applications); 0 keeps the stored "
+                       "size. Fixed-size data is cached at its stored size and resized per "
+                       "batch.", **fv)
+  flags.DEFINE_integer("steps_per_epoch", d.steps_per_epoch, "Cap on training steps per "
+                       "epoch (smoke runs); 0 = one pass over train.", **fv)
+  flags.DEFINE_integer("worker_timeout", d.worker_timeout, "--strategy=multi_worker: seconds "
+                       "a worker waits for the others, to connect and in each all-reduce, "
+                       "before it fails with an error; 0 waits forever.", **fv)
+  flags.DEFINE_boolean("verify_data", d.verify_data, "Read every shard once before training "
+                       "(CRCs, record counts, labels) so that a corrupt or mismatched "
+                       "--data_dir fails by name; --noverify_data skips it for very large "
+                       "datasets.", **fv)
+
+
+def config_from_flags(flag_values=flags.FLAGS):
+  names = [f.name for f in dataclasses.fields(config_lib.Config)]
+  return config_lib.Config(**{name: flag_values[name].value for name in names})
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  config = config_from_flags()
+  try:
+    config_lib.validate(config, model_names=models.MODELS)
+    # The first TensorFlow call: splitting the CPU into replicas must precede every op.
+    strategy = strategy_lib.make_strategy(config.strategy, config.cpu_replicas,
+                                          worker_timeout=config.worker_timeout)
+    train.train_and_evaluate(config, strategy)
+  except (config_lib.ConfigError, dataset_info.DatasetInfoError,
+          strategy_lib.StrategyError) as e:
+    # A one-line message on stderr and exit status 1, not a traceback: these are the
+    # user's settings to fix, not bugs.
+    sys.exit(f"trainer.main: error: {e}")
+  except strategy_lib.LOST_WORKER_ERRORS as e:
+    if config.strategy != "multi_worker":
+      raise
+    # A peer died or hung: this worker cannot go on alone (every step all-reduces).
+    reason = e.message.rsplit("aborted by: ", 1)[-1].strip().splitlines()
+    sys.exit(f"trainer.main: error: lost contact with another worker ({' '.join(reason[:2])}); "
+             "rerun the same command on every worker to resume from the last checkpoint in "
+             f"--model_dir={config.model_dir}")
+
+
+def run():
+  """The command line: defines the flags, parses them and trains."""
+  define_flags()
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

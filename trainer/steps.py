@@ -1,0 +1,121 @@
+"""The compiled train and eval steps, and running them: one code path for every strategy.
+
+A step returns per-replica SUMS (loss, correct, count), reduced over replicas and summed over
+steps, so that means come out exact whatever the number of replicas, workers and padding
+examples. Steps run STEPS_PER_CALL at a time inside one tf.function call.
+"""
+
+import keras
+import tensorflow as tf
+
+from trainer import augment as augment_lib
+
+# Steps per tf.function call. One Python call per step costs about a millisecond of dispatch,
+# a large share of a short accelerator step (a few ms for `simple` at batch 128); looping
+# inside the function removes it.
+STEPS_PER_CALL = 20
+
+
+def _sums(per_example_loss, labels, probs, weights):
+  """Per-replica sums (not means): summed over replicas and steps they give exact means."""
+  correct = tf.cast(tf.equal(tf.argmax(probs, axis=-1, output_type=tf.int32), labels),
+                    tf.float32)
+  return {"loss": tf.reduce_sum(per_example_loss * weights),
+          "correct": tf.reduce_sum(correct * weights),
+          "count": tf.reduce_sum(weights)}
+
+
+def _reduce(strategy, per_replica):
+  return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+          for k, v in per_replica.items()}
+
+
+def _looped(strategy, step_fn, num_classes=None):
+  """fn(iterator, num_steps) running `step_fn` on num_steps batches in one tf.function call,
+  returning the {loss, correct, count} sums (and "confusion" [true, predicted] counts when
+  num_classes is given) over all replicas and steps."""
+
+  @tf.function
+  def run(iterator, num_steps):
+    totals = {"loss": tf.constant(0.0), "correct": tf.constant(0.0), "count": tf.constant(0.0)}
+    if num_classes:
+      totals["confusion"] = tf.zeros([num_classes, num_classes])
+    for _ in tf.range(num_steps):
+      sums = _reduce(strategy, strategy.run(step_fn, args=next(iterator)))
+      totals = {k: totals[k] + sums[k] for k in totals}
+    return totals
+
+  return run
+
+
+def make_train_step(model, optimizer, strategy, global_batch_size, *, augment=None, seed=0):
+  """Returns train_steps(iterator, n) -> summed {loss, correct, count} of n global batches.
+
+  augment: an AugmentConfig to apply inside the step (--augment_on=device). Its draws are
+  seeded by (seed, optimizer step, replica), so they differ per batch and replica and a
+  resumed run does not replay them.
+  """
+  base_seed = tf.constant([seed, 7], tf.int64)
+
+  def step_fn(images, labels):
+    if augment is not None:
+      replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+      step_seed = tf.random.experimental.stateless_fold_in(
+          base_seed, tf.cast(optimizer.iterations, tf.int64), alg=augment_lib.RNG_ALG)
+      step_seed = tf.random.experimental.stateless_fold_in(step_seed, replica,
+                                                           alg=augment_lib.RNG_ALG)
+      images = augment_lib.augment_batch(images, augment, seed=step_seed)
+    images = tf.cast(images, tf.float32)  # uint8 pixels in; the model rescales
+    with tf.GradientTape() as tape:
+      probs = model(images, training=True)
+      per_example = keras.losses.sparse_categorical_crossentropy(labels, probs)
+      # Divide by the GLOBAL batch: the replicas' gradients are summed, so the sum of
+      # their losses is the mean over the global batch.
+      loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)
+      if model.losses:
+        loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+      scaled_loss = optimizer.scale_loss(loss)
+    grads = tape.gradient(scaled_loss, model.trainable_variables)
+    optimizer.apply(grads, model.trainable_variables)
+    return _sums(per_example, labels, probs, tf.ones_like(per_example))
+
+  return _looped(strategy, step_fn)
+
+
+def make_eval_step(model, strategy, num_classes=None):
+  """Returns eval_steps(iterator, n) -> summed weighted {loss, correct, count} of n batches
+  (and the "confusion" matrix, rows true and columns predicted, if num_classes is given)."""
+
+  def step_fn(images, labels, weights):
+    probs = model(tf.cast(images, tf.float32), training=False)
+    per_example = keras.losses.sparse_categorical_crossentropy(labels, probs)
+    sums = _sums(per_example, labels, probs, weights)  # padding has weight 0
+    if num_classes:
+      predicted = tf.argmax(probs, axis=-1, output_type=tf.int32)
+      sums["confusion"] = tf.math.confusion_matrix(labels, predicted, num_classes,
+                                                   weights=weights, dtype=tf.float32)
+    return sums
+
+  return _looped(strategy, step_fn, num_classes)
+
+
+def run_steps(looped_step, iterator, steps):
+  """Runs `steps` steps; returns {"loss": mean loss, "accuracy": ..., "examples": count}
+  (and "confusion" as nested int lists when the step counts it)."""
+  totals = None
+  for start in range(0, steps, STEPS_PER_CALL):
+    # A tensor, not an int: a new Python value would trace the function again.
+    sums = looped_step(iterator, tf.constant(min(STEPS_PER_CALL, steps - start)))
+    totals = sums if totals is None else {k: totals[k] + v for k, v in sums.items()}
+  count = float(totals["count"])
+  out = {"loss": float(totals["loss"]) / count, "accuracy": float(totals["correct"]) / count,
+         "examples": count}
+  if "confusion" in totals:
+    out["confusion"] = totals["confusion"].numpy().round().astype(int).tolist()
+  return out
+
+
+def barrier(strategy):
+  """Returns once every worker has called it (an all-reduce waits for all of them)."""
+  strategy.reduce(tf.distribute.ReduceOp.SUM,
+                  strategy.run(tf.function(lambda: tf.constant(1.0))), axis=None)
