@@ -7,7 +7,7 @@
 directory, waits until it answers, points the environment of this process (and of every
 process it starts) at it, and stops it and restores the environment on exit.
 
-Two things are set besides STORAGE_EMULATOR_HOST (see /work/shared/FIELD_NOTES.md):
+Two things are set besides STORAGE_EMULATOR_HOST (both seen on the development machines):
   * GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false, read when gcsfs is *imported*: with it on, every
     gcsfs call stalls ~60 s on a gRPC bucket-type probe the emulator cannot answer. This
     module sets it at import, so import it before anything imports gcsfs.

@@ -1,4 +1,4 @@
-"""A bad --data_dir fails before training with an error naming the bad thing (issue 6)."""
+"""A bad --data_dir fails before training with an error naming the bad thing."""
 
 import json
 import os
