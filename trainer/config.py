@@ -37,7 +37,9 @@ class Config:
   # A resumed run draws its shuffles from a seed moved on by the epoch it resumes at, so it
   # does not repeat an uninterrupted run.
   deterministic: bool = False
-  cache: str = ""  # "" caches decoded images in memory; else a file path prefix
+  # auto | memory | none | a file path prefix: which splits are cached where (trainer/cache.py).
+  # auto caches in memory what fits this process's memory budget and streams the rest.
+  cache: str = "auto"
   image_size: int = 0  # resize to image_size x image_size pixels; 0 keeps the stored size
   steps_per_epoch: int = 0  # cap on train steps per epoch; 0 means one pass over train
   # Multi-worker only: seconds to wait for the other workers, when connecting and in each

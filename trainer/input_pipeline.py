@@ -1,8 +1,11 @@
 """tf.data input pipelines from the TFRecord shards that `pipeline/` writes.
 
-    shard files -> parallel interleave of TFRecordDataset -> batches of records -> parse_batch
-    -> [keep a class subset] -> decode -> cache decoded uint8 -> shuffle -> repeat -> batch
-    -> [resize] -> augment -> prefetch
+    shard files (a new order each epoch) -> parallel interleave of TFRecordDataset -> batches
+    of records -> parse_batch -> [keep a class subset] -> decode [-> resize down] -> [cache
+    decoded uint8] -> shuffle -> repeat -> batch [-> resize up] -> augment -> prefetch
+
+Whether and where a split is cached is the caller's choice (trainer/cache.py decides it
+for `--cache`): in memory, in files, or not at all, streaming from the shards every epoch.
 
 What the pipelines yield (the model rescales its input itself):
   train: (images uint8 [B, H, W, 3], labels int32 [B]), endless, every batch full.
@@ -61,23 +64,28 @@ def _stored_size_is_fixed(info):
   return info.image_shape is not None
 
 
-def _cached_size(info, image_size):
-  """(height, width) of the decoded images the cache holds.
+def cached_size(info, image_size=None):
+  """(height, width) of the decoded images the cache (or, streaming, the shuffle buffer) holds:
+  the smaller of the stored and the output size.
 
-  Images of one fixed stored size are cached at that size and resized per batch after the
-  cache (so resizing CIFAR to 224 for a transfer model caches 3 KB per image, not 150 KB);
-  images that differ in size must be resized before they can be cached or batched.
+  Images of one fixed stored size trained larger are kept at the stored size and resized per
+  batch after the cache (CIFAR resized to 224 for a transfer model holds 3 KB per image, not
+  150 KB); trained smaller, they are resized before the cache (224-px records trained at 32 px
+  hold 3 KB, not 150 KB). Images that differ in size are resized before they can be cached or
+  batched.
   """
+  size = output_size(info, image_size)
   if _stored_size_is_fixed(info):
-    return tuple(int(s) for s in info.image_shape[:2])
-  return output_size(info, image_size)
+    stored = tuple(int(s) for s in info.image_shape[:2])
+    return stored if stored[0] * stored[1] <= size[0] * size[1] else size
+  return size
 
 
 def _resize_batch_fn(info, image_size):
   """fn(uint8 images [B, h, w, 3]) -> uint8 [B, H, W, 3] at the output size, or None when
   the cached images already have it."""
   size = output_size(info, image_size)
-  if _cached_size(info, image_size) == size:
+  if cached_size(info, image_size) == size:
     return None
 
   def resize(images):
@@ -90,13 +98,16 @@ def _resize_batch_fn(info, image_size):
 
 def _decoder(info, image_size):
   """Returns fn(parsed example dict) -> (uint8 [h, w, 3], int32 label) at the cached size."""
-  height, width = _cached_size(info, image_size)
-  may_differ = not _stored_size_is_fixed(info)
+  height, width = cached_size(info, image_size)
+  # Resize each image when the stored sizes vary, or when one stored size is larger than the
+  # cached size; else the cached images keep the stored size.
+  fixed = _stored_size_is_fixed(info)
+  needs_resize = not fixed or tuple(int(s) for s in info.image_shape[:2]) != (height, width)
 
   def decode(example):
     image = tf.io.decode_image(example[features.IMAGE], channels=3,
                                expand_animations=False)
-    if may_differ:
+    if needs_resize:
       def resize():
         resized = tf.image.resize(image, (height, width), antialias=True)
         return tf.saturate_cast(tf.round(resized), tf.uint8)
@@ -161,13 +172,19 @@ def _read_decoded(files, info, image_size, *, deterministic, shard=None, file_se
   return ds.map(_decoder(info, image_size), num_parallel_calls=AUTOTUNE)
 
 
+MEMORY = "memory"
+
+
 def _cache(ds, cache, name):
-  """cache=None: no cache; "": in memory; else a file path prefix (one file per `name`,
-  so train and eval, or two image sizes, never share one)."""
+  """cache=None: no cache; "memory" (or "", its old spelling): in memory; else a file path
+  prefix (one file per `name`, so train and eval, or two image sizes, never share one)."""
   if cache is None:
     return ds
-  if cache == "":
+  if cache in (MEMORY, ""):
     return ds.cache()
+  if cache in ("auto", "none"):
+    raise ValueError(f"cache={cache!r} is a --cache policy; trainer/cache.py resolves it "
+                     "to None, 'memory' or a file prefix per split")
   return ds.cache(f"{cache}-{name}")
 
 
@@ -189,7 +206,7 @@ def _options(deterministic):
   return options
 
 
-def train_dataset(info, *, batch_size, input_context=None, seed=0, augment=None, cache="",
+def train_dataset(info, *, batch_size, input_context=None, seed=0, augment=None, cache=MEMORY,
                   image_size=None, shuffle_buffer=DEFAULT_SHUFFLE_BUFFER, deterministic=False):
   """Endless training batches for one input pipeline.
 
@@ -201,8 +218,8 @@ def train_dataset(info, *, batch_size, input_context=None, seed=0, augment=None,
       reads a disjoint share of the shard files: files[id::num_input_pipelines].
     seed: int; seeds the shuffle and the augmentation draws (per pipeline and batch).
     augment: trainer.augment.AugmentConfig or None (no augmentation).
-    cache: "" caches decoded images in memory, a path caches them in files with that
-      prefix, None does not cache (for data larger than memory).
+    cache: "memory" caches decoded images in memory, a path caches them in files with that
+      prefix, None does not cache (streams the shards every epoch: data larger than memory).
     image_size: int or (height, width) to resize to; required when the images differ.
     shuffle_buffer: examples held for shuffling (capped at the examples in the share).
     deterministic: bool; False lets parallel stages hand out files, examples and batches as
@@ -226,7 +243,7 @@ def train_dataset(info, *, batch_size, input_context=None, seed=0, augment=None,
           f"Rebuild the data with at least {num_pipelines} train shards (ideally 10x as "
           "many).")
     files = files[pipeline_id::num_pipelines]
-  height, width = _cached_size(info, image_size)
+  height, width = cached_size(info, image_size)
   # Pipelines hold different data: a stream of their own each.
   pipeline_seed = seeds.derive(seed, seeds.INPUT_PIPELINE, pipeline_id)
   ds = _read_decoded(files, info, image_size, deterministic=deterministic,
@@ -271,7 +288,8 @@ def eval_steps(num_examples, *, batch_size, num_pipelines=1, replicas_per_pipeli
   return math.ceil(per_pipeline / (replicas_per_pipeline * batch_size))
 
 
-def eval_dataset(info, split, *, batch_size, input_context=None, image_size=None, cache=""):
+def eval_dataset(info, split, *, batch_size, input_context=None, image_size=None,
+                 cache=MEMORY):
   """A finite, deterministic, never augmented pass over `split` for one input pipeline.
 
   Each pipeline takes every num_input_pipelines-th example (by index, from its id) and
@@ -289,7 +307,7 @@ def eval_dataset(info, split, *, batch_size, input_context=None, image_size=None
   steps = eval_steps(split_info.num_examples, batch_size=batch_size,
                      num_pipelines=num_pipelines, replicas_per_pipeline=replicas)
   total = steps * replicas * batch_size  # examples this pipeline yields, padding included
-  height, width = _cached_size(info, image_size)
+  height, width = cached_size(info, image_size)
   if not split_info.shards:
     raise ValueError(f"The {split} split of {info.data_dir} has no shard files.")
   ds = _read_decoded(split_info.shards, info, image_size, deterministic=True,

@@ -91,12 +91,16 @@ def define_flags(flag_values=flags.FLAGS):
                        "parallel stage (as fast on the host: BENCHMARKS.md) and TensorFlow "
                        "uses deterministic kernels (on a GPU some are slower, and an op "
                        "without one fails with an error naming it).", **fv)
-  flags.DEFINE_string("cache", d.cache, "Where decoded images are cached: empty for memory, "
-                      "else a file path prefix.", **fv)
+  flags.DEFINE_string("cache", d.cache, "Where decoded train and validation images are "
+                      "cached: auto (in memory what fits this process's memory, the cgroup "
+                      "limit or RAM; the rest streams from the shards every epoch), memory "
+                      "(fails before training if it cannot fit), none (always stream), or a "
+                      "file path prefix. The test split is read once and never cached.", **fv)
   flags.DEFINE_integer("image_size", d.image_size, "Resize images to this many pixels "
                        "square (e.g. 96 or 224 for the applications); 0 keeps the stored "
-                       "size. Fixed-size data is cached at its stored size and resized per "
-                       "batch.", **fv)
+                       "size. Images are cached at the smaller of the stored and this size: "
+                       "resized before the cache when smaller, per batch after it when "
+                       "larger.", **fv)
   flags.DEFINE_integer("steps_per_epoch", d.steps_per_epoch, "Cap on training steps per "
                        "epoch (smoke runs); 0 = one pass over train.", **fv)
   flags.DEFINE_integer("worker_timeout", d.worker_timeout, "--strategy=multi_worker: seconds "

@@ -210,6 +210,22 @@ def num_workers(strategy):
   return sum(len(cluster.get(job, ())) for job in ("chief", "worker")) or 1
 
 
+def _host(address):
+  host = address.rsplit(":", 1)[0].strip("[]").lower()
+  return "127.0.0.1" if host in ("localhost", "::1", "127.0.0.1") else host
+
+
+def workers_on_this_host(strategy):
+  """Worker processes of the cluster on this process's host (by TF_CONFIG's addresses), 1
+  outside a cluster: they share this host's memory."""
+  task_type, task_id = _task(strategy)
+  if task_type is None:
+    return 1
+  cluster = strategy.cluster_resolver.cluster_spec().as_dict()
+  own = _host(cluster[task_type][task_id])
+  return sum(_host(a) == own for job in ("chief", "worker") for a in cluster.get(job, ())) or 1
+
+
 def name_of(strategy):
   """The --strategy value that builds this kind of strategy (auto resolves to one of them).
 

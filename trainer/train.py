@@ -24,6 +24,7 @@ import tensorflow as tf
 from pipeline import dataset_info
 from pipeline import verify
 from trainer import augment as augment_lib
+from trainer import cache as cache_lib
 from trainer import checkpoints as checkpoints_lib
 from trainer import config as config_lib
 from trainer import input_pipeline
@@ -63,8 +64,9 @@ def train_and_evaluate(config, strategy):
                  resumed_from, first_epoch, int(state.best_epoch), float(state.best_val_loss))
 
   steps = train_steps_per_epoch(info, config)
-  train_iterator = iter(distributed_train_data(strategy, info, config, first_epoch))
-  val_data, val_steps = distributed_eval_data(strategy, info, "validation", config)
+  caches = plan_caches(config, info, strategy)
+  train_iterator = iter(distributed_train_data(strategy, info, config, first_epoch, caches))
+  val_data, val_steps = distributed_eval_data(strategy, info, "validation", config, caches)
   train_steps = TrainSteps(model, optimizers, strategy, config)
   eval_step = steps_lib.make_eval_step(model, strategy)
   writers = workdir.summary_writers(dirs)
@@ -94,7 +96,7 @@ def train_and_evaluate(config, strategy):
     checkpoints.save(int(state.epoch))
     report_epoch(writers, row, speeds[-1][0] / speeds[-1][1], config, state)
 
-  test = test_best_weights(strategy, checkpoints, state, model, info, config)
+  test = test_best_weights(strategy, checkpoints, state, model, info, config, caches)
   workdir.write_scalars(writers["test"], int(state.best_epoch),
                         {"loss": test["loss"], "accuracy": test["accuracy"]})
   workdir.export(model, dirs)
@@ -132,8 +134,15 @@ def load_data(config, strategy):
   return info
 
 
-def distributed_train_data(strategy, info, config, first_epoch):
-  """An endless distributed dataset of per-replica train batches.
+def plan_caches(config, info, strategy):
+  """The cache.CachePlan of this process (what --cache means here, with this host's memory)."""
+  return cache_lib.plan(config, info, num_workers=strategy_lib.num_workers(strategy),
+                        workers_on_host=strategy_lib.workers_on_this_host(strategy))
+
+
+def distributed_train_data(strategy, info, config, first_epoch, caches):
+  """An endless distributed dataset of per-replica train batches, cached as `caches` (a
+  cache.CachePlan) says.
 
   Its seed is derived from the epoch the run starts from, so that a resumed run does not
   replay the shuffle order (and augmentations) of the epochs it has already trained.
@@ -149,21 +158,23 @@ def distributed_train_data(strategy, info, config, first_epoch):
                  list(info.split("train").shards[pipeline::pipelines]))
     return input_pipeline.train_dataset(
         info, batch_size=input_context.get_per_replica_batch_size(config.batch_size),
-        input_context=input_context, seed=seed, augment=augment, cache=config.cache,
-        image_size=config.image_size or None, deterministic=config.deterministic)
+        input_context=input_context, seed=seed, augment=augment, cache=caches.train,
+        image_size=config.image_size or None, deterministic=config.deterministic,
+        shuffle_buffer=caches.shuffle_buffer)
 
   return strategy.distribute_datasets_from_function(dataset_fn)
 
 
-def distributed_eval_data(strategy, info, split, config):
-  """(distributed dataset, global steps for one pass over `split`)."""
+def distributed_eval_data(strategy, info, split, config, caches):
+  """(distributed dataset, global steps for one pass over `split`), cached as `caches` says
+  (the test split, read once, never)."""
   steps = []
 
   def dataset_fn(input_context):
     ds, n = input_pipeline.eval_dataset(
         info, split, batch_size=input_context.get_per_replica_batch_size(config.batch_size),
         input_context=input_context, image_size=config.image_size or None,
-        cache=config.cache)
+        cache=caches.for_split(split))
     steps.append(n)
     return ds
 
@@ -291,12 +302,12 @@ def report_epoch(writers, row, examples_per_s, config, state):
       int(state.epochs_since_best), config.patience)
 
 
-def test_best_weights(strategy, checkpoints, state, model, info, config):
+def test_best_weights(strategy, checkpoints, state, model, info, config, caches):
   """Loads the best weights into the model and evaluates them on the test split, with the
   confusion matrix."""
   steps_lib.barrier(strategy)  # the chief's last best/ save is complete before anyone reads it
   checkpoints.restore_best(int(state.best_epoch))
-  test_data, test_steps = distributed_eval_data(strategy, info, "test", config)
+  test_data, test_steps = distributed_eval_data(strategy, info, "test", config, caches)
   eval_step = steps_lib.make_eval_step(model, strategy, num_classes=info.num_classes)
   return steps_lib.run_steps(eval_step, iter(test_data), test_steps)
 

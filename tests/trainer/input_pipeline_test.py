@@ -4,6 +4,7 @@ import collections
 import dataclasses
 import glob
 import itertools
+import os
 
 import numpy as np
 import pytest
@@ -209,6 +210,31 @@ def test_image_size_resizes_and_is_required_when_sizes_differ(info):
   ds, _ = input_pipeline.eval_dataset(mixed, "test", batch_size=8, image_size=32)
   np.testing.assert_array_equal(np.concatenate([b[0] for b in ds.as_numpy_iterator()]),
                                 images)
+
+
+def test_trained_below_the_stored_size_images_are_cached_resized(info, tmp_path):
+  """--image_size below the stored size resizes before the cache (the cache holds the small
+  images: a quarter of the bytes at half the side), with the same pixels as resizing each
+  stored image; above it, the cache keeps the stored size and batches are resized after."""
+  assert input_pipeline.cached_size(info, 16) == (16, 16)
+  assert input_pipeline.cached_size(info, 64) == (32, 32)
+  sizes = {}
+  for side in (16, 32):
+    prefix = str(tmp_path / f"c{side}")
+    ds, _ = input_pipeline.eval_dataset(info, "test", batch_size=8, image_size=side,
+                                        cache=prefix)
+    batches = list(ds.as_numpy_iterator())
+    sizes[side] = sum(os.path.getsize(f) for f in glob.glob(prefix + "*"))
+    if side == 16:
+      small = np.concatenate([b[0] for b in batches])[np.concatenate([b[2] for b in batches]) > 0]
+  assert sizes[16] < 0.35 * sizes[32], sizes
+  _, _, stored, _, weights = _eval_pass(info, "test", 8)
+  stored = stored[weights > 0]
+  expected = tf.saturate_cast(tf.round(tf.image.resize(stored, (16, 16), antialias=True)),
+                              tf.uint8).numpy()
+  np.testing.assert_array_equal(small, expected)
+  ds, _ = input_pipeline.eval_dataset(info, "test", batch_size=8, image_size=64)
+  assert ds.element_spec[0].shape == (8, 64, 64, 3)
 
 
 def test_steps_per_epoch(info):

@@ -29,7 +29,7 @@ def test_flags_read_back_as_written(dirs):
   flags = workdir.read_flags(dirs.model_dir)
   assert list(flags) == [f.name for f in dataclasses.fields(config_lib.Config)]
   assert (flags["augment"], flags["deterministic"], flags["learning_rate"], flags["classes"],
-          flags["cache"], flags["data_dir"]) == ("false", "true", "0.0003", "cat,dog", "",
+          flags["cache"], flags["data_dir"]) == ("false", "true", "0.0003", "cat,dog", "auto",
                                                  "gs://b/d")
   assert workdir.read_flags(dirs.model_dir + "/nothing") is None
 
