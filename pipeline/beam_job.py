@@ -27,6 +27,7 @@ from pipeline import dataset_info
 from pipeline import features
 from pipeline import images
 from pipeline import sources
+from pipeline import splits
 
 NAMESPACE = "build_tfrecords"
 REJECTED = "rejected"
@@ -69,7 +70,7 @@ class AssignSplitAndClass(beam.DoFn):
       counter("excluded/class_subset").inc()
       return
     element = dict(element, label=new_label)
-    element["split"] = sources.assign_split(element["key"], element["split"], *self._fractions)
+    element["split"] = splits.assign_split(element["key"], element["split"], *self._fractions)
     yield element
 
 
@@ -252,7 +253,7 @@ def build(pipeline, plan, *, output_dir, split_names, num_shards, kept, validati
     # the local runners, so shards would hold long runs of one class: readers then see a
     # class-skewed stream that no shuffle buffer smaller than the split can fix. Order them
     # by key hash instead: mixed, and the same on every rerun.
-    mixed = sorted(plan.elements, key=lambda e: sources.key_fraction(e["key"]))
+    mixed = sorted(plan.elements, key=lambda e: splits.key_fraction(e["key"]))
     planned.append(p | "PathElements" >> CreateElements(mixed, reshuffle=False))
   if plan.reads:
     planned.append(p | "ArchiveReads" >> beam.Create(plan.reads)

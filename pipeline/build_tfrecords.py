@@ -21,6 +21,7 @@ from absl import app
 from absl import flags
 
 from pipeline import sources
+from pipeline import splits
 
 FLAGS = flags.FLAGS
 
@@ -53,7 +54,8 @@ def define_flags():
   flags.DEFINE_float("test_fraction", 0.1, "Fraction of train held out as test, by key hash, "
                      "when the source has no test split of its own.", 0.0, 0.9)
   flags.DEFINE_integer("num_classes", 0, "Keep this many classes, drawn with --class_seed "
-                       "(0: all). Labels are remapped to 0..N-1.", lower_bound=0)
+                       "(0: all). Labels are remapped to 0..N-1. The same N and seed pick "
+                       "the same classes as the trainer's --classes=N --seed=S.", lower_bound=0)
   flags.DEFINE_integer("class_seed", 0, "Seed of the --num_classes draw.")
   flags.DEFINE_list("classes", [], "Keep these classes, in this label order.")
   flags.DEFINE_integer("image_size", 0, "Resize every image to this height and width "
@@ -165,7 +167,8 @@ def make_runner(options):
 
 
 def run_job(config, beam_argv=()):
-  """Plans, runs the job, prints a summary. Raises sources.SourceError on unreadable input."""
+  """Plans, runs the job, prints a summary. Raises sources.SourceError on unreadable input,
+  splits.ClassSubsetError on a class subset the source cannot provide."""
   import apache_beam as beam
   from apache_beam.metrics.metric import MetricsFilter
   from apache_beam.options.pipeline_options import PipelineOptions
@@ -173,8 +176,8 @@ def run_job(config, beam_argv=()):
 
   t0 = time.time()
   plan = make_plan(config)
-  kept = sources.select_classes(plan.class_names, num_classes=config.num_classes,
-                                class_seed=config.class_seed, classes=config.classes)
+  kept = splits.select_classes(plan.class_names, num_classes=config.num_classes,
+                               class_seed=config.class_seed, classes=config.classes)
   sizes = split_sizes(plan, config)
   if len(kept) < len(plan.class_names):  # A class subset shrinks every split proportionally.
     sizes = {s: n * len(kept) / len(plan.class_names) for s, n in sizes.items()}
@@ -244,7 +247,7 @@ def main(argv):
   logging.getLogger().setLevel(logging.INFO)
   try:
     result = run_job(JobConfig.from_flags(), argv[1:])
-  except sources.SourceError as e:
+  except (sources.SourceError, splits.ClassSubsetError) as e:
     logging.error("%s", e)
     sys.exit(2)
   sys.exit(result.exit_code)

@@ -4,7 +4,7 @@
     python -m tools.bench_beam --limit=10000 --json   # {"images_per_s": {...}, ...}
 
   plain_loop     one process, no Beam: the same planning (pipeline.sources.plan_image_dir),
-                 split assignment (sources.assign_split), image checks and conversion
+                 split assignment (pipeline.splits.assign_split), image checks and conversion
                  (pipeline.images.prepare), train-split pixel statistics, record encoding
                  (pipeline.features.encode_example) and TFRecord framing (Beam's own
                  _TFRecordUtil.write_record) into as many shards per split as the job writes.
@@ -48,8 +48,9 @@ def limited_tree(image_dir, limit, out_dir):
   Salted: the job assigns validation and test by the unsalted key hash, so the images first
   in that order would all be held out."""
   from pipeline import sources
+  from pipeline import splits
   plan = sources.plan_image_dir(image_dir)
-  chosen = sorted(plan.elements, key=lambda e: sources.key_fraction("bench_beam:" + e["key"]))
+  chosen = sorted(plan.elements, key=lambda e: splits.key_fraction("bench_beam:" + e["key"]))
   chosen = chosen[:limit]
   for element in chosen:
     link = pathlib.Path(out_dir) / element["key"]
@@ -66,6 +67,7 @@ def plain_loop(image_dir, output_dir, validation_fraction=0.1, test_fraction=0.1
   from pipeline import features
   from pipeline import images
   from pipeline import sources
+  from pipeline import splits
   plan = sources.plan_image_dir(image_dir)
   sizes = build_tfrecords.split_sizes(plan, build_tfrecords.JobConfig(
       source="image_dir", output_dir=output_dir, validation_fraction=validation_fraction,
@@ -78,9 +80,9 @@ def plain_loop(image_dir, output_dir, validation_fraction=0.1, test_fraction=0.1
   stats = np.zeros(7)
   rejected = []
   try:
-    for element in sorted(plan.elements, key=lambda e: sources.key_fraction(e["key"])):
-      split = sources.assign_split(element["key"], element["split"], validation_fraction,
-                                   test_fraction, plan.has_test)
+    for element in sorted(plan.elements, key=lambda e: splits.key_fraction(e["key"])):
+      split = splits.assign_split(element["key"], element["split"], validation_fraction,
+                                  test_fraction, plan.has_test)
       try:
         encoded, fmt, pixels, _ = images.prepare(sources.read_bytes(element["path"]))
       except images.BadImage as e:
@@ -121,6 +123,7 @@ def run(image_dir=DEFAULT_IMAGE_DIR, limit=0, repeats=3, methods=METHODS, log=No
   """Returns {"images_per_s": {method: median}, "runs": {method: [per repeat]}, ...}."""
   import apache_beam  # pylint: disable=unused-import  # imported once, before any timing
   from pipeline import sources
+  from pipeline import splits
   with tempfile.TemporaryDirectory(prefix="bench_beam_") as tmp:
     if limit:
       image_dir = limited_tree(image_dir, limit, os.path.join(tmp, "images"))
