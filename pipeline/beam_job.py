@@ -13,13 +13,11 @@ remote runners import them) and counted in the `build_tfrecords` metrics namespa
 import collections
 import csv
 import io
-import json
 import logging
 import math
 import time
 
 import apache_beam as beam
-import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
@@ -76,7 +74,7 @@ class AssignSplitAndClass(beam.DoFn):
 
 class Summary:
   """What dataset_info.json needs from the written examples: counts per (split, label), the
-  image shapes, train pixel sums and conversions. EncodeExample keeps one per bundle and
+  image shapes and conversions. EncodeExample keeps one per bundle and
   emits it once at the bundle's end, so that the metadata needs no per-example branch of
   its own (one stage and one element per bundle instead of four branches of one element per
   example; on the DirectRunner the two cost about the same, BENCHMARKS.md)."""
@@ -84,24 +82,17 @@ class Summary:
   def __init__(self):
     self.counts = collections.Counter()  # (split, label) -> examples
     self.shapes = set()  # (height, width)
-    self.stats = np.zeros(7)  # train: sum R, G, B; sum of squares R, G, B; pixel count
     self.converted = collections.Counter()  # kind -> images
 
-  def add(self, split, label, shape, pixels, converted_kind):
+  def add(self, split, label, shape, converted_kind):
     self.counts[(split, label)] += 1
     self.shapes.add(shape)
-    if split == "train":
-      flat = pixels.reshape(-1, 3).astype(np.float64)
-      self.stats[0:3] += flat.sum(0)
-      self.stats[3:6] += np.einsum("ij,ij->j", flat, flat)
-      self.stats[6] += len(flat)
     if converted_kind:
       self.converted[converted_kind] += 1
 
   def merge(self, other):
     self.counts.update(other.counts)
     self.shapes |= other.shapes
-    self.stats += other.stats
     self.converted.update(other.converted)
     return self
 
@@ -153,7 +144,7 @@ class EncodeExample(beam.DoFn):
         label=label, coarse_label=element.get("coarse_label", features.NO_COARSE_LABEL))
     counter(f"examples/{split}").inc()
     counter(f"examples/{split}/{self._class_names[label]}").inc()
-    self._summary.add(split, label, (height, width), pixels, kind)
+    self._summary.add(split, label, (height, width), kind)
     self._done += 1
     if self._done % 5000 == 0:  # Progress: the DirectRunner shows none of its own.
       logging.info("encoded %d images in this worker (%.0f/s)", self._done,
@@ -204,41 +195,29 @@ def WriteSplit(examples, output_dir, split, num_shards):  # pylint: disable=inva
 
 def write_info(_, *, output_dir, meta, split_names, summary, files, rejected,
                max_reject_fraction):
-  """Assembles dataset_info.json from the job's Summary and side outputs and writes it."""
+  """Assembles dataset_info.json from the job's Summary and side outputs and writes it.
+  Returns the name written: dataset_info.json, or the failed variant when too much was
+  rejected."""
   num_classes = len(meta["class_names"])
-  splits = {}
+  shard_names = sorted(f.rsplit("/", 1)[-1] for f in files)
+  split_infos = {}
   for split in split_names:
     per_class = [0] * num_classes
     for (s, label), n in summary.counts.items():
       if s == split:
         per_class[label] = n
-    prefix = split + "-"
-    shards = sorted(f.rsplit("/", 1)[-1] for f in files
-                    if f.rsplit("/", 1)[-1].startswith(prefix))
-    splits[split] = {"num_examples": sum(per_class), "shards": shards, "per_class": per_class}
-  stats = summary.stats
-  pixel_count = max(stats[6], 1.0)
-  mean = stats[0:3] / pixel_count
-  std = np.sqrt(np.maximum(stats[3:6] / pixel_count - mean**2, 0.0))
+    shards = [f for f in shard_names if f.startswith(split + "-")]
+    split_infos[split] = dataset_info.split_info(output_dir, shards, per_class)
   shapes = sorted(summary.shapes)
-  by_reason = dict(sorted(rejected))
-  written = sum(s["num_examples"] for s in splits.values())
-  total_rejected = sum(by_reason.values())
-  info = dict(meta)
-  info.update({
-      "format_version": dataset_info.FORMAT_VERSION,
-      "image_shape": [shapes[0][0], shapes[0][1], 3] if len(shapes) == 1 else None,
-      "splits": splits,
-      "train_mean": [round(float(x), 4) for x in mean],
-      "train_std": [round(float(x), 4) for x in std],
-      "rejected": {"total": total_rejected, "by_reason": by_reason,
-                   "fraction": round(total_rejected / max(written + total_rejected, 1), 6)},
-      "converted": dict(sorted(summary.converted.items())),
-  })
-  ok = info["rejected"]["fraction"] <= max_reject_fraction
+  written = sum(s.num_examples for s in split_infos.values())
+  info = dataset_info.DatasetInfo(
+      data_dir=output_dir, splits=split_infos,
+      image_shape=(shapes[0][0], shapes[0][1], 3) if len(shapes) == 1 else None,
+      rejected=dataset_info.rejected_summary(dict(rejected), written),
+      converted=dict(sorted(summary.converted.items())), **meta)
+  ok = info.rejected["fraction"] <= max_reject_fraction
   name = features.INFO_FILE if ok else FAILED_INFO_FILE
-  with FileSystems.create(dataset_info.join(output_dir, name)) as f:
-    f.write(json.dumps(info, indent=2).encode())
+  dataset_info.write(info, name=name, create=FileSystems.create)
   return name
 
 
@@ -283,8 +262,8 @@ def build(pipeline, plan, *, output_dir, split_names, num_shards, kept, validati
   # Rejections found while planning are counted in the job, beside those found in it.
   _ = planned_rejections | "CountPlanned" >> beam.Map(_count_planned_rejection)
 
-  meta = {"source": plan.description, "class_names": class_names,
-          "coarse_class_names": list(plan.coarse_class_names), "command": command,
+  meta = {"source": plan.description, "class_names": tuple(class_names),
+          "coarse_class_names": tuple(plan.coarse_class_names), "command": command,
           "skipped": dict(plan.skipped)}
   side = beam.pvalue
   return (
