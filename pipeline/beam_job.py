@@ -1,7 +1,12 @@
 """The Beam job: planned elements -> checked, encoded records -> sharded TFRecords + metadata.
 
-Stages are named, module-level (Beam pickles them, and the multi-processing DirectRunner and
-remote runners import them) and counted in the `build_tfrecords` metrics namespace:
+    ReadInputs -> AssignSplits -> EncodeImages -> WriteShards       (<split>-*.tfrecord)
+                                               -> WriteRejections   (rejected.csv)
+                                               -> WriteMetadata     (dataset_info.json)
+
+Each stage is a named, module-level `beam.ptransform_fn` (Beam pickles them, and the
+multi-processing DirectRunner and remote runners import them); they are counted in the
+`build_tfrecords` metrics namespace:
 
   examples/<split>               records written per split
   examples/<split>/<class name>  records written per split and class
@@ -29,7 +34,6 @@ from pipeline import splits
 
 NAMESPACE = "build_tfrecords"
 REJECTED = "rejected"
-SUMMARY = "summary"
 EXAMPLES_PER_SHARD = 5000  # ~10 MB of CIFAR-size JPEG/PNG per shard (TF guidance: >= 10 MB).
 FAILED_INFO_FILE = "dataset_info.failed.json"
 
@@ -74,21 +78,18 @@ class AssignSplitAndClass(beam.DoFn):
 
 class Summary:
   """What dataset_info.json needs from the written examples: counts per (split, label), the
-  image shapes and conversions. EncodeExample keeps one per bundle and
-  emits it once at the bundle's end, so that the metadata needs no per-example branch of
-  its own (one stage and one element per bundle instead of four branches of one element per
-  example; on the DirectRunner the two cost about the same, BENCHMARKS.md)."""
+  image shapes and conversions."""
 
   def __init__(self):
     self.counts = collections.Counter()  # (split, label) -> examples
     self.shapes = set()  # (height, width)
     self.converted = collections.Counter()  # kind -> images
 
-  def add(self, split, label, shape, converted_kind):
-    self.counts[(split, label)] += 1
-    self.shapes.add(shape)
-    if converted_kind:
-      self.converted[converted_kind] += 1
+  def add(self, example):
+    self.counts[(example["split"], example["label"])] += 1
+    self.shapes.add(example["shape"])
+    if example["converted"]:
+      self.converted[example["converted"]] += 1
 
   def merge(self, other):
     self.counts.update(other.counts)
@@ -97,16 +98,35 @@ class Summary:
     return self
 
 
-def merge_summaries(summaries):
-  total = Summary()
-  for s in summaries:
-    total.merge(s)
-  return total
+class SummarizeExamples(beam.CombineFn):
+  """Encoded examples -> one Summary. Beam lifts the adding into the stage that encodes (a
+  partial Summary per bundle, as a hand-kept per-bundle accumulator would), and merges the
+  partial ones after one small shuffle."""
+
+  def create_accumulator(self):
+    return Summary()
+
+  def add_input(self, summary, example):
+    summary.add(example)
+    return summary
+
+  def merge_accumulators(self, summaries):
+    summaries = iter(summaries)
+    total = next(summaries)
+    for s in summaries:
+      total.merge(s)
+    return total
+
+  def extract_output(self, summary):
+    return summary
 
 
 class EncodeExample(beam.DoFn):
-  """Reads, checks, converts and encodes one image; bad inputs go to the `rejected` output,
-  and one Summary per bundle to the `summary` output."""
+  """Reads, checks, converts and encodes one image; bad inputs go to the `rejected` output.
+
+  An example is {"split", "label", "shape": (height, width), "converted": kind or None,
+  "record": serialized tf.Example}: the record for the shards, the rest for the summary.
+  """
 
   def __init__(self, class_names, image_size=None):
     self._class_names = class_names
@@ -115,13 +135,6 @@ class EncodeExample(beam.DoFn):
   def setup(self):
     self._done = 0
     self._start = time.time()
-
-  def start_bundle(self):
-    self._summary = Summary()
-
-  def finish_bundle(self):
-    yield beam.pvalue.TaggedOutput(
-        SUMMARY, beam.transforms.window.GlobalWindows.windowed_value(self._summary))
 
   def process(self, element):
     source = element.get("path") or element["key"]
@@ -144,12 +157,12 @@ class EncodeExample(beam.DoFn):
         label=label, coarse_label=element.get("coarse_label", features.NO_COARSE_LABEL))
     counter(f"examples/{split}").inc()
     counter(f"examples/{split}/{self._class_names[label]}").inc()
-    self._summary.add(split, label, (height, width), kind)
     self._done += 1
     if self._done % 5000 == 0:  # Progress: the DirectRunner shows none of its own.
       logging.info("encoded %d images in this worker (%.0f/s)", self._done,
                    self._done / (time.time() - self._start))
-    yield {"split": split, "record": record}
+    yield {"split": split, "label": label, "shape": (height, width), "converted": kind,
+           "record": record}
 
 
 def _read(path):
@@ -183,17 +196,11 @@ def reason_one(rejection):
   return rejection[1], 1
 
 
-@beam.ptransform_fn
-def WriteSplit(examples, output_dir, split, num_shards):  # pylint: disable=invalid-name
-  """One split's records -> `<output_dir>/<split>-NNNNN-of-MMMMM.tfrecord`."""
-  return (examples
-          | "Records" >> beam.Map(get_record)
-          | "Write" >> beam.io.WriteToTFRecord(
-              dataset_info.join(output_dir, split), file_name_suffix=".tfrecord",
-              num_shards=num_shards, shard_name_template="-SSSSS-of-NNNNN"))
+def _count_planned_rejection(rejection):
+  counter(f"rejected/{rejection[1]}").inc()
 
 
-def write_info(_, *, output_dir, meta, split_names, summary, files, rejected,
+def write_info(summary, *, output_dir, meta, split_names, files, rejected,
                max_reject_fraction):
   """Assembles dataset_info.json from the job's Summary and side outputs and writes it.
   Returns the name written: dataset_info.json, or the failed variant when too much was
@@ -221,11 +228,14 @@ def write_info(_, *, output_dir, meta, split_names, summary, files, rejected,
   return name
 
 
-def build(pipeline, plan, *, output_dir, split_names, num_shards, kept, validation_fraction,
-          test_fraction, image_size, max_reject_fraction, command):
-  """Adds the whole job to `pipeline`. num_shards: split -> count."""
-  p = pipeline
-  class_names = [plan.class_names[i] for i in kept]
+# --- the stages, in the order the job runs them ------------------------------------------------
+# Named as Beam and TFX name transforms, in CamelCase.
+# pylint: disable=invalid-name
+
+
+@beam.ptransform_fn
+def ReadInputs(pipeline, plan):
+  """The plan -> (elements, rejections found while planning, counted here)."""
   planned = []
   if plan.elements:
     # Planned paths come sorted by folder, i.e. by class, and Reshuffle keeps their order on
@@ -233,50 +243,102 @@ def build(pipeline, plan, *, output_dir, split_names, num_shards, kept, validati
     # class-skewed stream that no shuffle buffer smaller than the split can fix. Order them
     # by key hash instead: mixed, and the same on every rerun.
     mixed = sorted(plan.elements, key=lambda e: splits.key_fraction(e["key"]))
-    planned.append(p | "PathElements" >> CreateElements(mixed, reshuffle=False))
+    planned.append(pipeline | "PathElements" >> CreateElements(mixed, reshuffle=False))
   if plan.reads:
-    planned.append(p | "ArchiveReads" >> beam.Create(plan.reads)
+    planned.append(pipeline | "ArchiveReads" >> beam.Create(plan.reads)
                    | "ReadArchives" >> beam.FlatMap(sources.run_read))
-  elements = (planned if planned else [p | "NoElements" >> beam.Create([])]) | "All" >> beam.Flatten()
+  if not planned:
+    planned.append(pipeline | "NoElements" >> beam.Create([]))
+  elements = planned | "All" >> beam.Flatten()
+  rejections = pipeline | "PlanRejections" >> beam.Create(plan.rejected)
+  _ = rejections | "CountPlanned" >> beam.Map(_count_planned_rejection)
+  return elements, rejections
+
+
+@beam.ptransform_fn
+def AssignSplits(elements, kept, validation_fraction, test_fraction, has_test):
+  """Elements -> elements of the kept classes, relabelled, with their split."""
+  return elements | "AssignSplitAndClass" >> beam.ParDo(AssignSplitAndClass(
+      kept, validation_fraction, test_fraction, has_test))
+
+
+@beam.ptransform_fn
+def EncodeImages(elements, class_names, image_size):
+  """Elements -> (examples, rejections): see EncodeExample."""
   encoded = (
       elements
-      | "AssignSplitAndClass" >> beam.ParDo(AssignSplitAndClass(
-          kept, validation_fraction, test_fraction, plan.has_test))
       # Spread the expensive reads and decodes over workers (path lists arrive as one bundle).
       | "Spread" >> beam.Reshuffle()
       | "Encode" >> beam.ParDo(EncodeExample(class_names, image_size)).with_outputs(
-          REJECTED, SUMMARY, main="examples"))
-  examples = encoded.examples
+          REJECTED, main="examples"))
+  return encoded.examples, encoded[REJECTED]
+
+
+@beam.ptransform_fn
+def WriteSplit(examples, output_dir, split, num_shards):
+  """One split's records -> `<output_dir>/<split>-NNNNN-of-MMMMM.tfrecord`."""
+  return (examples
+          | "Records" >> beam.Map(get_record)
+          | "Write" >> beam.io.WriteToTFRecord(
+              dataset_info.join(output_dir, split), file_name_suffix=".tfrecord",
+              num_shards=num_shards, shard_name_template="-SSSSS-of-NNNNN"))
+
+
+@beam.ptransform_fn
+def WriteShards(examples, output_dir, split_names, num_shards):
+  """Examples -> the shard files of every split (the names written)."""
   parts = examples | "BySplit" >> beam.Partition(split_of, len(split_names), split_names)
   files = [parts[i] | f"Write_{split}" >> WriteSplit(output_dir, split, num_shards[split])
            for i, split in enumerate(split_names)]
-  files = files | "ShardFiles" >> beam.Flatten()
+  return files | "ShardFiles" >> beam.Flatten()
 
-  planned_rejections = p | "PlanRejections" >> beam.Create(plan.rejected)
-  rejected = (planned_rejections, encoded[REJECTED]) | "AllRejections" >> beam.Flatten()
+
+@beam.ptransform_fn
+def WriteRejections(rejection_lists, output_dir):
+  """(rejection PCollections) -> rejected.csv; returns (reason, count) per reason."""
+  rejected = rejection_lists | "AllRejections" >> beam.Flatten()
   _ = (rejected
        | "RejectedLines" >> beam.Map(rejected_csv_line)
        | "WriteRejected" >> beam.io.WriteToText(
            dataset_info.join(output_dir, "rejected"), file_name_suffix=".csv", num_shards=1,
            shard_name_template="", header="source,reason,detail"))
-  # Rejections found while planning are counted in the job, beside those found in it.
-  _ = planned_rejections | "CountPlanned" >> beam.Map(_count_planned_rejection)
+  return (rejected | "Reason" >> beam.Map(reason_one)
+          | "CountReasons" >> beam.CombinePerKey(sum))
 
+
+@beam.ptransform_fn
+def WriteMetadata(examples, files, reason_counts, *, output_dir, meta, split_names,
+                  max_reject_fraction):
+  """Examples, shard files and rejection counts -> dataset_info.json (or the failed variant);
+  returns the name written."""
+  # CombineGlobally yields one Summary even of no examples, so the file is always written.
+  return (examples
+          | "Summarize" >> beam.CombineGlobally(SummarizeExamples())
+          | "WriteInfo" >> beam.Map(
+              write_info, output_dir=output_dir, meta=meta, split_names=split_names,
+              files=beam.pvalue.AsList(files), rejected=beam.pvalue.AsList(reason_counts),
+              max_reject_fraction=max_reject_fraction))
+
+
+# pylint: enable=invalid-name
+
+
+def build(pipeline, plan, *, output_dir, split_names, num_shards, kept, validation_fraction,
+          test_fraction, image_size, max_reject_fraction, command):
+  """Adds the whole job to `pipeline`. num_shards: split -> count."""
+  p = pipeline
+  class_names = [plan.class_names[i] for i in kept]
+  elements, planned_rejections = p | "ReadInputs" >> ReadInputs(plan)
+  examples, rejections = (
+      elements
+      | "AssignSplits" >> AssignSplits(kept, validation_fraction, test_fraction, plan.has_test)
+      | "EncodeImages" >> EncodeImages(class_names, image_size))
+  files = examples | "WriteShards" >> WriteShards(output_dir, split_names, num_shards)
+  reason_counts = ((planned_rejections, rejections)
+                   | "WriteRejections" >> WriteRejections(output_dir))
   meta = {"source": plan.description, "class_names": tuple(class_names),
           "coarse_class_names": tuple(plan.coarse_class_names), "command": command,
           "skipped": dict(plan.skipped)}
-  side = beam.pvalue
-  return (
-      p | "InfoTrigger" >> beam.Create([None])
-      | "WriteInfo" >> beam.Map(
-          write_info, output_dir=output_dir, meta=meta, split_names=split_names,
-          summary=side.AsSingleton(encoded[SUMMARY]
-                                   | "SumSummaries" >> beam.CombineGlobally(merge_summaries)),
-          files=side.AsList(files),
-          rejected=side.AsList(rejected | "Reason" >> beam.Map(reason_one)
-                               | "CountReasons" >> beam.CombinePerKey(sum)),
-          max_reject_fraction=max_reject_fraction))
-
-
-def _count_planned_rejection(rejection):
-  counter(f"rejected/{rejection[1]}").inc()
+  return examples | "WriteMetadata" >> WriteMetadata(
+      files, reason_counts, output_dir=output_dir, meta=meta, split_names=split_names,
+      max_reject_fraction=max_reject_fraction)
