@@ -10,7 +10,6 @@ FlinkRunner, SparkRunner with their options), `--direct_running_mode=multi_proce
 """
 
 import dataclasses
-import json
 import logging
 import shlex
 import sys
@@ -103,7 +102,7 @@ class JobConfig:
 @dataclasses.dataclass
 class JobResult:
   exit_code: int
-  info: dict  # dataset_info.json (or the failed variant)
+  info: dict  # dataset_info.json (or the failed variant), as DatasetInfo.to_json gives it
   counters: dict  # "examples/train" -> count, from Beam's metrics
 
 
@@ -221,17 +220,18 @@ def summarize(config, seconds):
   failed_path = dataset_info.join(output_dir, beam_job.FAILED_INFO_FILE)
   path = ok_path if FileSystems.exists(ok_path) else failed_path
   with FileSystems.open(path) as f:
-    info = json.loads(f.read())
-  lines = [f"Wrote {output_dir} in {seconds:.1f} s: {len(info['class_names'])} classes, "
-           f"image shape {info['image_shape'] or 'varies'}"]
-  for split, s in info["splits"].items():
-    lines.append(f"  {split:<10} {s['num_examples']:>8} examples in {len(s['shards'])} shards")
-  rejected = info["rejected"]
+    info = dataset_info.from_json(output_dir, f.read().decode())
+  shape = list(info.image_shape) if info.image_shape else "varies"
+  lines = [f"Wrote {output_dir} in {seconds:.1f} s: {info.num_classes} classes, "
+           f"image shape {shape}"]
+  for split, s in info.splits.items():
+    lines.append(f"  {split:<10} {s.num_examples:>8} examples in {len(s.shards)} shards")
+  rejected = info.rejected
   lines.append(f"  rejected   {rejected['total']:>8} ({100 * rejected['fraction']:.2f}%) "
                f"{rejected['by_reason'] or ''} -> "
                f"{dataset_info.join(output_dir, features.REJECTED_FILE)}")
-  if info["converted"]:
-    lines.append(f"  converted to 8-bit RGB: {info['converted']}")
+  if info.converted:
+    lines.append(f"  converted to 8-bit RGB: {info.converted}")
   print("\n".join(lines), flush=True)
   if path == failed_path:
     logging.error(
@@ -239,8 +239,8 @@ def summarize(config, seconds):
         "The metadata is in %s and no %s was written, so the trainer will not use this "
         "output.", 100 * rejected["fraction"], config.max_reject_fraction,
         dataset_info.join(output_dir, features.REJECTED_FILE), failed_path, features.INFO_FILE)
-    return 1, info
-  return 0, info
+    return 1, info.to_json()
+  return 0, info.to_json()
 
 
 def main(argv):
