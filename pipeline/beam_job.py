@@ -1,7 +1,12 @@
 """The Beam job: planned elements -> checked, encoded records -> sharded TFRecords + metadata.
 
-Stages are named, module-level (Beam pickles them, and the multi-processing DirectRunner and
-remote runners import them) and counted in the `build_tfrecords` metrics namespace:
+    ReadInputs -> AssignSplits -> EncodeImages -> WriteShards       (<split>-*.tfrecord)
+                                               -> WriteRejections   (rejected.csv)
+                                               -> WriteMetadata     (dataset_info.json)
+
+Each stage is a named, module-level `beam.ptransform_fn` (Beam pickles them, and the
+multi-processing DirectRunner and remote runners import them); they are counted in the
+`build_tfrecords` metrics namespace:
 
   examples/<split>               records written per split
   examples/<split>/<class name>  records written per split and class
@@ -13,13 +18,11 @@ remote runners import them) and counted in the `build_tfrecords` metrics namespa
 import collections
 import csv
 import io
-import json
 import logging
 import math
 import time
 
 import apache_beam as beam
-import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
@@ -27,10 +30,10 @@ from pipeline import dataset_info
 from pipeline import features
 from pipeline import images
 from pipeline import sources
+from pipeline import splits
 
 NAMESPACE = "build_tfrecords"
 REJECTED = "rejected"
-SUMMARY = "summary"
 EXAMPLES_PER_SHARD = 5000  # ~10 MB of CIFAR-size JPEG/PNG per shard (TF guidance: >= 10 MB).
 FAILED_INFO_FILE = "dataset_info.failed.json"
 
@@ -69,52 +72,61 @@ class AssignSplitAndClass(beam.DoFn):
       counter("excluded/class_subset").inc()
       return
     element = dict(element, label=new_label)
-    element["split"] = sources.assign_split(element["key"], element["split"], *self._fractions)
+    element["split"] = splits.assign_split(element["key"], element["split"], *self._fractions)
     yield element
 
 
 class Summary:
   """What dataset_info.json needs from the written examples: counts per (split, label), the
-  image shapes, train pixel sums and conversions. EncodeExample keeps one per bundle and
-  emits it once at the bundle's end, so that the metadata needs no per-example branch of
-  its own (one stage and one element per bundle instead of four branches of one element per
-  example; on the DirectRunner the two cost about the same, BENCHMARKS.md)."""
+  image shapes and conversions."""
 
   def __init__(self):
     self.counts = collections.Counter()  # (split, label) -> examples
     self.shapes = set()  # (height, width)
-    self.stats = np.zeros(7)  # train: sum R, G, B; sum of squares R, G, B; pixel count
     self.converted = collections.Counter()  # kind -> images
 
-  def add(self, split, label, shape, pixels, converted_kind):
-    self.counts[(split, label)] += 1
-    self.shapes.add(shape)
-    if split == "train":
-      flat = pixels.reshape(-1, 3).astype(np.float64)
-      self.stats[0:3] += flat.sum(0)
-      self.stats[3:6] += np.einsum("ij,ij->j", flat, flat)
-      self.stats[6] += len(flat)
-    if converted_kind:
-      self.converted[converted_kind] += 1
+  def add(self, example):
+    self.counts[(example["split"], example["label"])] += 1
+    self.shapes.add(example["shape"])
+    if example["converted"]:
+      self.converted[example["converted"]] += 1
 
   def merge(self, other):
     self.counts.update(other.counts)
     self.shapes |= other.shapes
-    self.stats += other.stats
     self.converted.update(other.converted)
     return self
 
 
-def merge_summaries(summaries):
-  total = Summary()
-  for s in summaries:
-    total.merge(s)
-  return total
+class SummarizeExamples(beam.CombineFn):
+  """Encoded examples -> one Summary. Beam lifts the adding into the stage that encodes (a
+  partial Summary per bundle, as a hand-kept per-bundle accumulator would), and merges the
+  partial ones after one small shuffle."""
+
+  def create_accumulator(self):
+    return Summary()
+
+  def add_input(self, summary, example):
+    summary.add(example)
+    return summary
+
+  def merge_accumulators(self, summaries):
+    summaries = iter(summaries)
+    total = next(summaries)
+    for s in summaries:
+      total.merge(s)
+    return total
+
+  def extract_output(self, summary):
+    return summary
 
 
 class EncodeExample(beam.DoFn):
-  """Reads, checks, converts and encodes one image; bad inputs go to the `rejected` output,
-  and one Summary per bundle to the `summary` output."""
+  """Reads, checks, converts and encodes one image; bad inputs go to the `rejected` output.
+
+  An example is {"split", "label", "shape": (height, width), "converted": kind or None,
+  "record": serialized tf.Example}: the record for the shards, the rest for the summary.
+  """
 
   def __init__(self, class_names, image_size=None):
     self._class_names = class_names
@@ -123,13 +135,6 @@ class EncodeExample(beam.DoFn):
   def setup(self):
     self._done = 0
     self._start = time.time()
-
-  def start_bundle(self):
-    self._summary = Summary()
-
-  def finish_bundle(self):
-    yield beam.pvalue.TaggedOutput(
-        SUMMARY, beam.transforms.window.GlobalWindows.windowed_value(self._summary))
 
   def process(self, element):
     source = element.get("path") or element["key"]
@@ -152,12 +157,12 @@ class EncodeExample(beam.DoFn):
         label=label, coarse_label=element.get("coarse_label", features.NO_COARSE_LABEL))
     counter(f"examples/{split}").inc()
     counter(f"examples/{split}/{self._class_names[label]}").inc()
-    self._summary.add(split, label, (height, width), pixels, kind)
     self._done += 1
     if self._done % 5000 == 0:  # Progress: the DirectRunner shows none of its own.
       logging.info("encoded %d images in this worker (%.0f/s)", self._done,
                    self._done / (time.time() - self._start))
-    yield {"split": split, "record": record}
+    yield {"split": split, "label": label, "shape": (height, width), "converted": kind,
+           "record": record}
 
 
 def _read(path):
@@ -191,8 +196,86 @@ def reason_one(rejection):
   return rejection[1], 1
 
 
+def _count_planned_rejection(rejection):
+  counter(f"rejected/{rejection[1]}").inc()
+
+
+def write_info(summary, *, output_dir, meta, split_names, files, rejected,
+               max_reject_fraction):
+  """Assembles dataset_info.json from the job's Summary and side outputs and writes it.
+  Returns the name written: dataset_info.json, or the failed variant when too much was
+  rejected."""
+  num_classes = len(meta["class_names"])
+  shard_names = sorted(f.rsplit("/", 1)[-1] for f in files)
+  split_infos = {}
+  for split in split_names:
+    per_class = [0] * num_classes
+    for (s, label), n in summary.counts.items():
+      if s == split:
+        per_class[label] = n
+    shards = [f for f in shard_names if f.startswith(split + "-")]
+    split_infos[split] = dataset_info.split_info(output_dir, shards, per_class)
+  shapes = sorted(summary.shapes)
+  written = sum(s.num_examples for s in split_infos.values())
+  info = dataset_info.DatasetInfo(
+      data_dir=output_dir, splits=split_infos,
+      image_shape=(shapes[0][0], shapes[0][1], 3) if len(shapes) == 1 else None,
+      rejected=dataset_info.rejected_summary(dict(rejected), written),
+      converted=dict(sorted(summary.converted.items())), **meta)
+  ok = info.rejected["fraction"] <= max_reject_fraction
+  name = features.INFO_FILE if ok else FAILED_INFO_FILE
+  dataset_info.write(info, name=name, create=FileSystems.create)
+  return name
+
+
+# --- the stages, in the order the job runs them ------------------------------------------------
+# Named as Beam and TFX name transforms, in CamelCase.
+# pylint: disable=invalid-name
+
+
 @beam.ptransform_fn
-def WriteSplit(examples, output_dir, split, num_shards):  # pylint: disable=invalid-name
+def ReadInputs(pipeline, plan):
+  """The plan -> (elements, rejections found while planning, counted here)."""
+  planned = []
+  if plan.elements:
+    # Planned paths come sorted by folder, i.e. by class, and Reshuffle keeps their order on
+    # the local runners, so shards would hold long runs of one class: readers then see a
+    # class-skewed stream that no shuffle buffer smaller than the split can fix. Order them
+    # by key hash instead: mixed, and the same on every rerun.
+    mixed = sorted(plan.elements, key=lambda e: splits.key_fraction(e["key"]))
+    planned.append(pipeline | "PathElements" >> CreateElements(mixed, reshuffle=False))
+  if plan.reads:
+    planned.append(pipeline | "ArchiveReads" >> beam.Create(plan.reads)
+                   | "ReadArchives" >> beam.FlatMap(sources.run_read))
+  if not planned:
+    planned.append(pipeline | "NoElements" >> beam.Create([]))
+  elements = planned | "All" >> beam.Flatten()
+  rejections = pipeline | "PlanRejections" >> beam.Create(plan.rejected)
+  _ = rejections | "CountPlanned" >> beam.Map(_count_planned_rejection)
+  return elements, rejections
+
+
+@beam.ptransform_fn
+def AssignSplits(elements, kept, validation_fraction, test_fraction, has_test):
+  """Elements -> elements of the kept classes, relabelled, with their split."""
+  return elements | "AssignSplitAndClass" >> beam.ParDo(AssignSplitAndClass(
+      kept, validation_fraction, test_fraction, has_test))
+
+
+@beam.ptransform_fn
+def EncodeImages(elements, class_names, image_size):
+  """Elements -> (examples, rejections): see EncodeExample."""
+  encoded = (
+      elements
+      # Spread the expensive reads and decodes over workers (path lists arrive as one bundle).
+      | "Spread" >> beam.Reshuffle()
+      | "Encode" >> beam.ParDo(EncodeExample(class_names, image_size)).with_outputs(
+          REJECTED, main="examples"))
+  return encoded.examples, encoded[REJECTED]
+
+
+@beam.ptransform_fn
+def WriteSplit(examples, output_dir, split, num_shards):
   """One split's records -> `<output_dir>/<split>-NNNNN-of-MMMMM.tfrecord`."""
   return (examples
           | "Records" >> beam.Map(get_record)
@@ -201,44 +284,43 @@ def WriteSplit(examples, output_dir, split, num_shards):  # pylint: disable=inva
               num_shards=num_shards, shard_name_template="-SSSSS-of-NNNNN"))
 
 
-def write_info(_, *, output_dir, meta, split_names, summary, files, rejected,
-               max_reject_fraction):
-  """Assembles dataset_info.json from the job's Summary and side outputs and writes it."""
-  num_classes = len(meta["class_names"])
-  splits = {}
-  for split in split_names:
-    per_class = [0] * num_classes
-    for (s, label), n in summary.counts.items():
-      if s == split:
-        per_class[label] = n
-    prefix = split + "-"
-    shards = sorted(f.rsplit("/", 1)[-1] for f in files
-                    if f.rsplit("/", 1)[-1].startswith(prefix))
-    splits[split] = {"num_examples": sum(per_class), "shards": shards, "per_class": per_class}
-  stats = summary.stats
-  pixel_count = max(stats[6], 1.0)
-  mean = stats[0:3] / pixel_count
-  std = np.sqrt(np.maximum(stats[3:6] / pixel_count - mean**2, 0.0))
-  shapes = sorted(summary.shapes)
-  by_reason = dict(sorted(rejected))
-  written = sum(s["num_examples"] for s in splits.values())
-  total_rejected = sum(by_reason.values())
-  info = dict(meta)
-  info.update({
-      "format_version": dataset_info.FORMAT_VERSION,
-      "image_shape": [shapes[0][0], shapes[0][1], 3] if len(shapes) == 1 else None,
-      "splits": splits,
-      "train_mean": [round(float(x), 4) for x in mean],
-      "train_std": [round(float(x), 4) for x in std],
-      "rejected": {"total": total_rejected, "by_reason": by_reason,
-                   "fraction": round(total_rejected / max(written + total_rejected, 1), 6)},
-      "converted": dict(sorted(summary.converted.items())),
-  })
-  ok = info["rejected"]["fraction"] <= max_reject_fraction
-  name = features.INFO_FILE if ok else FAILED_INFO_FILE
-  with FileSystems.create(dataset_info.join(output_dir, name)) as f:
-    f.write(json.dumps(info, indent=2).encode())
-  return name
+@beam.ptransform_fn
+def WriteShards(examples, output_dir, split_names, num_shards):
+  """Examples -> the shard files of every split (the names written)."""
+  parts = examples | "BySplit" >> beam.Partition(split_of, len(split_names), split_names)
+  files = [parts[i] | f"Write_{split}" >> WriteSplit(output_dir, split, num_shards[split])
+           for i, split in enumerate(split_names)]
+  return files | "ShardFiles" >> beam.Flatten()
+
+
+@beam.ptransform_fn
+def WriteRejections(rejection_lists, output_dir):
+  """(rejection PCollections) -> rejected.csv; returns (reason, count) per reason."""
+  rejected = rejection_lists | "AllRejections" >> beam.Flatten()
+  _ = (rejected
+       | "RejectedLines" >> beam.Map(rejected_csv_line)
+       | "WriteRejected" >> beam.io.WriteToText(
+           dataset_info.join(output_dir, "rejected"), file_name_suffix=".csv", num_shards=1,
+           shard_name_template="", header="source,reason,detail"))
+  return (rejected | "Reason" >> beam.Map(reason_one)
+          | "CountReasons" >> beam.CombinePerKey(sum))
+
+
+@beam.ptransform_fn
+def WriteMetadata(examples, files, reason_counts, *, output_dir, meta, split_names,
+                  max_reject_fraction):
+  """Examples, shard files and rejection counts -> dataset_info.json (or the failed variant);
+  returns the name written."""
+  # CombineGlobally yields one Summary even of no examples, so the file is always written.
+  return (examples
+          | "Summarize" >> beam.CombineGlobally(SummarizeExamples())
+          | "WriteInfo" >> beam.Map(
+              write_info, output_dir=output_dir, meta=meta, split_names=split_names,
+              files=beam.pvalue.AsList(files), rejected=beam.pvalue.AsList(reason_counts),
+              max_reject_fraction=max_reject_fraction))
+
+
+# pylint: enable=invalid-name
 
 
 def build(pipeline, plan, *, output_dir, split_names, num_shards, kept, validation_fraction,
@@ -246,57 +328,17 @@ def build(pipeline, plan, *, output_dir, split_names, num_shards, kept, validati
   """Adds the whole job to `pipeline`. num_shards: split -> count."""
   p = pipeline
   class_names = [plan.class_names[i] for i in kept]
-  planned = []
-  if plan.elements:
-    # Planned paths come sorted by folder, i.e. by class, and Reshuffle keeps their order on
-    # the local runners, so shards would hold long runs of one class: readers then see a
-    # class-skewed stream that no shuffle buffer smaller than the split can fix. Order them
-    # by key hash instead: mixed, and the same on every rerun.
-    mixed = sorted(plan.elements, key=lambda e: sources.key_fraction(e["key"]))
-    planned.append(p | "PathElements" >> CreateElements(mixed, reshuffle=False))
-  if plan.reads:
-    planned.append(p | "ArchiveReads" >> beam.Create(plan.reads)
-                   | "ReadArchives" >> beam.FlatMap(sources.run_read))
-  elements = (planned if planned else [p | "NoElements" >> beam.Create([])]) | "All" >> beam.Flatten()
-  encoded = (
+  elements, planned_rejections = p | "ReadInputs" >> ReadInputs(plan)
+  examples, rejections = (
       elements
-      | "AssignSplitAndClass" >> beam.ParDo(AssignSplitAndClass(
-          kept, validation_fraction, test_fraction, plan.has_test))
-      # Spread the expensive reads and decodes over workers (path lists arrive as one bundle).
-      | "Spread" >> beam.Reshuffle()
-      | "Encode" >> beam.ParDo(EncodeExample(class_names, image_size)).with_outputs(
-          REJECTED, SUMMARY, main="examples"))
-  examples = encoded.examples
-  parts = examples | "BySplit" >> beam.Partition(split_of, len(split_names), split_names)
-  files = [parts[i] | f"Write_{split}" >> WriteSplit(output_dir, split, num_shards[split])
-           for i, split in enumerate(split_names)]
-  files = files | "ShardFiles" >> beam.Flatten()
-
-  planned_rejections = p | "PlanRejections" >> beam.Create(plan.rejected)
-  rejected = (planned_rejections, encoded[REJECTED]) | "AllRejections" >> beam.Flatten()
-  _ = (rejected
-       | "RejectedLines" >> beam.Map(rejected_csv_line)
-       | "WriteRejected" >> beam.io.WriteToText(
-           dataset_info.join(output_dir, "rejected"), file_name_suffix=".csv", num_shards=1,
-           shard_name_template="", header="source,reason,detail"))
-  # Rejections found while planning are counted in the job, beside those found in it.
-  _ = planned_rejections | "CountPlanned" >> beam.Map(_count_planned_rejection)
-
-  meta = {"source": plan.description, "class_names": class_names,
-          "coarse_class_names": list(plan.coarse_class_names), "command": command,
+      | "AssignSplits" >> AssignSplits(kept, validation_fraction, test_fraction, plan.has_test)
+      | "EncodeImages" >> EncodeImages(class_names, image_size))
+  files = examples | "WriteShards" >> WriteShards(output_dir, split_names, num_shards)
+  reason_counts = ((planned_rejections, rejections)
+                   | "WriteRejections" >> WriteRejections(output_dir))
+  meta = {"source": plan.description, "class_names": tuple(class_names),
+          "coarse_class_names": tuple(plan.coarse_class_names), "command": command,
           "skipped": dict(plan.skipped)}
-  side = beam.pvalue
-  return (
-      p | "InfoTrigger" >> beam.Create([None])
-      | "WriteInfo" >> beam.Map(
-          write_info, output_dir=output_dir, meta=meta, split_names=split_names,
-          summary=side.AsSingleton(encoded[SUMMARY]
-                                   | "SumSummaries" >> beam.CombineGlobally(merge_summaries)),
-          files=side.AsList(files),
-          rejected=side.AsList(rejected | "Reason" >> beam.Map(reason_one)
-                               | "CountReasons" >> beam.CombinePerKey(sum)),
-          max_reject_fraction=max_reject_fraction))
-
-
-def _count_planned_rejection(rejection):
-  counter(f"rejected/{rejection[1]}").inc()
+  return examples | "WriteMetadata" >> WriteMetadata(
+      files, reason_counts, output_dir=output_dir, meta=meta, split_names=split_names,
+      max_reject_fraction=max_reject_fraction)

@@ -10,7 +10,6 @@ FlinkRunner, SparkRunner with their options), `--direct_running_mode=multi_proce
 """
 
 import dataclasses
-import json
 import logging
 import shlex
 import sys
@@ -21,6 +20,7 @@ from absl import app
 from absl import flags
 
 from pipeline import sources
+from pipeline import splits
 
 FLAGS = flags.FLAGS
 
@@ -53,7 +53,8 @@ def define_flags():
   flags.DEFINE_float("test_fraction", 0.1, "Fraction of train held out as test, by key hash, "
                      "when the source has no test split of its own.", 0.0, 0.9)
   flags.DEFINE_integer("num_classes", 0, "Keep this many classes, drawn with --class_seed "
-                       "(0: all). Labels are remapped to 0..N-1.", lower_bound=0)
+                       "(0: all). Labels are remapped to 0..N-1. The same N and seed pick "
+                       "the same classes as the trainer's --classes=N --seed=S.", lower_bound=0)
   flags.DEFINE_integer("class_seed", 0, "Seed of the --num_classes draw.")
   flags.DEFINE_list("classes", [], "Keep these classes, in this label order.")
   flags.DEFINE_integer("image_size", 0, "Resize every image to this height and width "
@@ -101,7 +102,7 @@ class JobConfig:
 @dataclasses.dataclass
 class JobResult:
   exit_code: int
-  info: dict  # dataset_info.json (or the failed variant)
+  info: dict  # dataset_info.json (or the failed variant), as DatasetInfo.to_json gives it
   counters: dict  # "examples/train" -> count, from Beam's metrics
 
 
@@ -165,7 +166,8 @@ def make_runner(options):
 
 
 def run_job(config, beam_argv=()):
-  """Plans, runs the job, prints a summary. Raises sources.SourceError on unreadable input."""
+  """Plans, runs the job, prints a summary. Raises sources.SourceError on unreadable input,
+  splits.ClassSubsetError on a class subset the source cannot provide."""
   import apache_beam as beam
   from apache_beam.metrics.metric import MetricsFilter
   from apache_beam.options.pipeline_options import PipelineOptions
@@ -173,8 +175,8 @@ def run_job(config, beam_argv=()):
 
   t0 = time.time()
   plan = make_plan(config)
-  kept = sources.select_classes(plan.class_names, num_classes=config.num_classes,
-                                class_seed=config.class_seed, classes=config.classes)
+  kept = splits.select_classes(plan.class_names, num_classes=config.num_classes,
+                               class_seed=config.class_seed, classes=config.classes)
   sizes = split_sizes(plan, config)
   if len(kept) < len(plan.class_names):  # A class subset shrinks every split proportionally.
     sizes = {s: n * len(kept) / len(plan.class_names) for s, n in sizes.items()}
@@ -218,17 +220,18 @@ def summarize(config, seconds):
   failed_path = dataset_info.join(output_dir, beam_job.FAILED_INFO_FILE)
   path = ok_path if FileSystems.exists(ok_path) else failed_path
   with FileSystems.open(path) as f:
-    info = json.loads(f.read())
-  lines = [f"Wrote {output_dir} in {seconds:.1f} s: {len(info['class_names'])} classes, "
-           f"image shape {info['image_shape'] or 'varies'}"]
-  for split, s in info["splits"].items():
-    lines.append(f"  {split:<10} {s['num_examples']:>8} examples in {len(s['shards'])} shards")
-  rejected = info["rejected"]
+    info = dataset_info.from_json(output_dir, f.read().decode())
+  shape = list(info.image_shape) if info.image_shape else "varies"
+  lines = [f"Wrote {output_dir} in {seconds:.1f} s: {info.num_classes} classes, "
+           f"image shape {shape}"]
+  for split, s in info.splits.items():
+    lines.append(f"  {split:<10} {s.num_examples:>8} examples in {len(s.shards)} shards")
+  rejected = info.rejected
   lines.append(f"  rejected   {rejected['total']:>8} ({100 * rejected['fraction']:.2f}%) "
                f"{rejected['by_reason'] or ''} -> "
                f"{dataset_info.join(output_dir, features.REJECTED_FILE)}")
-  if info["converted"]:
-    lines.append(f"  converted to 8-bit RGB: {info['converted']}")
+  if info.converted:
+    lines.append(f"  converted to 8-bit RGB: {info.converted}")
   print("\n".join(lines), flush=True)
   if path == failed_path:
     logging.error(
@@ -236,15 +239,15 @@ def summarize(config, seconds):
         "The metadata is in %s and no %s was written, so the trainer will not use this "
         "output.", 100 * rejected["fraction"], config.max_reject_fraction,
         dataset_info.join(output_dir, features.REJECTED_FILE), failed_path, features.INFO_FILE)
-    return 1, info
-  return 0, info
+    return 1, info.to_json()
+  return 0, info.to_json()
 
 
 def main(argv):
   logging.getLogger().setLevel(logging.INFO)
   try:
     result = run_job(JobConfig.from_flags(), argv[1:])
-  except sources.SourceError as e:
+  except (sources.SourceError, splits.ClassSubsetError) as e:
     logging.error("%s", e)
     sys.exit(2)
   sys.exit(result.exit_code)

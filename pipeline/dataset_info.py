@@ -1,4 +1,8 @@
-"""`dataset_info.json`: what a data directory holds. Written by the Beam job, read by the trainer.
+"""`dataset_info.json`: what a data directory holds. Its one writer and its one reader.
+
+Written by the Beam job (through Beam's FileSystems, so gs:// works), by the test helpers and
+the benchmarks (through tf.io.gfile), all with `write`; read by the trainer and the tools with
+`load`. Every field that is written:
 
     {
       "format_version": 1,
@@ -9,15 +13,18 @@
       "splits": {
         "train": {"num_examples": 45000,
                   "shards": ["train-00000-of-00008.tfrecord", ...],   # relative to the dir
-                  "per_class": [4500, ...]},
+                  "per_class": [4500, ...]},      # examples of each label
         "validation": {...}, "test": {...}
       },
-      "train_mean": [125.3, 123.0, 113.9],        # per channel, 0-255 scale, train split
-      "train_std": [63.0, 62.1, 66.7],
-      "rejected": {"total": 0, "by_reason": {}},  # see rejected.csv
+      "rejected": {"total": 0, "by_reason": {},   # inputs sent to rejected.csv, by reason
+                   "fraction": 0.0},              # of all inputs (written + rejected)
       "converted": {"grayscale": 0, ...},         # images converted to 8-bit RGB, by kind
+      "skipped": {"hidden_file": 0},              # inputs left out while planning, by reason
       "command": "python -m pipeline.build_tfrecords ..."
     }
+
+Files written before 2026-12 may also hold `train_mean` and `train_std` (per-channel pixel
+statistics that no model used); the reader ignores them.
 
 The reader validates the file and names what is wrong, so that a bad `--data_dir` fails
 before training starts rather than deep inside tf.data.
@@ -44,19 +51,37 @@ class SplitInfo:
   per_class: tuple
 
 
+def split_info(data_dir, shard_names, per_class):
+  """A split of `per_class[label]` examples in `shard_names` (relative to data_dir)."""
+  return SplitInfo(num_examples=sum(per_class),
+                   shards=tuple(join(data_dir, name) for name in shard_names),
+                   per_class=tuple(per_class))
+
+
+def rejected_summary(by_reason, num_written):
+  """The `rejected` field: rejections by reason, their total and their fraction of inputs."""
+  total = sum(by_reason.values())
+  return {"total": total, "by_reason": dict(sorted(by_reason.items())),
+          "fraction": round(total / max(num_written + total, 1), 6)}
+
+
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
   data_dir: str
   class_names: tuple
-  coarse_class_names: tuple
-  image_shape: Optional[tuple]
   splits: dict  # split name -> SplitInfo
-  train_mean: tuple
-  train_std: tuple
-  raw: dict
-  # Set by `subset`: label_map[new label] = the label stored in the records. Readers keep
-  # only records of these classes and relabel them 0..len-1.
+  coarse_class_names: tuple = ()
+  image_shape: Optional[tuple] = None
+  source: str = ""
+  rejected: dict = dataclasses.field(default_factory=lambda: rejected_summary({}, 0))
+  converted: dict = dataclasses.field(default_factory=dict)
+  skipped: dict = dataclasses.field(default_factory=dict)
+  command: str = ""
+  # Set by `subset`: label_map[new label] = the label stored in the records, and
+  # stored_class_names the classes the records hold. Readers keep only records of these
+  # classes and relabel them 0..len-1.
   label_map: Optional[tuple] = None
+  stored_class_names: Optional[tuple] = None
 
   def subset(self, class_indices):
     """This data restricted to `class_indices` (stored labels), relabelled in that order.
@@ -81,11 +106,46 @@ class DatasetInfo:
       splits[name] = SplitInfo(num_examples=sum(per_class), shards=split.shards,
                                per_class=per_class)
     return dataclasses.replace(self, class_names=tuple(self.class_names[i] for i in indices),
-                               splits=splits, label_map=indices)
+                               splits=splits, label_map=indices,
+                               stored_class_names=self.class_names)
 
   @property
   def num_classes(self):
     return len(self.class_names)
+
+  @property
+  def num_stored_classes(self):
+    """Classes the records hold (labels 0..this-1); more than num_classes after `subset`."""
+    return len(self.stored_class_names or self.class_names)
+
+  def to_json(self):
+    """The dict that dataset_info.json holds (shard paths relative to data_dir)."""
+    if self.label_map is not None:
+      raise DatasetInfoError("a class subset is a view of a data directory, not one to write")
+    prefix = join(self.data_dir, "")
+    splits = {}
+    for name, split in self.splits.items():
+      outside = [s for s in split.shards if not s.startswith(prefix)]
+      if outside:
+        raise DatasetInfoError(f"split {name!r}: shard {outside[0]} is not in {self.data_dir}")
+      splits[name] = {"num_examples": split.num_examples,
+                      "shards": [s[len(prefix):] for s in split.shards],
+                      "per_class": list(split.per_class)}
+    return {
+        "format_version": FORMAT_VERSION,
+        "source": self.source,
+        "class_names": list(self.class_names),
+        "coarse_class_names": list(self.coarse_class_names),
+        "image_shape": list(self.image_shape) if self.image_shape else None,
+        "splits": splits,
+        "rejected": self.rejected,
+        "converted": self.converted,
+        "skipped": self.skipped,
+        "command": self.command,
+    }
+
+  def to_json_text(self):
+    return json.dumps(self.to_json(), indent=2)
 
   def split(self, name):
     if name not in self.splits:
@@ -98,6 +158,24 @@ class DatasetInfo:
 def join(directory, name):
   """Joins like posixpath but keeps `gs://bucket` prefixes intact."""
   return directory.rstrip("/") + "/" + name
+
+
+def write(info, *, name=features.INFO_FILE, create=None):
+  """Writes `info` as `<info.data_dir>/<name>`; returns the path.
+
+  create(path) opens a new binary file: Beam's `FileSystems.create` in the Beam job (whose
+  workers have no TensorFlow), else tf.io.gfile (local or gs://).
+  """
+  path = join(info.data_dir, name)
+  data = info.to_json_text().encode()
+  if create is None:
+    import tensorflow as tf  # Test helpers and benchmarks, which have TensorFlow.
+    with tf.io.gfile.GFile(path, "wb") as f:
+      f.write(data)
+  else:
+    with create(path) as f:
+      f.write(data)
+  return path
 
 
 def load(data_dir, *, check_files=True):
@@ -147,12 +225,16 @@ def from_json(data_dir, text):
     except (KeyError, TypeError, ValueError) as e:
       raise DatasetInfoError(f"{path}: split {name!r} is malformed ({e!r})") from None
   shape = raw.get("image_shape")
+  # Fields after `splits` are optional, so that older files (and benchmarks' minimal ones)
+  # still load; train_mean and train_std of older files are ignored.
   return DatasetInfo(
       data_dir=data_dir,
       class_names=tuple(raw["class_names"]),
+      splits=splits,
       coarse_class_names=tuple(raw.get("coarse_class_names") or ()),
       image_shape=tuple(shape) if shape else None,
-      splits=splits,
-      train_mean=tuple(raw.get("train_mean") or (0.0, 0.0, 0.0)),
-      train_std=tuple(raw.get("train_std") or (1.0, 1.0, 1.0)),
-      raw=raw)
+      source=raw.get("source", ""),
+      rejected=raw.get("rejected") or rejected_summary({}, 0),
+      converted=raw.get("converted") or {},
+      skipped=raw.get("skipped") or {},
+      command=raw.get("command", ""))

@@ -20,7 +20,6 @@ import logging
 import os
 import pickle
 import posixpath
-import random
 import tarfile
 import urllib.request
 import zlib
@@ -52,51 +51,6 @@ class Plan:
   rejected: list = dataclasses.field(default_factory=list)  # (source, reason, detail)
   split_sizes: dict = dataclasses.field(default_factory=dict)  # estimates, for shard counts
   skipped: dict = dataclasses.field(default_factory=dict)  # reason -> count, logged
-
-
-# --- splits and class subsets ----------------------------------------------------------------
-
-
-def key_fraction(key):
-  """A uniform number in [0, 1) from the key alone, so a rerun assigns the same split."""
-  digest = hashlib.sha256(key.encode("utf-8")).digest()
-  return int.from_bytes(digest[:8], "big") / 2.0**64
-
-
-def assign_split(key, split, validation_fraction, test_fraction, has_test):
-  """train/validation/test for one example. Held-out parts come out of train only."""
-  if split != "train":
-    return split
-  u = key_fraction(key)
-  if not has_test:
-    if u < test_fraction:
-      return "test"
-    u -= test_fraction
-  return "validation" if u < validation_fraction else "train"
-
-
-def select_classes(class_names, *, num_classes=0, class_seed=0, classes=()):
-  """Original class indices to keep, in new-label order (label i -> class_names[kept[i]]).
-
-  `classes` names them; else `num_classes` picks that many with a seeded draw (sorted by
-  their original index, so the order does not depend on the draw); else all are kept.
-  """
-  if classes:
-    index = {name: i for i, name in enumerate(class_names)}
-    unknown = [c for c in classes if c not in index]
-    if unknown:
-      shown = ", ".join(class_names[:20]) + (" ..." if len(class_names) > 20 else "")
-      raise SourceError(f"--classes names {unknown} which the source does not have; "
-                        f"it has {len(class_names)} classes: {shown}")
-    if len(set(classes)) != len(classes):
-      raise SourceError(f"--classes repeats a class: {list(classes)}")
-    return [index[c] for c in classes]
-  if num_classes:
-    if not 0 < num_classes <= len(class_names):
-      raise SourceError(f"--num_classes={num_classes} but the source has "
-                        f"{len(class_names)} classes")
-    return sorted(random.Random(class_seed).sample(range(len(class_names)), num_classes))
-  return list(range(len(class_names)))
 
 
 # --- CIFAR-100 archive -------------------------------------------------------------------------

@@ -5,7 +5,6 @@ module, same dataset_info.json), from real JPEG bytes, without running Beam, so 
 tests do not pay Beam's start-up. The Beam job itself is tested in tests/pipeline/.
 """
 
-import json
 import os
 import pathlib
 import re
@@ -62,23 +61,10 @@ def write_data_dir(out_dir, *, classes=("airplane", "automobile", "bird"),
     per_class_counts = [0] * len(classes)
     for r in records:
       per_class_counts[int(features.parse_single(r)[features.LABEL])] += 1
-    splits[split] = {"num_examples": len(records), "shards": shards,
-                     "per_class": per_class_counts}
-  info = {
-      "format_version": dataset_info.FORMAT_VERSION,
-      "source": f"tests.testdata:{SAMPLE_DIR}",
-      "class_names": list(classes),
-      "coarse_class_names": [],
-      "image_shape": [32, 32, 3],
-      "splits": splits,
-      "train_mean": [125.0, 123.0, 114.0],
-      "train_std": [63.0, 62.0, 66.0],
-      "rejected": {"total": 0, "by_reason": {}},
-      "converted": {},
-      "command": "tests.testdata.write_data_dir",
-  }
-  with open(os.path.join(out_dir, features.INFO_FILE), "w") as f:
-    json.dump(info, f, indent=2)
+    splits[split] = dataset_info.split_info(out_dir, shards, per_class_counts)
+  dataset_info.write(dataset_info.DatasetInfo(
+      data_dir=out_dir, class_names=tuple(classes), splits=splits, image_shape=(32, 32, 3),
+      source=f"tests.testdata:{SAMPLE_DIR}", command="tests.testdata.write_data_dir"))
   return dataset_info.load(out_dir)
 
 

@@ -4,8 +4,8 @@
     python -m tools.bench_beam --limit=10000 --json   # {"images_per_s": {...}, ...}
 
   plain_loop     one process, no Beam: the same planning (pipeline.sources.plan_image_dir),
-                 split assignment (sources.assign_split), image checks and conversion
-                 (pipeline.images.prepare), train-split pixel statistics, record encoding
+                 split assignment (pipeline.splits.assign_split), image checks and conversion
+                 (pipeline.images.prepare), record encoding
                  (pipeline.features.encode_example) and TFRecord framing (Beam's own
                  _TFRecordUtil.write_record) into as many shards per split as the job writes.
   beam_1_worker  pipeline.build_tfrecords.run_job on the DirectRunner (FnApiRunner),
@@ -21,6 +21,7 @@ class and split) are linked into a temporary tree and all three read that.
 """
 
 import argparse
+import collections
 import contextlib
 import json
 import logging
@@ -30,8 +31,6 @@ import statistics
 import sys
 import tempfile
 import time
-
-import numpy as np
 
 DEFAULT_IMAGE_DIR = "/tmp/cifar10"  # {train,test}/<class>/*.jpg: the extracted CIFAR-10 JPEGs
 METHODS = ("plain_loop", "beam_1_worker", "beam_2_workers")
@@ -48,8 +47,9 @@ def limited_tree(image_dir, limit, out_dir):
   Salted: the job assigns validation and test by the unsalted key hash, so the images first
   in that order would all be held out."""
   from pipeline import sources
+  from pipeline import splits
   plan = sources.plan_image_dir(image_dir)
-  chosen = sorted(plan.elements, key=lambda e: sources.key_fraction("bench_beam:" + e["key"]))
+  chosen = sorted(plan.elements, key=lambda e: splits.key_fraction("bench_beam:" + e["key"]))
   chosen = chosen[:limit]
   for element in chosen:
     link = pathlib.Path(out_dir) / element["key"]
@@ -63,9 +63,11 @@ def plain_loop(image_dir, output_dir, validation_fraction=0.1, test_fraction=0.1
   from apache_beam.io.tfrecordio import _TFRecordUtil  # the framing WriteToTFRecord uses
   from pipeline import beam_job
   from pipeline import build_tfrecords
+  from pipeline import dataset_info
   from pipeline import features
   from pipeline import images
   from pipeline import sources
+  from pipeline import splits
   plan = sources.plan_image_dir(image_dir)
   sizes = build_tfrecords.split_sizes(plan, build_tfrecords.JobConfig(
       source="image_dir", output_dir=output_dir, validation_fraction=validation_fraction,
@@ -75,33 +77,40 @@ def plain_loop(image_dir, output_dir, validation_fraction=0.1, test_fraction=0.1
                     for i in range(n)]
             for split, n in ((s, beam_job.default_num_shards(v)) for s, v in sizes.items())}
   counts = dict.fromkeys(shards, 0)
-  stats = np.zeros(7)
-  rejected = []
+  per_class = {split: [0] * len(plan.class_names) for split in shards}
+  shapes = set()
+  rejected = collections.Counter()
   try:
-    for element in sorted(plan.elements, key=lambda e: sources.key_fraction(e["key"])):
-      split = sources.assign_split(element["key"], element["split"], validation_fraction,
-                                   test_fraction, plan.has_test)
+    for element in sorted(plan.elements, key=lambda e: splits.key_fraction(e["key"])):
+      split = splits.assign_split(element["key"], element["split"], validation_fraction,
+                                  test_fraction, plan.has_test)
       try:
         encoded, fmt, pixels, _ = images.prepare(sources.read_bytes(element["path"]))
       except images.BadImage as e:
-        rejected.append((element["path"], e.reason))
+        rejected[e.reason] += 1
         continue
       height, width = pixels.shape[:2]
+      shapes.add((height, width))
       record = features.encode_example(
           key=element["key"], image=encoded, image_format=fmt, height=height, width=width,
           label=element["label"])
-      if split == "train":  # the job's train-split mean/std statistics
-        flat = pixels.reshape(-1, 3).astype(np.float64)
-        stats += np.concatenate([flat.sum(0), (flat * flat).sum(0), [len(flat)]])
       files = shards[split]
       _TFRecordUtil.write_record(files[counts[split] % len(files)], record)
       counts[split] += 1
+      per_class[split][element["label"]] += 1
   finally:
     for files in shards.values():
       for f in files:
         f.close()
-  with open(os.path.join(output_dir, features.INFO_FILE), "w") as f:
-    json.dump({"splits": counts, "rejected": len(rejected), "stats": stats.tolist()}, f)
+  split_infos = {split: dataset_info.split_info(
+      output_dir, [os.path.basename(f.name) for f in files], per_class[split])
+                 for split, files in shards.items()}
+  dataset_info.write(dataset_info.DatasetInfo(
+      data_dir=output_dir, class_names=tuple(plan.class_names), splits=split_infos,
+      image_shape=(*shapes.pop(), 3) if len(shapes) == 1 else None, source=plan.description,
+      rejected=dataset_info.rejected_summary(rejected, sum(counts.values())),
+      skipped=plan.skipped, command="tools.bench_beam.plain_loop"),
+      create=lambda path: open(path, "wb"))  # not tf.io.gfile: no TensorFlow in the timing
   return counts
 
 

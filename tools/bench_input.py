@@ -80,15 +80,14 @@ def write_tfrecords(files, class_names, out_dir, image_shape, num_shards=4):
         writer.write(features.encode_example(
             key=f"{i}/{j}/{path.name}", image=path.read_bytes(), image_format=image_format,
             height=image_shape[0], width=image_shape[1], label=label))
-  info = {
-      "format_version": dataset_info.FORMAT_VERSION,
-      "source": "tools.bench_input",
-      "class_names": class_names,
-      "image_shape": list(image_shape),
-      "splits": {"train": {"num_examples": len(files), "shards": shards}},
-  }
-  with open(os.path.join(out_dir, features.INFO_FILE), "w") as f:
-    json.dump(info, f)
+  per_class = [0] * len(class_names)
+  for _, label in files:
+    per_class[label] += 1
+  dataset_info.write(dataset_info.DatasetInfo(
+      data_dir=str(out_dir), class_names=tuple(class_names),
+      splits={"train": dataset_info.split_info(str(out_dir), shards, per_class)},
+      image_shape=tuple(image_shape), source="tools.bench_input",
+      command="tools.bench_input.write_tfrecords"))
   return dataset_info.load(out_dir)
 
 

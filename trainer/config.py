@@ -6,7 +6,8 @@ that `--flagfile=` reads back. This module imports no TensorFlow: it is plain da
 """
 
 import dataclasses
-import random
+
+from pipeline import splits
 
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
 AUGMENT_ON = ("host", "device")
@@ -54,7 +55,8 @@ class Config:
   # a fifth of its time for `simple`).
   augment_on: str = "host"
   # Train on a subset of the data's classes: "" all; "N" the first N of a permutation of
-  # the classes seeded by --seed (so 2 of them are among 5, 5 among 10); "cat,dog,..."
+  # the classes seeded by --seed (pipeline.splits.seeded_classes, the rule of the Beam job's
+  # --num_classes=N --class_seed=S too; so 2 of them are among 5, 5 among 10); "cat,dog,..."
   # those classes by name, labelled in the order given.
   classes: str = ""
   # Transfer learning (Keras applications models; trainer/models.py).
@@ -138,9 +140,7 @@ def class_subset(config, class_names):
     n = int(value)
     if n > len(class_names):
       raise ConfigError(f"--classes={n}: the data has only {len(class_names)} classes")
-    order = list(range(len(class_names)))
-    random.Random(config.seed).shuffle(order)
-    return tuple(sorted(order[:n]))
+    return tuple(splits.seeded_classes(len(class_names), n, config.seed))
   names = [n.strip() for n in value.split(",") if n.strip()]
   unknown = [n for n in names if n not in class_names]
   if unknown:

@@ -123,8 +123,7 @@ def _class_filter(info):
   """(keep, relabel) functions on parsed examples for a class subset, or None."""
   if info.label_map is None:
     return None
-  stored_classes = len(info.raw.get("class_names", ())) or max(info.label_map) + 1
-  lookup = [-1] * stored_classes
+  lookup = [-1] * info.num_stored_classes
   for new, old in enumerate(info.label_map):
     lookup[old] = new
   lookup = tf.constant(lookup, tf.int64)

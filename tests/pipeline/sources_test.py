@@ -58,30 +58,6 @@ def test_cifar100_missing_archive_names_it(tmp_path):
     sources.plan_cifar100(str(tmp_path / "absent.tar.gz"))
 
 
-def test_splits_come_from_the_key_hash():
-  keys = [f"train/x/{i}.jpg" for i in range(4000)]
-  a = [sources.assign_split(k, "train", 0.1, 0.2, has_test=False) for k in keys]
-  b = [sources.assign_split(k, "train", 0.1, 0.2, has_test=False) for k in keys]
-  assert a == b  # a rerun splits the same way
-  assert 0.17 < a.count("test") / 4000 < 0.23 and 0.07 < a.count("validation") / 4000 < 0.13
-  assert sources.assign_split("k", "test", 0.5, 0.5, has_test=True) == "test"
-  assert {sources.assign_split(k, "train", 0.1, 0.2, True) for k in keys} == {"train",
-                                                                             "validation"}
-
-
-def test_class_subsets():
-  names = [f"c{i}" for i in range(100)]
-  picked = sources.select_classes(names, num_classes=10, class_seed=3)
-  assert picked == sources.select_classes(names, num_classes=10, class_seed=3)
-  assert picked != sources.select_classes(names, num_classes=10, class_seed=4)
-  assert picked == sorted(picked) and len(set(picked)) == 10
-  assert sources.select_classes(names, classes=["c5", "c2"]) == [5, 2]
-  with pytest.raises(sources.SourceError, match=r"\['nope'\]"):
-    sources.select_classes(names, classes=["c1", "nope"])
-  with pytest.raises(sources.SourceError, match="--num_classes=101"):
-    sources.select_classes(names, num_classes=101)
-
-
 def test_image_dir_with_and_without_split_folders(tmp_path):
   plan = sources.plan_image_dir(str(testdata.SAMPLE_DIR))
   assert plan.class_names[:2] == ["airplane", "automobile"] and len(plan.class_names) == 10

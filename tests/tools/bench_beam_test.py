@@ -25,6 +25,7 @@ def test_json_output_has_every_method_writing_the_same_records(capsys):
 
 def test_plain_loop_writes_readable_tfrecords(tmp_path):
   import tensorflow as tf
+  from pipeline import dataset_info
   from pipeline import features
   counts = bench_beam.plain_loop(str(testdata.SAMPLE_DIR), str(tmp_path))
   records = [r.numpy() for r in tf.data.TFRecordDataset(sorted(map(str, tmp_path.glob(
@@ -32,3 +33,8 @@ def test_plain_loop_writes_readable_tfrecords(tmp_path):
   assert len(records) == sum(counts.values()) == 500
   example = features.parse_single(records[0])
   assert int(example[features.HEIGHT]) == 32
+  # Its dataset_info.json is the job's (one writer), describing what it wrote.
+  info = dataset_info.load(str(tmp_path))
+  assert {s: info.split(s).num_examples for s in info.splits} == counts
+  assert info.num_classes == 10 and info.image_shape == (32, 32, 3)
+  assert sum(sum(s.per_class) for s in info.splits.values()) == 500

@@ -37,3 +37,10 @@ def test_images_are_taken_round_robin_over_classes():
 def test_a_missing_image_dir_names_the_flag(tmp_path):
   with pytest.raises(SystemExit, match="--image_dir"):
     bench_input.list_images(tmp_path / "nowhere", 10)
+
+
+def test_written_data_has_per_class_counts_so_a_class_subset_works(tmp_path):
+  files, class_names = bench_input.list_images(testdata.SAMPLE_DIR / "train", 25)
+  info = bench_input.write_tfrecords(files, class_names, str(tmp_path), (32, 32, 3), 2)
+  assert info.split("train").per_class == (3,) * 5 + (2,) * 5  # round-robin: 25 of 10
+  assert info.subset([0, 9]).split("train").num_examples == 5
