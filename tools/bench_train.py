@@ -20,7 +20,9 @@ runs one untimed call of each side (tracing). Each timing starts a fresh iterato
 tf.data iterator keeps working in the background, and its banked batches would be counted
 at memory speed), runs one untimed call, then times `--steps` steps. Both sides run in each
 repeat, back to back, first one then the other first, so that changes in machine load hit
-both; min / median / max over `--repeats`, and each repeat's own ratio. The goal (issue 4): pipeline steps/s within 5% of memory steps/s.
+both; min / median / max over `--repeats`, and each repeat's own ratio. The goal: pipeline
+steps/s within 5% of memory steps/s. `trained_steps` in the output counts the optimizer
+steps of every timing: each side trains `--steps` steps of the same train step.
 
 Without --data_dir the tool builds a small data directory from the repository's sample
 (pipeline/sample_data/cifar10, 500 JPEGs) with the Beam job, in a temporary directory.

@@ -11,7 +11,8 @@ directories, such as a sweep's output directory. Runs are named by their directo
 basename (prefixed with the parent's name where two basenames collide) and sorted by name,
 numbers by value (classes=2 before classes=10).
 Files read from each run, locally or on gs://, through trainer/workdir.py: flags.txt,
-history.csv, results.json and, if present, confusion_matrix.csv. A run with history.csv but no results.json is
+history.csv, results.json and, if present, confusion_matrix.csv. A run with history.csv but
+no results.json is
 "unfinished": it is listed with its best val_accuracy so far, and a warning is logged.
 
 Writes into --output_dir (tools/report_figures.py draws the plots, tools/report_runs.py
@@ -284,7 +285,8 @@ def define_flags(flag_values):
   fv = {"flag_values": flag_values}
   flags.DEFINE_string("output_dir", None, "Directory to write report.html, report.md and the "
                       "PNGs into.", **fv)
-  flags.DEFINE_alias("out", "output_dir", flag_values=flag_values)  # its spelling until 2026-12
+  # --out: the spelling before --output_dir became every tool's.
+  flags.DEFINE_alias("out", "output_dir", flag_values=flag_values)
   flags.DEFINE_string("title", "Training report", "The report's heading.", **fv)
   flags.DEFINE_string("confusion_run", "", "The run (by name, as in the table) whose confusion "
                       "matrix is shown; default: the run with the best test accuracy.", **fv)
