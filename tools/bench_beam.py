@@ -20,17 +20,21 @@ max over `--repeats`. With `--limit=N`, N images drawn by a hash of their key (a
 class and split) are linked into a temporary tree and all three read that.
 """
 
-import argparse
 import collections
 import contextlib
 import json
 import logging
 import os
 import pathlib
-import statistics
 import sys
 import tempfile
 import time
+
+from absl import flags
+import numpy as np
+
+from tools import cli
+from tools import harness
 
 DEFAULT_IMAGE_DIR = "/tmp/cifar10"  # {train,test}/<class>/*.jpg: the extracted CIFAR-10 JPEGs
 METHODS = ("plain_loop", "beam_1_worker", "beam_2_workers")
@@ -130,26 +134,23 @@ def run(image_dir=DEFAULT_IMAGE_DIR, limit=0, repeats=3, methods=METHODS, log=No
   """Returns {"images_per_s": {method: median}, "runs": {method: [per repeat]}, ...}."""
   import apache_beam  # pylint: disable=unused-import  # imported once, before any timing
   from pipeline import sources
+  records = {}
   with tempfile.TemporaryDirectory(prefix="bench_beam_") as tmp:
     if limit:
       image_dir = limited_tree(image_dir, limit, os.path.join(tmp, "images"))
     num_images = len(sources.plan_image_dir(image_dir).elements)
-    runs = {name: [] for name in methods}
-    records = {}
-    for r in range(repeats):
-      for name in methods:
-        output_dir = os.path.join(tmp, f"{name}-{r}")
-        start = time.perf_counter()
-        if name == "plain_loop":
-          counts = plain_loop(image_dir, output_dir)
-        else:
-          counts = beam_job(image_dir, output_dir, BEAM_ARGS[name])
-        runs[name].append(num_images / (time.perf_counter() - start))
-        records[name] = counts
-      if log:
-        log(f"repeat {r + 1}/{repeats}: "
-            + ", ".join(f"{n} {runs[n][-1]:,.0f} images/s" for n in methods))
-  median = {name: statistics.median(v) for name, v in runs.items()}
+
+    def measure(name, r):
+      output_dir = os.path.join(tmp, f"{name}-{r}")
+      start = time.perf_counter()
+      if name == "plain_loop":
+        records[name] = plain_loop(image_dir, output_dir)
+      else:
+        records[name] = beam_job(image_dir, output_dir, BEAM_ARGS[name])
+      return num_images / (time.perf_counter() - start)
+
+    runs = harness.repeat(methods, repeats, measure, log=log, unit=" images/s")
+  median = harness.medians(runs)
   ratios = {f"{name}_vs_plain_loop": median[name] / median["plain_loop"]
             for name in methods if name != "plain_loop" and "plain_loop" in median}
   if "beam_1_worker" in median and "beam_2_workers" in median:
@@ -162,47 +163,46 @@ def run(image_dir=DEFAULT_IMAGE_DIR, limit=0, repeats=3, methods=METHODS, log=No
       "ratios": ratios,
       "records": records,
       "settings": {"image_dir": image_dir if not limit else f"{image_dir} (first {limit})",
-                   "num_images": num_images, "repeats": repeats, "cpus": os.cpu_count(),
-                   "load_average": list(os.getloadavg())},
+                   "num_images": num_images, "repeats": repeats, **harness.machine()},
   }
 
 
 def format_table(result):
   s = result["settings"]
-  lines = [f"{'method':<16} {'min':>8} {'median':>8} {'max':>8}  images/s   median wall s "
-           f"({s['num_images']} images, {s['repeats']} repeats)"]
-  for name, values in result["runs"].items():
-    lines.append(f"{name:<16} {min(values):>8,.0f} {statistics.median(values):>8,.0f} "
-                 f"{max(values):>8,.0f}  {result['seconds'][name]:>12.1f}")
-  lines.append("")
-  for key, value in result["ratios"].items():
-    lines.append(f"{key:<34} {value:6.2f}x")
-  lines.append(f"records per split: {result['records']}")
-  lines.append(f"load average at the end (1, 5, 15 min): "
-               f"{', '.join(f'{v:.2f}' for v in s['load_average'])}")
+  lines = harness.spread_table(
+      result["runs"], label="method",
+      heading=f"images/s ({s['num_images']} images, {s['repeats']} repeats)",
+      notes={name: f"median {seconds:.1f} s wall" for name, seconds in result["seconds"].items()})
+  lines += ["", *harness.ratio_lines(result["ratios"]),
+            f"records per split: {result['records']}", harness.machine_line(s)]
   return "\n".join(lines)
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--image_dir", default=DEFAULT_IMAGE_DIR,
-                      help="<class>/<file> or {train,test}/<class>/<file> images")
-  parser.add_argument("--limit", type=int, default=0,
-                      help="use only N images, drawn by key hash (0: all)")
-  parser.add_argument("--repeats", type=int, default=3)
-  parser.add_argument("--methods", default=",".join(METHODS),
-                      help=f"comma-separated subset of {','.join(METHODS)}")
-  parser.add_argument("--json", action="store_true", help="print one JSON object")
-  args = parser.parse_args(argv)
-  methods = tuple(m for m in args.methods.split(",") if m)
+def define_flags(flag_values):
+  flags.DEFINE_string("image_dir", DEFAULT_IMAGE_DIR,
+                      "<class>/<file> or {train,test}/<class>/<file> images.",
+                      flag_values=flag_values)
+  flags.DEFINE_integer("limit", 0, "Use only N images, drawn by key hash (0: all).",
+                       lower_bound=0, flag_values=flag_values)
+  flags.DEFINE_list("methods", list(METHODS), f"Comma-separated subset of {','.join(METHODS)}.",
+                    flag_values=flag_values)
+  harness.define_flags(flag_values, repeats=3)
+
+
+def main(argv, flag_values):
+  if len(argv) > 1:
+    raise cli.ToolError(f"unexpected arguments: {' '.join(argv[1:])}")
+  logging.getLogger().setLevel(logging.WARNING)  # Beam's per-stage INFO lines
+  methods = tuple(dict.fromkeys(flag_values.methods))
   unknown = set(methods) - set(METHODS)
   if unknown:
-    parser.error(f"--methods: unknown {sorted(unknown)}; choose from {','.join(METHODS)}")
-  logging.getLogger().setLevel(logging.WARNING)  # Beam's per-stage INFO lines
-  log = None if args.json else lambda line: print(line, file=sys.stderr, flush=True)
-  result = run(args.image_dir, args.limit, args.repeats, methods, log)
-  print(json.dumps(result) if args.json else format_table(result))
+    raise cli.ToolError(f"--methods: unknown {sorted(unknown)}; choose from {','.join(METHODS)}")
+  result = run(flag_values.image_dir, flag_values.limit, flag_values.repeats, methods,
+               harness.progress(flag_values.json))
+  harness.emit(result, format_table, flag_values.json)
 
+
+COMMAND = cli.Command("tools.bench_beam", define_flags, main)
 
 if __name__ == "__main__":
-  main()
+  COMMAND.run()

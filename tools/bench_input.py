@@ -22,14 +22,16 @@ decoded once, in the first epoch, as in training) and traces the functions. Each
 the table gives min / median / max over `--repeats`.
 """
 
-import argparse
 import json
 import os
 import pathlib
-import statistics
-import sys
 import tempfile
 import time
+
+from absl import flags
+
+from tools import cli
+from tools import harness
 
 BATCH_SIZE = 128  # the report's batch size
 DEFAULT_IMAGE_DIR = "/tmp/cifar10/train"  # <class>/*.jpg, e.g. the extracted CIFAR-10 JPEGs
@@ -50,7 +52,7 @@ def list_images(image_dir, num_images):
   image_dir = pathlib.Path(image_dir)
   classes = sorted(p for p in image_dir.iterdir() if p.is_dir()) if image_dir.is_dir() else []
   if not classes:
-    raise SystemExit(
+    raise cli.ToolError(
         f"--image_dir={image_dir}: no class folders (<class>/*.jpg) found. The default is the "
         "CIFAR-10 JPEG archive extracted to /tmp/cifar10; pipeline/sample_data/cifar10/train "
         "has 400 images to try the tool with.")
@@ -61,7 +63,7 @@ def list_images(image_dir, num_images):
       if i < len(files):
         out.append((files[i], label))
   if len(out) < num_images:
-    raise SystemExit(f"--image_dir={image_dir} holds {len(out)} images; --num_images asks "
+    raise cli.ToolError(f"--image_dir={image_dir} holds {len(out)} images; --num_images asks "
                      f"for {num_images}")
   return out[:num_images], [c.name for c in classes]
 
@@ -99,7 +101,7 @@ def decode_all(files):
             for p, _ in files]
   shapes = {i.shape for i in images}
   if len(shapes) != 1:
-    raise SystemExit(f"the images differ in size ({sorted(shapes)[:3]}...); this benchmark "
+    raise cli.ToolError(f"the images differ in size ({sorted(shapes)[:3]}...); this benchmark "
                      "compares methods on same-size images")
   return np.stack(images), np.array([label for _, label in files], np.int32)
 
@@ -218,16 +220,14 @@ def run(image_dir=DEFAULT_IMAGE_DIR, num_images=10_000, batches=200, repeats=3, 
       for _ in range(warmup):
         next(iterator)
       del iterator
-    runs = {name: [] for name in methods}
-    for r in range(repeats):
-      for name in methods:
-        iterator = new_iterator[name]()
-        runs[name].append(_time_batches(iterator, batches))
-        del iterator  # stops its background threads before the next method runs
-      if log:
-        log(f"repeat {r + 1}/{repeats}: "
-            + ", ".join(f"{n} {runs[n][-1]:,.0f}" for n in methods))
-  median = {name: statistics.median(values) for name, values in runs.items()}
+
+    def measure(name, _):
+      # The iterator is dropped when this returns, which stops its background threads
+      # before the next method runs.
+      return _time_batches(new_iterator[name](), batches)
+
+    runs = harness.repeat(methods, repeats, measure, log=log)
+  median = harness.medians(runs)
   ratios = {f"{name}_vs_{base}": median[name] / median[base]
             for name in ("project_host", "project_device") + (OP_METHODS if op_resampler else ())
             for base in ("image_data_generator", "tfdata_keras_layers")}
@@ -240,8 +240,7 @@ def run(image_dir=DEFAULT_IMAGE_DIR, num_images=10_000, batches=200, repeats=3, 
       "ratios": ratios,
       "settings": {"image_dir": str(image_dir), "num_images": num_images,
                    "image_shape": list(images.shape[1:]), "batch_size": BATCH_SIZE,
-                   "batches": batches, "repeats": repeats, "cpus": os.cpu_count(),
-                   "load_average": list(os.getloadavg())},
+                   "batches": batches, "repeats": repeats, **harness.machine()},
   }
   if op_resampler:
     result["op_resampler"] = {name[:-len("_op")]: median[name] for name in OP_METHODS}
@@ -251,46 +250,42 @@ def run(image_dir=DEFAULT_IMAGE_DIR, num_images=10_000, batches=200, repeats=3, 
 
 
 def format_table(result):
-  settings = result["settings"]
-  width = max(len(name) for name in result["runs"])
-  lines = [f"{'method':<{width}} {'min':>9} {'median':>9} {'max':>9}   images/s "
-           f"(batch {BATCH_SIZE}, {settings['batches']} batches x "
-           f"{settings['repeats']} repeats, {settings['num_images']} images "
-           f"{'x'.join(map(str, settings['image_shape']))})"]
-  for name, values in result["runs"].items():
-    lines.append(f"{name:<{width}} {min(values):>9,.0f} {statistics.median(values):>9,.0f} "
-                 f"{max(values):>9,.0f}")
-  lines.append("")
-  for key, value in result["ratios"].items():
-    lines.append(f"{key:<46} {value:6.2f}x")
-  lines.append(f"load average at the end (1, 5, 15 min): "
-               f"{', '.join(f'{v:.2f}' for v in settings['load_average'])}")
+  s = result["settings"]
+  lines = harness.spread_table(
+      result["runs"], label="method",
+      heading=f"images/s (batch {BATCH_SIZE}, {s['batches']} batches x {s['repeats']} "
+              f"repeats, {s['num_images']} images {'x'.join(map(str, s['image_shape']))})")
+  lines += ["", *harness.ratio_lines(result["ratios"]), harness.machine_line(s)]
   return "\n".join(lines)
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--image_dir", default=DEFAULT_IMAGE_DIR,
-                      help="class-per-folder images (<class>/*.jpg)")
-  parser.add_argument("--num_images", type=int, default=10_000,
-                      help="images read into memory and into TFRecords")
-  parser.add_argument("--batches", type=int, default=200,
-                      help="batches of 128 timed per method per repeat")
-  parser.add_argument("--repeats", type=int, default=3)
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--op_resampler", action="store_true",
-                      help="also time the project methods with the ImageProjectiveTransformV3 "
-                           "resampler")
-  parser.add_argument("--deterministic", action="store_true",
-                      help="also time project_host in a fixed order (trainer --deterministic)")
-  parser.add_argument("--json", action="store_true", help="print one JSON object")
-  args = parser.parse_args(argv)
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  log = None if args.json else lambda line: print(line, file=sys.stderr, flush=True)
-  result = run(args.image_dir, args.num_images, args.batches, args.repeats, args.seed,
-               args.op_resampler, args.deterministic, log)
-  print(json.dumps(result) if args.json else format_table(result))
+def define_flags(flag_values):
+  fv = {"flag_values": flag_values}
+  flags.DEFINE_string("image_dir", DEFAULT_IMAGE_DIR, "Class-per-folder images "
+                      "(<class>/*.jpg).", **fv)
+  flags.DEFINE_integer("num_images", 10_000, "Images read into memory and into TFRecords.",
+                       lower_bound=1, **fv)
+  flags.DEFINE_integer("batches", 200, f"Batches of {BATCH_SIZE} timed per method per repeat.",
+                       lower_bound=1, **fv)
+  flags.DEFINE_integer("seed", 0, "Seed of the shuffles and augmentations.", **fv)
+  flags.DEFINE_boolean("op_resampler", False, "Also time the project methods with the "
+                       "ImageProjectiveTransformV3 resampler.", **fv)
+  flags.DEFINE_boolean("deterministic", False, "Also time project_host in a fixed order "
+                       "(trainer --deterministic).", **fv)
+  harness.define_flags(flag_values, repeats=3)
 
+
+def main(argv, flag_values):
+  if len(argv) > 1:
+    raise cli.ToolError(f"unexpected arguments: {' '.join(argv[1:])}")
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  fv = flag_values
+  result = run(fv.image_dir, fv.num_images, fv.batches, fv.repeats, fv.seed, fv.op_resampler,
+               fv.deterministic, harness.progress(fv.json))
+  harness.emit(result, format_table, fv.json)
+
+
+COMMAND = cli.Command("tools.bench_input", define_flags, main)
 
 if __name__ == "__main__":
-  main()
+  COMMAND.run()

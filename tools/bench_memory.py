@@ -2,14 +2,16 @@
 
     python -m tools.bench_memory --data_dir=/work/runs/cifar10_data --epochs=3
     python -m tools.bench_memory --data_dir=... --json
+    python -m tools.bench_memory --data_dir=... --cache=/tmp/c   # other flags go to the trainer
 
-Runs `python -m trainer.main` (in-memory cache, the default) in a child process, follows its
-log, and reads the child's /proc/<pid>/status at:
+Runs `python -m trainer.main` (in-memory cache, the default) in a child process with a fresh
+--model_dir, follows the run through that directory (trainer/workdir.py, polled every
+POLL_S) and reads the child's /proc/<pid>/status when:
 
-  built      the "training <model> (...)" line: TensorFlow imported, model and optimizer
-             built, datasets defined, no epoch run yet (the baseline);
-  epoch N    each "epoch N/M" line: after epoch N's training and validation;
-  end        the final "test_loss" line (test split evaluated, model exported).
+  built      tensorboard/ appears: TensorFlow imported, model and optimizer built, datasets
+             defined, no epoch run yet (the baseline);
+  epoch N    history.csv gains epoch N's row: after epoch N's training and validation;
+  end        results.json appears (test split evaluated, model exported).
 
 VmRSS is the memory resident then, VmHWM the peak so far; `peak` is the child's maximum RSS
 from wait4 (what `/usr/bin/time -v` reports). The decoded train split is
@@ -17,65 +19,102 @@ examples x H x W x 3 bytes (uint8): what the train cache should hold. If the cac
 anything else, or grew across epochs, RSS after epoch 3 would exceed RSS after epoch 2.
 """
 
-import argparse
-import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
+import time
+
+from absl import flags
+
+from tools import cli
+from tools import harness
 
 MIB = 2**20
-_EPOCH = re.compile(r"epoch (\d+)/\d+:")
+POLL_S = 0.02  # seconds between looks at the run directory: well under a tiny run's epoch
 
 
 def _status(pid):
-  """{"rss": bytes, "hwm": bytes} of a live process, from /proc/<pid>/status."""
+  """{"rss": bytes, "hwm": bytes} of a live process, from /proc/<pid>/status ({} once it has
+  exited)."""
   out = {}
-  with open(f"/proc/{pid}/status") as f:
-    for line in f:
-      if line.startswith(("VmRSS:", "VmHWM:")):
-        out["rss" if line.startswith("VmRSS") else "hwm"] = int(line.split()[1]) * 1024
+  try:
+    with open(f"/proc/{pid}/status") as f:
+      for line in f:
+        if line.startswith(("VmRSS:", "VmHWM:")):
+          out["rss" if line.startswith("VmRSS") else "hwm"] = int(line.split()[1]) * 1024
+  except FileNotFoundError:
+    pass
   return out
 
 
 def decoded_bytes(data_dir):
   """Bytes of each split decoded to uint8 pixels: {split: bytes}."""
-  with open(os.path.join(data_dir, "dataset_info.json")) as f:
-    info = json.load(f)
-  height, width, channels = info["image_shape"]
-  return {split: s["num_examples"] * height * width * channels
-          for split, s in info["splits"].items()}
+  from pipeline import dataset_info
+  info = dataset_info.load(data_dir, check_files=False)
+  height, width, channels = info.image_shape
+  return {name: split.num_examples * height * width * channels
+          for name, split in info.splits.items()}
+
+
+def _running(pid):
+  """Whether the child still runs, without reaping it (wait4 reads its peak RSS after)."""
+  return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+
+
+def follow(child, model_dir, log=None):
+  """Samples the child's memory as its run directory moves on; returns the points
+  [{"at", "rss", "hwm"}], in order, until the child exits."""
+  from trainer import workdir
+  points, epochs_seen, built, ended = [], 0, False, False
+
+  def sample(at):
+    status = _status(child.pid)
+    if status:  # a child that has already exited has no memory left to read
+      points.append({"at": at, **status})
+      if log:
+        log(f"{at}: rss {status['rss'] / MIB:,.0f} MiB, "
+            f"peak so far {status['hwm'] / MIB:,.0f} MiB")
+
+  while not ended:
+    running = _running(child.pid)
+    if not built and workdir.training_started(model_dir):
+      built = True
+      sample("built")
+    for row in workdir.read_history(model_dir)[epochs_seen:]:
+      epochs_seen += 1
+      sample(f"epoch {row['epoch']}")
+    if workdir.read_results(model_dir) is not None:
+      ended = True
+      sample("end")
+    if not running:
+      break
+    time.sleep(POLL_S)
+  return points
 
 
 def run(data_dir, model="simple", epochs=3, steps_per_epoch=0, extra_args=(), log=None):
   """Returns {"points": [{"at", "rss", "hwm"}...], "peak": bytes, "decoded": {...}, ...}."""
-  points = []
-  with tempfile.TemporaryDirectory(prefix="bench_memory_") as model_dir:
+  with tempfile.TemporaryDirectory(prefix="bench_memory_") as tmp:
+    model_dir, log_path = os.path.join(tmp, "run"), os.path.join(tmp, "train.log")
     command = [sys.executable, "-m", "trainer.main", f"--data_dir={data_dir}",
                f"--model_dir={model_dir}", f"--model={model}", f"--epochs={epochs}",
                f"--patience={epochs}", f"--steps_per_epoch={steps_per_epoch}", *extra_args]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True, env=env)
-    for line in child.stdout:
-      at = None
-      match = _EPOCH.search(line)
-      if match:
-        at = f"epoch {match.group(1)}"
-      elif "training " in line and " parameters)" in line:
-        at = "built"
-      elif "test_loss" in line:
-        at = "end"
-      if at:
-        points.append({"at": at, **_status(child.pid)})
-        if log:
-          log(f"{at}: rss {points[-1]['rss'] / MIB:,.0f} MiB, "
-              f"peak so far {points[-1]['hwm'] / MIB:,.0f} MiB")
+    env = cli.trainer_env({"TF_CPP_MIN_LOG_LEVEL": "2"})
+    with open(log_path, "wb") as child_log:
+      child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=child_log,
+                               stderr=subprocess.STDOUT, env=env)
+    try:
+      points = follow(child, model_dir, log)
+    except BaseException:  # Ctrl-C: no child left behind
+      child.kill()
+      raise
     _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
-  if child.returncode:
-    raise SystemExit(f"{' '.join(command)} exited with {child.returncode}")
+    child.returncode = os.waitstatus_to_exitcode(status)  # so that Popen does not wait again
+    if child.returncode:
+      with open(log_path, errors="replace") as f:
+        last = ([line.strip() for line in f if line.strip()] or ["(no output)"])[-1]
+      raise cli.ToolError(f"{' '.join(command)} exited with {child.returncode}: {last}")
   decoded = decoded_bytes(data_dir)
   by_name = {p["at"]: p for p in points}
   result = {
@@ -84,8 +123,7 @@ def run(data_dir, model="simple", epochs=3, steps_per_epoch=0, extra_args=(), lo
       "decoded": decoded,
       "settings": {"data_dir": data_dir, "model": model, "epochs": epochs,
                    "steps_per_epoch": steps_per_epoch, "extra_args": list(extra_args),
-                   "command": " ".join(command),
-                   "cpus": os.cpu_count(), "load_average": list(os.getloadavg())},
+                   "command": " ".join(command), **harness.machine()},
   }
   if "built" in by_name:
     result["peak_above_built"] = result["peak"] - by_name["built"]["rss"]
@@ -108,24 +146,30 @@ def format_table(result):
                  f"{result['epoch3_minus_epoch2'] / MIB:+,.1f} MiB")
   lines.append("decoded splits (uint8): " + ", ".join(
       f"{split} {n / MIB:,.0f} MiB" for split, n in result["decoded"].items()))
-  lines.append(f"load average at the end (1, 5, 15 min): "
-               f"{', '.join(f'{v:.2f}' for v in s['load_average'])}")
+  lines.append(harness.machine_line(s))
   return "\n".join(lines)
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--data_dir", required=True, help="a TFRecord data directory")
-  parser.add_argument("--model", default="simple")
-  parser.add_argument("--epochs", type=int, default=3)
-  parser.add_argument("--steps_per_epoch", type=int, default=0,
-                      help="0: full passes over train (what fills the cache)")
-  parser.add_argument("--json", action="store_true", help="print one JSON object")
-  args, extra = parser.parse_known_args(argv)  # the rest go to trainer.main
-  log = None if args.json else lambda line: print(line, file=sys.stderr, flush=True)
-  result = run(args.data_dir, args.model, args.epochs, args.steps_per_epoch, extra, log)
-  print(json.dumps(result) if args.json else format_table(result))
+def define_flags(flag_values):
+  fv = {"flag_values": flag_values}
+  flags.DEFINE_string("data_dir", None, "A TFRecord data directory.", **fv)
+  flags.DEFINE_string("model", "simple", "A trainer.models name.", **fv)
+  flags.DEFINE_integer("epochs", 3, "Epochs to train (and --patience).", lower_bound=1, **fv)
+  flags.DEFINE_integer("steps_per_epoch", 0, "0: full passes over train (what fills the "
+                       "cache).", lower_bound=0, **fv)
+  harness.define_flags(flag_values)
+  flags.mark_flag_as_required("data_dir", flag_values=flag_values)
 
+
+def main(argv, flag_values):
+  """argv[1:]: flags that are not this tool's, passed to trainer.main."""
+  fv = flag_values
+  result = run(fv.data_dir, fv.model, fv.epochs, fv.steps_per_epoch, argv[1:],
+               harness.progress(fv.json))
+  harness.emit(result, format_table, fv.json)
+
+
+COMMAND = cli.Command("tools.bench_memory", define_flags, main, pass_through=True)
 
 if __name__ == "__main__":
-  main()
+  COMMAND.run()

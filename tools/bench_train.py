@@ -20,21 +20,25 @@ runs one untimed call of each side (tracing). Each timing starts a fresh iterato
 tf.data iterator keeps working in the background, and its banked batches would be counted
 at memory speed), runs one untimed call, then times `--steps` steps. Both sides run in each
 repeat, back to back, first one then the other first, so that changes in machine load hit
-both; min / median / max over `--repeats`, and each repeat's own ratio. The goal (issue 4): pipeline steps/s within 5% of memory steps/s.
+both; min / median / max over `--repeats`, and each repeat's own ratio. The goal: pipeline
+steps/s within 5% of memory steps/s. `trained_steps` in the output counts the optimizer
+steps of every timing: each side trains `--steps` steps of the same train step.
 
 Without --data_dir the tool builds a small data directory from the repository's sample
 (pipeline/sample_data/cifar10, 500 JPEGs) with the Beam job, in a temporary directory.
 """
 
-import argparse
 import contextlib
-import json
 import os
 import pathlib
-import statistics
 import sys
 import tempfile
 import time
+
+from absl import flags
+
+from tools import cli
+from tools import harness
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SAMPLE_DIR = REPO / "pipeline" / "sample_data" / "cifar10"
@@ -50,7 +54,7 @@ def build_sample_data(out_dir):
   with contextlib.redirect_stdout(sys.stderr):  # its summary must not mix into --json
     result = build_tfrecords.run_job(config)
   if result.exit_code:
-    raise SystemExit(f"building the sample data in {out_dir} failed")
+    raise cli.ToolError(f"building the sample data in {out_dir} failed")
   return str(out_dir)
 
 
@@ -73,13 +77,16 @@ def memory_train_data(strategy, info, config, num_batches):
   return strategy.distribute_datasets_from_function(dataset_fn)
 
 
-def _time_steps(train_step, iterator, steps):
-  """Steps/s of `steps` train steps, after one untimed call (fills the prefetch buffers)."""
+def _time_steps(train_step, iterator, steps, iterations):
+  """(steps/s, optimizer steps taken) of `steps` train steps, after one untimed call (fills
+  the prefetch buffers); `iterations` is the optimizer's step counter."""
   from trainer import steps as steps_lib
   steps_lib.run_steps(train_step, iterator, steps_lib.STEPS_PER_CALL)
+  before = int(iterations.numpy())
   start = time.perf_counter()
   steps_lib.run_steps(train_step, iterator, steps)  # returns once the last step has finished
-  return steps / (time.perf_counter() - start)
+  seconds = time.perf_counter() - start
+  return steps / seconds, int(iterations.numpy()) - before
 
 
 def run(data_dir, model="simple", steps=100, repeats=3, batch_size=128, memory_batches=50,
@@ -114,22 +121,27 @@ def run(data_dir, model="simple", steps=100, repeats=3, batch_size=128, memory_b
     del iterator
   warmup_s = time.perf_counter() - started
 
-  runs = {side: [] for side in SIDES}
-  for r in range(repeats):
-    # Alternate which side goes first, so that neither always runs right after the
-    # other's background threads or on the same turn of a periodic load.
-    for side in SIDES if r % 2 == 0 else SIDES[::-1]:
-      iterator = iter(data[side])
-      runs[side].append(_time_steps(train_step, iterator, steps))
-      del iterator  # stops its background threads before the other side runs
-    if log:
-      log(f"repeat {r + 1}/{repeats}: " + ", ".join(
-          f"{side} {runs[side][-1]:.2f} steps/s" for side in SIDES))
-  median = {side: statistics.median(v) for side, v in runs.items()}
+  trained = {side: [] for side in SIDES}  # optimizer steps each timing took: all `steps`
+
+  def measure(side, _):
+    # The iterator is dropped when this returns, which stops its background threads before
+    # the other side runs.
+    rate, taken = _time_steps(train_step, iter(data[side]), steps,
+                              optimizers["main"].iterations)
+    trained[side].append(taken)
+    return rate
+
+  # Alternate which side goes first, so that neither always runs right after the other's
+  # background threads or on the same turn of a periodic load.
+  runs = harness.repeat(SIDES, repeats, measure,
+                        order=lambda r: SIDES if r % 2 == 0 else SIDES[::-1],
+                        log=log, spec=".2f", unit=" steps/s")
+  median = harness.medians(runs)
   return {
       "steps_per_s": median,
       "images_per_s": {side: v * batch_size for side, v in median.items()},
       "runs": runs,
+      "trained_steps": trained,
       "ratio": median["pipeline"] / median["memory"],
       # Each repeat's own ratio (the two sides ran back to back): less hit by load that
       # changes between repeats than the ratio of medians.
@@ -137,61 +149,66 @@ def run(data_dir, model="simple", steps=100, repeats=3, batch_size=128, memory_b
       "within_target": median["pipeline"] >= TARGET * median["memory"],
       "settings": {"data_dir": data_dir, "model": model, "batch_size": batch_size,
                    "steps": steps, "repeats": repeats, "memory_batches": memory_batches,
-                   "augment": augment, "augment_on": augment_on, "train_examples": info.split("train").num_examples,
+                   "augment": augment, "augment_on": augment_on,
+                   "train_examples": info.split("train").num_examples,
                    "replicas": strategy.num_replicas_in_sync, "warmup_s": round(warmup_s, 1),
-                   "cpus": os.cpu_count(), "load_average": list(os.getloadavg())},
+                   **harness.machine()},
   }
 
 
 def format_table(result):
   s = result["settings"]
-  lines = [f"{'side':<10} {'min':>8} {'median':>8} {'max':>8}   train steps/s ({s['model']}, "
-           f"batch {s['batch_size']}, {s['steps']} steps x {s['repeats']} repeats, "
-           f"{s['replicas']} replica(s), augment={s['augment']}, augment_on={s['augment_on']})"]
-  for side, values in result["runs"].items():
-    lines.append(f"{side:<10} {min(values):>8.2f} {statistics.median(values):>8.2f} "
-                 f"{max(values):>8.2f}   ({result['images_per_s'][side]:,.0f} images/s)")
+  lines = harness.spread_table(
+      result["runs"], label="side", spec=".2f",
+      heading=f"train steps/s ({s['model']}, batch {s['batch_size']}, {s['steps']} steps x "
+              f"{s['repeats']} repeats, {s['replicas']} replica(s), augment={s['augment']}, "
+              f"augment_on={s['augment_on']})",
+      notes={side: f"({v:,.0f} images/s)" for side, v in result["images_per_s"].items()})
   lines.append(f"pipeline / memory: {result['ratio']:.3f} "
                f"({'within' if result['within_target'] else 'NOT within'} "
                f"{100 * (1 - TARGET):.0f}% of memory); per repeat: "
                + ", ".join(f"{r:.3f}" for r in result["paired_ratios"]))
   lines.append(f"data: {s['data_dir']} ({s['train_examples']} train examples); "
-               f"warm-up {s['warmup_s']} s; load average at the end (1, 5, 15 min): "
-               f"{', '.join(f'{v:.2f}' for v in s['load_average'])}")
+               f"warm-up {s['warmup_s']} s")
+  lines.append(harness.machine_line(s))
   return "\n".join(lines)
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--model", default="simple", help="a trainer.models name")
-  parser.add_argument("--data_dir", default="",
-                      help="a TFRecord data directory (pipeline.build_tfrecords); default: "
-                           "build one from pipeline/sample_data/cifar10 in a temp dir")
-  parser.add_argument("--steps", type=int, default=100, help="train steps timed per side "
-                      "per repeat")
-  parser.add_argument("--repeats", type=int, default=3)
-  parser.add_argument("--batch_size", type=int, default=128)
-  parser.add_argument("--memory_batches", type=int, default=50,
-                      help="batches the memory side holds and repeats")
-  parser.add_argument("--noaugment", dest="augment", action="store_false",
-                      help="train without augmentation (as --noaugment in trainer.main)")
-  parser.add_argument("--augment_on", choices=("host", "device"), default="host",
-                      help="where augmentation runs (as --augment_on in trainer.main): "
-                           "in tf.data, or inside the train step on both sides")
-  parser.add_argument("--json", action="store_true", help="print one JSON object")
-  args = parser.parse_args(argv)
+def define_flags(flag_values):
+  fv = {"flag_values": flag_values}
+  flags.DEFINE_string("model", "simple", "A trainer.models name.", **fv)
+  flags.DEFINE_string("data_dir", "", "A TFRecord data directory (pipeline.build_tfrecords); "
+                      "default: build one from pipeline/sample_data/cifar10 in a temp dir.", **fv)
+  flags.DEFINE_integer("steps", 100, "Train steps timed per side per repeat.", lower_bound=1,
+                       **fv)
+  flags.DEFINE_integer("batch_size", 128, "Global batch size.", lower_bound=1, **fv)
+  flags.DEFINE_integer("memory_batches", 50, "Batches the memory side holds and repeats.",
+                       lower_bound=1, **fv)
+  flags.DEFINE_boolean("augment", True, "Train with augmentation (--noaugment: without, as in "
+                       "trainer.main).", **fv)
+  flags.DEFINE_enum("augment_on", "host", ["host", "device"], "Where augmentation runs (as "
+                    "--augment_on in trainer.main): in tf.data, or inside the train step on "
+                    "both sides.", **fv)
+  harness.define_flags(flag_values, repeats=3)
+
+
+def main(argv, flag_values):
+  if len(argv) > 1:
+    raise cli.ToolError(f"unexpected arguments: {' '.join(argv[1:])}")
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  log = None if args.json else lambda line: print(line, file=sys.stderr, flush=True)
-  kwargs = dict(model=args.model, steps=args.steps, repeats=args.repeats,
-                batch_size=args.batch_size, memory_batches=args.memory_batches,
-                augment=args.augment, augment_on=args.augment_on, log=log)
-  if args.data_dir:
-    result = run(args.data_dir, **kwargs)
+  fv = flag_values
+  kwargs = dict(model=fv.model, steps=fv.steps, repeats=fv.repeats, batch_size=fv.batch_size,
+                memory_batches=fv.memory_batches, augment=fv.augment, augment_on=fv.augment_on,
+                log=harness.progress(fv.json))
+  if fv.data_dir:
+    result = run(fv.data_dir, **kwargs)
   else:
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
       result = run(build_sample_data(os.path.join(tmp, "data")), **kwargs)
-  print(json.dumps(result) if args.json else format_table(result))
+  harness.emit(result, format_table, fv.json)
 
+
+COMMAND = cli.Command("tools.bench_train", define_flags, main)
 
 if __name__ == "__main__":
-  main()
+  COMMAND.run()

@@ -18,7 +18,6 @@ This is a stand-in for a cluster manager on one machine. On several machines, st
 (docs/distributed.md).
 """
 
-import argparse
 import ctypes
 import json
 import os
@@ -28,6 +27,10 @@ import subprocess
 import sys
 import threading
 import time
+
+from absl import flags
+
+from tools import cli
 
 HOST = "127.0.0.1"
 PREFIX = "[launch]"
@@ -79,8 +82,10 @@ def _die_with_parent_hook():
 
 
 def start_worker(index, hosts, trainer_args, *, env=None, cwd=None):
-  """Starts worker `index` as a subprocess (stdout and stderr merged, one pipe); a Popen."""
-  full_env = dict(os.environ if env is None else env)
+  """Starts worker `index` as a subprocess (stdout and stderr merged, one pipe); a Popen. It
+  starts in `cwd` (default: the launcher's directory, so relative paths mean what the user
+  typed) and imports trainer from the repository root wherever that is."""
+  full_env = cli.trainer_env() if env is None else dict(env)
   full_env["TF_CONFIG"] = tf_config(hosts, index)
   full_env.setdefault("PYTHONUNBUFFERED", "1")
   return subprocess.Popen(
@@ -196,28 +201,24 @@ def run(num_workers, trainer_args, *, grace_seconds=10.0, out=None, cwd=None):
   return 0 if failed is None and not received and all(c == 0 for c in codes) else 1
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(
-      description=__doc__.split("\n")[0],
-      usage="python -m tools.launch_local --workers=N -- <trainer flags>")
-  parser.add_argument("--workers", type=int, default=2, help="worker processes to start")
-  parser.add_argument("--grace_seconds", type=float, default=10.0,
-                      help="after a failure or a signal, how long workers get to exit before "
-                           "SIGKILL")
-  parser.add_argument("trainer_args", nargs=argparse.REMAINDER,
-                      help="flags for python -m trainer.main, after --")
-  args = parser.parse_args(argv)
-  trainer_args = args.trainer_args
-  if trainer_args[:1] == ["--"]:
-    trainer_args = trainer_args[1:]
-  if args.workers < 1:
-    parser.error(f"--workers={args.workers}: must be at least 1")
+def define_flags(flag_values):
+  fv = {"flag_values": flag_values}
+  flags.DEFINE_integer("workers", 2, "Worker processes to start.", lower_bound=1, **fv)
+  flags.DEFINE_float("grace_seconds", 10.0, "After a failure or a signal, how long workers get "
+                     "to exit before SIGKILL.", lower_bound=0, **fv)
+
+
+def main(argv, flag_values):
+  """argv[1:]: the flags for python -m trainer.main, after --."""
+  trainer_args = argv[1:]
   try:
     trainer_command(trainer_args)
   except ValueError as e:
-    parser.error(str(e))
-  return run(args.workers, trainer_args, grace_seconds=args.grace_seconds)
+    raise cli.ToolError(e) from None
+  return run(flag_values.workers, trainer_args, grace_seconds=flag_values.grace_seconds)
 
+
+COMMAND = cli.Command("tools.launch_local", define_flags, main)
 
 if __name__ == "__main__":
-  sys.exit(main())
+  COMMAND.run()

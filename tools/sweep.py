@@ -1,8 +1,10 @@
 r"""Runs a grid of `python -m trainer.main` runs, one model_dir each, resumably; collects results.
 
-    python -m tools.sweep --config=configs/NAME.sweep --out_dir=DIR [--dry_run] [TRAINER FLAGS]
-    python -m tools.sweep --config=configs/NAME.sweep --out_dir=DIR --data_dir=DATA
-    python -m tools.sweep --config=... --out_dir=DIR --dry_run      # prints the commands only
+    python -m tools.sweep --config=configs/NAME.sweep --output_dir=DIR [--dry_run] [TRAINER FLAGS]
+    python -m tools.sweep --config=configs/NAME.sweep --output_dir=DIR --data_dir=DATA
+    python -m tools.sweep --config=... --output_dir=DIR --dry_run   # prints the commands only
+
+(--out_dir=DIR, the old spelling of --output_dir, still works.)
 
 The config file, one item a line:
 
@@ -30,47 +32,56 @@ Each run is named by its swept `flag=value` pairs joined by `,` in sweep-line or
 (`optimizer=sgd,learning_rate=1e-3`), with characters other than [A-Za-z0-9._=,-] replaced
 by `_`, and trains in DIR/<name>:
 
-    cd <repository root> && python -m trainer.main <base flags> <swept flags> \
-        <TRAINER FLAGS> --model_dir=DIR/<name>   >> DIR/<name>/train.log 2>&1
+    cd <the current directory> && PYTHONPATH=<repository root> python -m trainer.main \
+        <base flags> <swept flags> <TRAINER FLAGS> --model_dir=DIR/<name> \
+        >> DIR/<name>/train.log 2>&1
 
 Flags on the sweep's command line that are not its own (e.g. --data_dir=DATA,
 --steps_per_epoch=5) go to every run after the config's flags, so they override them.
 --model_dir is the sweep's to set (given anywhere, it is an error; a --model_dir inside a
-flagfile is overridden). Runs start in the repository root: other relative paths in trainer
-flags (--data_dir, --cache) are relative to it.
+flagfile is overridden). Runs start in the directory the sweep was started in, so relative
+paths in trainer flags (--data_dir, --cache) mean what they mean on the sweep's command line.
 
 Before anything runs, every run's flags are parsed with the trainer's own flag definitions: an
 unknown flag or bad value stops the sweep with an error naming the run.
 
-Resuming: a run whose DIR/<name>/results.json exists finished earlier and is skipped; any other
-run is started again (the trainer resumes from the checkpoints in its model_dir). So after a
+Resuming: a run whose DIR/<name>/results.json exists (trainer/workdir.py) finished earlier
+and is skipped; any other run is started again (the trainer resumes from the checkpoints in
+its model_dir). So after a
 failure or Ctrl-C, rerun the same command. A run that fails is reported with the end of its log
 and the sweep goes on; it then exits non-zero naming the failed runs.
 
 At the end the sweep writes DIR/sweep.csv (a row per run: run, each swept flag's value, status
-done/skipped/failed, test_accuracy, test_loss, best_epoch, epochs_run, wall_time_s) and
+done/skipped/failed, and the results.json fields of RESULTS_SHOWN: test_loss, test_accuracy,
+best_epoch, epochs_run, wall_time_s) and
 DIR/sweep.json (the same, plus the config path, base flags and each run's command), and prints
 the table. DIR/sweep.config is a copy of the config that ran; if an earlier sweep into DIR used
 a different one, the sweep warns and goes on with the new grid (finished runs whose names are
 still in it are still skipped, even if their other flags changed: use a new DIR to rerun).
 """
 
-import argparse
 import csv
 import dataclasses
 import datetime
 import itertools
 import json
 import os
-import pathlib
 import re
 import shlex
 import subprocess
 import sys
 import time
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-RESULT_FIELDS = ("test_accuracy", "test_loss", "best_epoch", "epochs_run", "wall_time_s")
+from absl import flags
+
+from tools import cli
+from trainer import workdir
+
+REPO = cli.REPO
+# The results.json fields in sweep.csv and the table: a choice of workdir.RESULTS_FIELDS, in
+# its order.
+RESULTS_SHOWN = tuple(name for name in workdir.RESULTS_FIELDS if name in {
+    "test_loss", "test_accuracy", "best_epoch", "epochs_run", "wall_time_s"})
 NO_SWEEP_NAME = "base"
 TAIL_LINES = 10  # lines of a failed run's log to print
 
@@ -99,13 +110,6 @@ class Run:
   args: tuple  # the trainer flags, without --model_dir
 
 
-def _flag_name(arg):
-  """The flag name of an argument ("model_dir" for --model_dir=x or -model_dir), else None."""
-  if not arg.startswith("-") or arg in ("-", "--"):
-    return None
-  return arg.lstrip("-").split("=", 1)[0]
-
-
 def resolve_flagfile(path, cwd=None):
   """The absolute path of a flagfile: `path` itself if absolute, else the first existing file
   of cwd/path and REPO/path."""
@@ -130,19 +134,20 @@ def _resolve_flagfile_args(args, cwd=None):
     if resolve_next:
       out.append(resolve_flagfile(arg, cwd))
       resolve_next = False
-    elif _flag_name(arg) == "flagfile" and "=" in arg:
+    elif cli.flag_name(arg) == "flagfile" and "=" in arg:
       prefix, value = arg.split("=", 1)
       out.append(f"{prefix}={resolve_flagfile(value, cwd)}")
     else:
       out.append(arg)
-      resolve_next = _flag_name(arg) == "flagfile"
+      resolve_next = cli.flag_name(arg) == "flagfile"
   return out
 
 
 def _check_no_model_dir(args, where):
   for arg in args:
-    if _flag_name(arg) == "model_dir":
-      raise SweepError(f"{where}: {arg}: the sweep sets --model_dir (to --out_dir/<run name>); "
+    if cli.flag_name(arg) == "model_dir":
+      raise SweepError(f"{where}: {arg}: the sweep sets --model_dir (to --output_dir/<run "
+                       "name>); "
                        "leave it out")
 
 
@@ -247,15 +252,6 @@ def validate(runs, out_dir):
       raise SweepError(f"run {run.name}: unexpected arguments (not flags): {' '.join(rest[1:])}")
 
 
-def read_results(run_dir):
-  """The run's results.json as a dict, or None if it has not finished."""
-  path = os.path.join(run_dir, "results.json")
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
-
-
 def _log_tail(path, start, lines=TAIL_LINES):
   with open(path, "rb") as f:
     f.seek(start)
@@ -271,15 +267,16 @@ def train_one(run, run_dir):
   os.makedirs(run_dir, exist_ok=True)
   command = trainer_command(run, run_dir)
   log_path = os.path.join(run_dir, "train.log")
-  env = dict(os.environ, PYTHONUNBUFFERED="1")
+  cwd = os.getcwd()  # the user's: relative paths in the flags mean what they typed
+  env = cli.trainer_env({"PYTHONUNBUFFERED": "1"})
   with open(log_path, "ab") as log:
     stamp = datetime.datetime.now().isoformat(timespec="seconds")
-    log.write(f"==== tools.sweep {stamp}: cd {shlex.quote(str(REPO))} && "
-              f"{shlex.join(command)}\n".encode())
+    log.write(f"==== tools.sweep {stamp}: cd {shlex.quote(cwd)} && PYTHONPATH="
+              f"{shlex.quote(env['PYTHONPATH'])} {shlex.join(command)}\n".encode())
     log.flush()
     start = log.tell()
     started = time.monotonic()
-    child = subprocess.Popen(command, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log,
+    child = subprocess.Popen(command, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log,
                              stderr=subprocess.STDOUT, env=env)
     try:
       status = child.wait()
@@ -296,7 +293,7 @@ def train_one(run, run_dir):
 
 def _row(run, swept, status, results):
   row = {"run": run.name, **{flag: run.values[flag] for flag, _ in swept}, "status": status}
-  for field in RESULT_FIELDS:
+  for field in RESULTS_SHOWN:
     row[field] = (results or {}).get(field)
   return row
 
@@ -313,7 +310,7 @@ def _format_value(field, value):
 
 def format_table(rows):
   """The rows as an aligned text table: run, status and the result fields."""
-  columns = ("run", "status", *RESULT_FIELDS)
+  columns = ("run", "status", *RESULTS_SHOWN)
   cells = [list(columns)] + [[_format_value(c, row[c]) for c in columns] for row in rows]
   widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
   out = []
@@ -325,7 +322,7 @@ def format_table(rows):
 
 def write_summary(out_dir, config, extra_args, runs, rows):
   """DIR/sweep.csv and DIR/sweep.json."""
-  fields = ["run", *(flag for flag, _ in config.swept), "status", *RESULT_FIELDS]
+  fields = ["run", *(flag for flag, _ in config.swept), "status", *RESULTS_SHOWN]
   with open(os.path.join(out_dir, "sweep.csv"), "w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
@@ -346,7 +343,7 @@ def write_summary(out_dir, config, extra_args, runs, rows):
 
 
 def _warn(message):
-  print(f"sweep: warning: {message}", file=sys.stderr, flush=True)
+  print(f"tools.sweep: warning: {message}", file=sys.stderr, flush=True)
 
 
 def _say(message):
@@ -359,7 +356,7 @@ def sweep(config, out_dir, extra_args=(), dry_run=False):
   _check_no_model_dir(extra_args, "command line")
   swept_names = {flag for flag, _ in config.swept}
   for arg in extra_args:
-    name = _flag_name(arg)
+    name = cli.flag_name(arg)
     if name and name not in swept_names and name.startswith("no"):
       name = name[2:]  # --noaugment
     if name in swept_names:
@@ -375,11 +372,11 @@ def sweep(config, out_dir, extra_args=(), dry_run=False):
               "this directory; the new grid decides (runs it shares with the old one that "
               "finished are skipped even if their flags changed)")
   run_dirs = [os.path.join(out_dir, run.name) for run in runs]
-  finished = [read_results(d) is not None for d in run_dirs]
+  finished = [workdir.read_results(d) is not None for d in run_dirs]
   n = len(runs)
   _say(f"sweep: {n} run(s) from {config.path} in {out_dir}, {sum(finished)} finished earlier")
   if dry_run:
-    _say(f"sweep: --dry_run: nothing runs; the commands (each run in {REPO}):")
+    _say(f"sweep: --dry_run: nothing runs; the commands (each run in {os.getcwd()}):")
     for k, (run, run_dir, done) in enumerate(zip(runs, run_dirs, finished), start=1):
       _say(f"[{k}/{n}] {run.name}: " + ("finished earlier, would be skipped" if done
                                         else "would train"))
@@ -392,7 +389,7 @@ def sweep(config, out_dir, extra_args=(), dry_run=False):
   rows = []
   for k, (run, run_dir) in enumerate(zip(runs, run_dirs), start=1):
     prefix = f"[{k}/{n}] {run.name}"
-    results = read_results(run_dir)
+    results = workdir.read_results(run_dir)
     if results is not None:
       _say(f"{prefix}: finished earlier, skipped")
       rows.append(_row(run, config.swept, "skipped", results))
@@ -400,7 +397,7 @@ def sweep(config, out_dir, extra_args=(), dry_run=False):
     log_path = os.path.join(run_dir, "train.log")
     _say(f"{prefix}: training (log: {log_path})")
     status, seconds, tail = train_one(run, run_dir)
-    results = read_results(run_dir) if status == 0 else None
+    results = workdir.read_results(run_dir) if status == 0 else None
     if results is None:
       reason = f"exit {status}" if status else "exit 0 without results.json"
       _say(f"{prefix}: FAILED ({reason}), see {log_path}")
@@ -419,28 +416,32 @@ def sweep(config, out_dir, extra_args=(), dry_run=False):
   return rows
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(
-      prog="python -m tools.sweep", description=__doc__,
-      formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
-      usage="%(prog)s --config=FILE --out_dir=DIR [--dry_run] [TRAINER FLAGS...]")
-  parser.add_argument("--config", required=True, help="the sweep config file")
-  parser.add_argument("--out_dir", required=True,
-                      help="where each run's model_dir and the summary files go")
-  parser.add_argument("--dry_run", action="store_true",
-                      help="print each run's command and whether it would be skipped; run "
-                           "nothing, write nothing")
-  args, extra = parser.parse_known_args(argv)  # the rest go to every trainer.main run
+def define_flags(flag_values):
+  fv = {"flag_values": flag_values}
+  flags.DEFINE_string("config", None, "The sweep config file.", **fv)
+  flags.DEFINE_string("output_dir", None, "Where each run's model_dir and the summary files "
+                      "go.", **fv)
+  # --out_dir: the spelling before --output_dir became every tool's.
+  flags.DEFINE_alias("out_dir", "output_dir", flag_values=flag_values)
+  flags.DEFINE_boolean("dry_run", False, "Print each run's command and whether it would be "
+                       "skipped; run nothing, write nothing.", **fv)
+  flags.mark_flags_as_required(["config", "output_dir"], flag_values=flag_values)
+
+
+def main(argv, flag_values):
+  """argv[1:]: the flags that are not the sweep's, for every trainer.main run."""
   try:
-    extra = _resolve_flagfile_args(extra)
-    config = load_config(args.config)
-    rows = sweep(config, args.out_dir, extra, dry_run=args.dry_run)
-  except (SweepError, OSError) as e:
-    raise SystemExit(f"sweep: error: {e}") from None
+    extra = _resolve_flagfile_args(argv[1:])
+    config = load_config(flag_values.config)
+    rows = sweep(config, flag_values.output_dir, extra, dry_run=flag_values.dry_run)
+  except (SweepError, OSError, workdir.RunDirError) as e:
+    raise cli.ToolError(e) from None
   failed = [row["run"] for row in rows if row["status"] == "failed"]
   if failed:
-    raise SystemExit(f"sweep: {len(failed)} of {len(rows)} run(s) failed: {', '.join(failed)}")
+    raise cli.ToolError(f"{len(failed)} of {len(rows)} run(s) failed: {', '.join(failed)}")
 
+
+COMMAND = cli.Command("tools.sweep", define_flags, main, pass_through=True)
 
 if __name__ == "__main__":
-  main()
+  COMMAND.run()

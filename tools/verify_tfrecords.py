@@ -8,21 +8,25 @@ Checks CRCs, record counts per split and class, label ranges, unique keys and (u
 line per split and one per problem, naming the shard and record index.
 
 Exit status: 0 all good; 1 the records do not match dataset_info.json or are corrupt;
-2 there is no readable dataset_info.json, or a shard it lists is missing.
+2 there is no readable dataset_info.json, or a shard it lists is missing. A usage mistake
+(no data directory, a bad flag) is one line `tools.verify_tfrecords: error: ...`, exit 1.
 """
 
 import sys
 
-from absl import app
 from absl import flags
 
-FLAGS = flags.FLAGS
+from tools import cli
 
-flags.DEFINE_list("splits", None, "Splits to check (default: every split in "
-                  "dataset_info.json).")
-flags.DEFINE_bool("decode", True, "Decode every image (slower); --nodecode checks bytes, "
-                  "counts and labels only.")
-flags.DEFINE_integer("max_errors", 20, "List at most this many problems.", lower_bound=1)
+
+def define_flags(flag_values):
+  fv = {"flag_values": flag_values}
+  flags.DEFINE_list("splits", None, "Splits to check (default: every split in "
+                    "dataset_info.json).", **fv)
+  flags.DEFINE_bool("decode", True, "Decode every image (slower); --nodecode checks bytes, "
+                    "counts and labels only.", **fv)
+  flags.DEFINE_integer("max_errors", 20, "List at most this many problems.", lower_bound=1,
+                       **fv)
 
 
 def run(data_dir, *, splits=None, decode=True, max_errors=20):
@@ -39,11 +43,15 @@ def run(data_dir, *, splits=None, decode=True, max_errors=20):
   return 0 if report.ok else 1
 
 
-def main(argv):
+def main(argv, flag_values):
   if len(argv) != 2:
-    raise app.UsageError("usage: python -m tools.verify_tfrecords <data_dir> [--splits=...]")
-  return run(argv[1], splits=FLAGS.splits, decode=FLAGS.decode, max_errors=FLAGS.max_errors)
+    raise cli.ToolError("expected one data directory: python -m tools.verify_tfrecords "
+                        "<data_dir> [--splits=...]")
+  return run(argv[1], splits=flag_values.splits, decode=flag_values.decode,
+             max_errors=flag_values.max_errors)
 
+
+COMMAND = cli.Command("tools.verify_tfrecords", define_flags, main)
 
 if __name__ == "__main__":
-  app.run(main)
+  COMMAND.run()

@@ -121,6 +121,22 @@ def is_run_dir(path):
   return any(tf.io.gfile.exists(join(path, name)) for name in RUN_MARKERS)
 
 
+def run_dirs_under(path):
+  """(run directories, other subdirectories) of a directory that is not itself a run, such as
+  a sweep's output: its immediate, non-hidden subdirectories, sorted by name."""
+  names = sorted(name.rstrip("/") for name in tf.io.gfile.listdir(path))
+  subdirs = [join(path, name) for name in names
+             if not name.startswith(".") and tf.io.gfile.isdir(join(path, name))]
+  runs = [d for d in subdirs if is_run_dir(d)]
+  return runs, [d for d in subdirs if d not in runs]
+
+
+def training_started(run_dir):
+  """True once the trainer has built the model and opened its TensorBoard writers
+  (TENSORBOARD_DIR exists): the last step before the first epoch."""
+  return tf.io.gfile.exists(join(run_dir, TENSORBOARD_DIR))
+
+
 # --- flags.txt -----------------------------------------------------------------------------
 
 

@@ -9,32 +9,22 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
+from tests import processes
 from tests import testdata
 from tools import launch_local
 
-REPO = str(testdata.REPO)
+REPO = processes.REPO
 
 
-@pytest.fixture(scope="module")
-def data_dir(make_data_dir):
-  return make_data_dir(num_shards=4)
-
-
-def _env():
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
-  env.pop("TF_CONFIG", None)
-  return env
+SHARDED = {"num_shards": 4}  # make_data_dir(**SHARDED): a train shard for each of 2+ workers
 
 
 def _launch(*args):
-  return subprocess.Popen([sys.executable, "-m", "tools.launch_local", *args], cwd=REPO,
-                          env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True)
+  return processes.start("tools.launch_local", *args, merge_stderr=True)
 
 
 def _finish(process, timeout):
@@ -66,15 +56,19 @@ def test_tf_configs_name_distinct_free_ports_and_each_worker_once():
   assert command == ["py", "-m", "trainer.main", "--strategy=multi_worker", "--epochs=1"]
   with pytest.raises(ValueError, match="--strategy=mirrored"):
     launch_local.trainer_command(["--strategy=mirrored"])
+  # On the command line: one line, exit status 1, before any worker starts.
+  with pytest.raises(SystemExit, match=r"^tools\.launch_local: error: --strategy=mirrored: "):
+    launch_local.COMMAND.call(["--workers=2", "--", "--strategy=mirrored"])
 
 
-def test_a_worker_that_loses_its_peer_mid_run_stops_with_an_error(data_dir, tmp_path):
+def test_a_worker_that_loses_its_peer_mid_run_stops_with_an_error(make_data_dir, tmp_path):
+  data_dir = make_data_dir(**SHARDED)
   # Two workers started as the launcher starts them, but with no launcher to stop the
   # survivor: worker 1 is SIGKILLed after epoch 1, and worker 0 must end by itself.
   hosts = [f"127.0.0.1:{p}" for p in launch_local.free_ports(2)]
   flags = [f"--data_dir={data_dir}", f"--model_dir={tmp_path / 'run'}", "--batch_size=16",
            "--steps_per_epoch=2", "--epochs=1000", "--noaugment", "--worker_timeout=60"]
-  workers = [launch_local.start_worker(i, hosts, flags, env=_env(), cwd=REPO)
+  workers = [launch_local.start_worker(i, hosts, flags, env=processes.command_env(), cwd=REPO)
              for i in range(2)]
   try:
     for line in workers[1].stdout:
@@ -112,10 +106,11 @@ def test_fewer_shards_than_workers_fail_on_every_worker_with_the_fix(tmp_path):
   assert time.monotonic() - started < 120
 
 
-def test_a_worker_whose_peer_never_comes_fails_after_worker_timeout(data_dir, tmp_path):
+def test_a_worker_whose_peer_never_comes_fails_after_worker_timeout(make_data_dir, tmp_path):
+  data_dir = make_data_dir(**SHARDED)
   # Worker 1 of a 2-worker cluster whose worker 0 is never started.
   hosts = [f"127.0.0.1:{p}" for p in launch_local.free_ports(2)]
-  env = dict(_env(), TF_CONFIG=launch_local.tf_config(hosts, 1))
+  env = dict(processes.command_env(), TF_CONFIG=launch_local.tf_config(hosts, 1))
   started = time.monotonic()
   process = subprocess.Popen(
       launch_local.trainer_command([f"--data_dir={data_dir}", f"--model_dir={tmp_path / 'r'}",
@@ -128,7 +123,8 @@ def test_a_worker_whose_peer_never_comes_fails_after_worker_timeout(data_dir, tm
   assert time.monotonic() - started < 120
 
 
-def test_sigterm_to_the_launcher_stops_every_worker(data_dir, tmp_path):
+def test_sigterm_to_the_launcher_stops_every_worker(make_data_dir, tmp_path):
+  data_dir = make_data_dir(**SHARDED)
   launcher = _launch("--workers=2", "--grace_seconds=3", "--", f"--data_dir={data_dir}",
                      f"--model_dir={tmp_path / 'run'}", "--batch_size=16", "--epochs=1000")
   pids = []

@@ -1,9 +1,9 @@
-"""tools/report.py on synthetic run directories in the trainer's format (trainer/loop.py)."""
+"""tools/report.py on run directories written by the trainer's own writers (trainer/workdir.py):
+RunDirs + write_flags / write_history / write_results / write_confusion_matrix."""
 
 import base64
-import csv
+import dataclasses
 import io
-import json
 import math
 import re
 
@@ -11,25 +11,15 @@ from PIL import Image
 import pytest
 
 from tools import report
+from tools import report_figures
+from tools import report_runs
+from trainer import config as config_lib
+from trainer import workdir
 
 CLASSES = ["airplane", "automobile", "bird"]
 # learning_rate -> (test_loss, test_accuracy, best_epoch, epochs_run)
 SWEEP = {"0.1": (1.0987, 0.3412, 2, 8), "0.01": (0.7421, 0.7438, 6, 10),
          "0.001": (0.8215, 0.6954, 7, 7)}
-
-
-def flags_text(learning_rate, model_dir, **overrides):
-  flags = {"data_dir": "/data", "model_dir": model_dir, "model": "simple", "batch_size": "128",
-           "optimizer": "adam", "learning_rate": learning_rate, "epochs": "10",
-           "patience": "3", "augment": True, "mixed_precision": False, "seed": "0",
-           "cache": "", "image_size": "0", **overrides}
-  lines = []
-  for name, value in flags.items():
-    if isinstance(value, bool):
-      lines.append(f"--{name}" if value else f"--no{name}")
-    else:
-      lines.append(f"--{name}={value}")
-  return "\n".join(lines) + "\n"
 
 
 def history_rows(epochs, best_epoch, final_accuracy):
@@ -46,44 +36,36 @@ def history_rows(epochs, best_epoch, final_accuracy):
   return rows
 
 
-def write_history(path, rows, fields=("epoch", "loss", "accuracy", "val_loss", "val_accuracy",
-                                      "time")):
-  with open(path, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-
-
-def write_confusion(path, counts, classes=CLASSES):
-  with open(path, "w", newline="") as f:
-    writer = csv.writer(f, lineterminator="\n")
-    writer.writerow(["true\\predicted", *classes])
-    for name, row in zip(classes, counts):
-      writer.writerow([name, *row])
-
-
 def write_run(run_dir, learning_rate, test_loss, test_accuracy, best_epoch, epochs_run,
-              finished=True, confusion=True, **flag_overrides):
+              finished=True, confusion=True, without_flags=(), **flag_overrides):
+  """A run as the trainer leaves it; without_flags: flags its (older) flags.txt lacks."""
+  dirs = workdir.RunDirs(str(run_dir))
   run_dir.mkdir(parents=True)
-  (run_dir / "flags.txt").write_text(flags_text(learning_rate, str(run_dir), **flag_overrides))
-  write_history(run_dir / "history.csv", history_rows(epochs_run, best_epoch, test_accuracy))
+  config = config_lib.Config(data_dir="/data", model_dir=str(run_dir), epochs=10, patience=3,
+                             learning_rate=float(learning_rate), **flag_overrides)
+  workdir.write_flags(dirs, config)
+  if without_flags:
+    text = workdir.flagfile_text(config)
+    workdir.write_text(dirs.file(workdir.FLAGS_FILE), "".join(
+        line for line in text.splitlines(keepends=True)
+        if workdir.parse_flags(line).keys().isdisjoint(without_flags)))
+  workdir.write_history(dirs, history_rows(epochs_run, best_epoch, test_accuracy))
   if not finished:
     return run_dir
-  results = {"test_loss": test_loss, "test_accuracy": test_accuracy, "test_examples": 300,
-             "best_epoch": best_epoch, "best_val_loss": 0.7 + 0.01 * best_epoch,
-             "epochs_run": epochs_run, "resumed_from_epoch": 0,
-             "stopped_early": epochs_run < 10, "examples_per_s": 1234.5,
-             "wall_time_s": 31.0 * epochs_run + 12.5, "num_replicas": 1,
-             "strategy": "OneDeviceStrategy", "model": flag_overrides.get("model", "simple"),
-             "global_batch_size": 128, "dtype_policy": "float32", "class_names": CLASSES}
-  (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+  workdir.write_results(dirs, {
+      "test_loss": test_loss, "test_accuracy": test_accuracy, "test_examples": 300,
+      "best_epoch": best_epoch, "best_val_loss": 0.7 + 0.01 * best_epoch,
+      "epochs_run": epochs_run, "resumed_from_epoch": 0, "stopped_early": epochs_run < 10,
+      "examples_per_s": 1234.5, "wall_time_s": 31.0 * epochs_run + 12.5, "num_replicas": 1,
+      "strategy": "one_device", "model": config.model, "trainable_parameters": 1000,
+      "global_batch_size": config.batch_size, "dtype_policy": "float32",
+      "class_names": CLASSES})
   if confusion:
     correct = round(100 * test_accuracy)
     rest = 100 - correct
-    write_confusion(run_dir / "confusion_matrix.csv",
-                    [[correct, rest // 2, rest - rest // 2],
-                     [rest // 2, correct, rest - rest // 2],
-                     [rest - rest // 2, rest // 2, correct]])
+    workdir.write_confusion_matrix(dirs, CLASSES, [[correct, rest // 2, rest - rest // 2],
+                                                   [rest // 2, correct, rest - rest // 2],
+                                                   [rest - rest // 2, rest // 2, correct]])
   return run_dir
 
 
@@ -94,6 +76,10 @@ def sweep(tmp_path):
     write_run(tmp_path / "sweep" / f"lr_{lr}", lr, loss, accuracy, best, epochs)
   write_run(tmp_path / "sweep" / "lr_0.0001", "0.0001", None, 0.5231, 4, 5, finished=False)
   return tmp_path / "sweep"
+
+
+def main(argv):
+  return report.COMMAND.call(argv)
 
 
 def embedded_pngs(html_text):
@@ -122,7 +108,7 @@ def check_png(data):
 
 def test_sweep_report(sweep, tmp_path, capsys, caplog):
   out = tmp_path / "out"
-  assert report.main([str(sweep), f"--out={out}", "--title=lr <sweep>"]) == 0
+  assert main([str(sweep), f"--out={out}", "--title=lr <sweep>"]) == 0  # the old spelling
   printed = capsys.readouterr().out.split()
   html_text = (out / "report.html").read_text()
   md = (out / "report.md").read_text()
@@ -191,7 +177,7 @@ def test_two_swept_flags_bar_chart_and_mean_line(tmp_path):
     write_run(runs / f"{optimizer}_{lr}", lr, 0.9 - 0.05 * i, 0.6 + 0.05 * i, 3, 5,
               optimizer=optimizer, confusion=False)
   out = tmp_path / "out"
-  report.main([str(runs), f"--out={out}"])
+  main([str(runs), f"--output_dir={out}"])
   html_text = (out / "report.html").read_text()
   sweep_section = section(html_text, "Swept flags")
   assert "--learning_rate (line through the mean per value, log-scale x)" in sweep_section
@@ -211,14 +197,15 @@ def test_flag_missing_from_older_runs_is_not_a_difference(tmp_path, caplog):
   # "old" predates --augment_on and --weights; the newer runs agree on augment_on but not on
   # weights, so only weights (and learning_rate) are compared, "old" showing (unset).
   runs = tmp_path / "runs"
-  write_run(runs / "old", "0.01", 0.9, 0.6, 3, 5, confusion=False)
+  write_run(runs / "old", "0.01", 0.9, 0.6, 3, 5, confusion=False,
+            without_flags=("augment_on", "weights"))
   write_run(runs / "new_a", "0.01", 0.8, 0.65, 3, 5, confusion=False, augment_on="host",
             weights="none")
   write_run(runs / "new_b", "0.001", 0.7, 0.7, 3, 5, confusion=False, augment_on="host",
             weights="imagenet")
   out = tmp_path / "out"
   with caplog.at_level("WARNING"):
-    report.main([str(runs), f"--out={out}"])
+    main([str(runs), f"--output_dir={out}"])
   header = re.findall(r"<th>(.*?)</th>", (out / "report.html").read_text())
   assert header[:4] == ["run", "model", "learning_rate", "weights"]
   assert "augment_on" not in header
@@ -234,9 +221,9 @@ def test_run_dirs_given_directly_colliding_names_and_many_classes(tmp_path):
                 model="basic")
   classes = [f"class_{i:02d}" for i in range(25)]
   counts = [[(40 if i == j else (i * 7 + j) % 3) for j in range(25)] for i in range(25)]
-  write_confusion(b / "confusion_matrix.csv", counts, classes)
+  workdir.write_confusion_matrix(workdir.RunDirs(str(b)), classes, counts)
   out = tmp_path / "out"
-  report.main([str(a), str(b), f"--out={out}"])
+  main([str(a), str(b), f"--output_dir={out}"])
   html_text = (out / "report.html").read_text()
   rows = table_rows(html_text)
   assert list(rows) == ["a/run", "b/run"]
@@ -250,26 +237,18 @@ def test_run_dirs_given_directly_colliding_names_and_many_classes(tmp_path):
   assert {"curves_a_run.png", "curves_b_run.png"} <= {p.name for p in out.glob("*.png")}
 
 
-def test_parse_flags_lines_booleans():
-  lines = [["--augment", "--nomixed_precision", "--notes", "--lr=0.1", "--cache="],
-           ["--noaugment", "--mixed_precision", "--nonotes", "--lr=0.2", "--cache=/tmp/c"]]
-  first, second = report.parse_flags_lines(lines)
-  assert first == {"augment": "true", "mixed_precision": "false", "notes": "true", "lr": "0.1",
-                   "cache": '""'}
-  assert second == {"augment": "false", "mixed_precision": "true", "notes": "false",
-                    "lr": "0.2", "cache": "/tmp/c"}
-
-
 def run_error(argv, capsys):
   with pytest.raises(SystemExit) as raised:
-    report.main(argv)
+    main(argv)
   message = str(raised.value.code)
   assert message.startswith("tools.report: error: ") and "\n" not in message
   return message
 
 
 def test_errors_name_the_bad_path(sweep, tmp_path, capsys):
-  out = f"--out={tmp_path / 'out'}"
+  out = f"--output_dir={tmp_path / 'out'}"
+  assert "no RUN_DIR given" in run_error([out], capsys)
+  assert "--output_dir" in run_error([str(sweep)], capsys)
   empty = tmp_path / "empty"
   (empty / "not_a_run").mkdir(parents=True)
   assert f"{empty}: not a run directory" in run_error([str(sweep), str(empty), out], capsys)
@@ -294,40 +273,40 @@ def test_errors_name_the_bad_path(sweep, tmp_path, capsys):
   confusion.unlink()
 
   history = sweep / "lr_0.001" / "history.csv"
-  write_history(history, history_rows(3, 2, 0.5), fields=("epoch", "loss", "accuracy", "time"))
+  history.write_text("epoch,loss,accuracy,time\n1,2.0,0.3,30.0\n")  # an older format
   message = run_error([str(sweep), out], capsys)
   assert f"{history}: missing column(s) val_loss, val_accuracy" in message
   assert not (tmp_path / "out" / "report.html").exists()
 
 
 def test_figures_axes_ticks_and_cells(sweep, tmp_path):
-  runs = {r.name: r for r in report.load_runs([str(sweep)])}
+  runs = {r.name: r for r in report_runs.load_runs([str(sweep)])}
   assert [r.name for r in runs.values()] == ["lr_0.0001", "lr_0.001", "lr_0.01", "lr_0.1"]
 
   # Learning curves: the best epoch dashed and labelled on both panels (lowest val_loss if
   # unfinished).
   for name, best, suffix in (("lr_0.01", 6, ""), ("lr_0.0001", 4, " so far")):
-    fig = report.learning_curves_figure(runs[name])
+    fig = report_figures.learning_curves_figure(runs[name])
     for ax in fig.axes:
       (vline,) = [l for l in ax.get_lines() if l.get_label().startswith("best epoch")]
       assert list(vline.get_xdata()) == [best, best] and vline.get_linestyle() == "--"
       assert vline.get_label() == f"best epoch {best}{suffix}"
       assert [t.get_text() for t in ax.get_legend().get_texts()][-1] == vline.get_label()
-    report.plt.close(fig)
+    report_figures.plt.close(fig)
 
   # The learning-rate chart: finished runs only, log x, the line through the values sorted
   # (whatever the runs' order).
-  fig, kind = report.flag_figure("learning_rate", list(reversed(runs.values())))
+  fig, kind = report_figures.flag_figure("learning_rate", list(reversed(runs.values())))
   accuracy_ax, loss_ax = fig.axes
   assert accuracy_ax.get_xscale() == "log" and "log-scale x" in kind
   (line,) = accuracy_ax.get_lines()
   assert list(line.get_xdata()) == [0.001, 0.01, 0.1]
   assert list(line.get_ydata()) == [0.6954, 0.7438, 0.3412]
   assert list(loss_ax.get_lines()[0].get_ydata()) == [0.8215, 0.7421, 1.0987]
-  report.plt.close(fig)
+  report_figures.plt.close(fig)
 
   # The confusion matrix: class names on both axes, a count in each cell, rows as fractions.
-  fig = report.confusion_matrix_figure(runs["lr_0.01"])
+  fig = report_figures.confusion_matrix_figure(runs["lr_0.01"])
   ax = fig.axes[0]
   assert [t.get_text() for t in ax.get_xticklabels()] == CLASSES
   assert [t.get_text() for t in ax.get_yticklabels()] == CLASSES
@@ -335,18 +314,18 @@ def test_figures_axes_ticks_and_cells(sweep, tmp_path):
   fractions = ax.get_images()[0].get_array().tolist()
   assert fractions[0] == pytest.approx([0.74, 0.13, 0.13])
   assert [sum(row) for row in fractions] == pytest.approx([1, 1, 1])
-  report.plt.close(fig)
+  report_figures.plt.close(fig)
 
   # More than 20 classes: no cell text, smaller tick labels.
   many = [f"c{i}" for i in range(30)]
   run = runs["lr_0.01"]
-  run.confusion = (many, report.np.eye(30, dtype=int) * 5 + 1)
-  fig = report.confusion_matrix_figure(run)
+  run.confusion = (many, report_figures.np.eye(30, dtype=int) * 5 + 1)
+  fig = report_figures.confusion_matrix_figure(run)
   ax = fig.axes[0]
   assert not ax.texts
   assert [t.get_text() for t in ax.get_yticklabels()] == many
   assert ax.get_yticklabels()[0].get_fontsize() < 9
-  report.plt.close(fig)
+  report_figures.plt.close(fig)
 
 
 def test_runs_sort_numbers_by_value_and_confusion_run_picks_the_matrix(tmp_path, capsys):
@@ -354,12 +333,12 @@ def test_runs_sort_numbers_by_value_and_confusion_run_picks_the_matrix(tmp_path,
     write_run(tmp_path / "classes" / f"classes={classes}", "0.001", 1.0, accuracy, 3, 4,
               classes=classes)
   out = tmp_path / "out"
-  assert report.main([str(tmp_path / "classes"), f"--out={out}",
+  assert main([str(tmp_path / "classes"), f"--output_dir={out}",
                       "--confusion_run=classes=10"]) == 0
   html_text = (out / "report.html").read_text()
   assert list(table_rows(html_text)) == ["classes=2", "classes=5", "classes=10"]
   assert "Test split of the chosen run, classes=10 (test accuracy 0.4900)" in html_text
-  message = run_error([str(tmp_path / "classes"), f"--out={out}", "--confusion_run=nope"],
+  message = run_error([str(tmp_path / "classes"), f"--output_dir={out}", "--confusion_run=nope"],
                       capsys)
   assert "--confusion_run=nope: no finished run of that name" in message
-  assert report.natural_key("lr=1e-4") < report.natural_key("lr=1e-3")
+  assert report_runs.natural_key("lr=1e-4") < report_runs.natural_key("lr=1e-3")

@@ -10,13 +10,12 @@ import pytest
 
 from tests import testdata
 from tools import sweep
+from trainer import workdir
 
 BASE = "--epochs=1\n--steps_per_epoch=1\n--batch_size=8\n--noverify_data\n"
 
 
-@pytest.fixture(scope="module")
-def data_dir(make_data_dir):
-  return make_data_dir(per_class=10)  # 24 train, 6 validation, 30 test examples
+SMALL = {"per_class": 10}  # make_data_dir(**SMALL): 24 train, 6 validation, 30 test examples
 
 
 def _write(path, text):
@@ -122,8 +121,9 @@ def test_a_flag_the_trainer_rejects_stops_the_sweep_before_any_run(tmp_path, con
   config = _write(tmp_path / "x.sweep", BASE + config_text)
   out_dir = tmp_path / "out"
   with pytest.raises(SystemExit) as error:
-    sweep.main([f"--config={config}", f"--out_dir={out_dir}", "--data_dir=/data", *extra])
-  assert str(error.value).startswith("sweep: error: ")
+    sweep.COMMAND.call([f"--config={config}", f"--out_dir={out_dir}", "--data_dir=/data",
+                        *extra])  # --out_dir: the old spelling of --output_dir
+  assert str(error.value).startswith("tools.sweep: error: ")
   assert "\n" not in str(error.value)
   assert re.search(message, str(error.value)), str(error.value)
   assert not out_dir.exists()
@@ -137,8 +137,8 @@ def test_a_flag_the_trainer_rejects_stops_the_sweep_before_any_run(tmp_path, con
 ])
 def test_model_dir_is_the_sweeps_to_set(tmp_path, config_text, extra):
   config = _write(tmp_path / "x.sweep", config_text)
-  with pytest.raises(SystemExit, match=r"sweep: error: .*--model_dir"):
-    sweep.main([f"--config={config}", f"--out_dir={tmp_path / 'out'}", *extra])
+  with pytest.raises(SystemExit, match=r"^tools\.sweep: error: .*--model_dir"):
+    sweep.COMMAND.call([f"--config={config}", f"--out_dir={tmp_path / 'out'}", *extra])
   assert not (tmp_path / "out").exists()
 
 
@@ -146,8 +146,10 @@ def test_dry_run_prints_every_command_and_what_it_would_skip_and_runs_nothing(tm
   config = _write(tmp_path / "x.sweep", BASE + "sweep --learning_rate 0.01 0.001\n")
   out_dir = tmp_path / "out"
   (out_dir / "learning_rate=0.001").mkdir(parents=True)
-  (out_dir / "learning_rate=0.001" / "results.json").write_text('{"test_accuracy": 0.5}\n')
-  sweep.main([f"--config={config}", f"--out_dir={out_dir}", "--data_dir=/data", "--dry_run"])
+  workdir.write_results(workdir.RunDirs(str(out_dir / "learning_rate=0.001")), dict.fromkeys(
+      workdir.RESULTS_FIELDS, 0))
+  sweep.COMMAND.call([f"--config={config}", f"--output_dir={out_dir}", "--data_dir=/data",
+                      "--dry_run"])
   out = capsys.readouterr().out
   assert "2 run(s)" in out and "1 finished earlier" in out
   assert "[1/2] learning_rate=0.01: would train" in out
@@ -162,12 +164,17 @@ def test_dry_run_prints_every_command_and_what_it_would_skip_and_runs_nothing(tm
 
 
 def test_a_sweep_trains_every_run_collects_results_and_skips_them_when_rerun(
-    tmp_path, data_dir, capsys):
+    tmp_path, make_data_dir, monkeypatch, capsys):
+  # Started outside the repository with a relative --data_dir: the runs start in this
+  # directory too, so it names the same data for them (and trainer.main still imports).
+  data_path = make_data_dir(**SMALL)
+  monkeypatch.chdir(os.path.dirname(data_path))
+  data_dir = os.path.basename(data_path)
   config = _write(tmp_path / "lr.sweep",
                   "# Two learning rates.\n" + BASE + "sweep --learning_rate 0.01 0.001\n")
   out_dir = tmp_path / "out"
-  argv = [f"--config={config}", f"--out_dir={out_dir}", f"--data_dir={data_dir}"]
-  sweep.main(argv)
+  argv = [f"--config={config}", f"--output_dir={out_dir}", f"--data_dir={data_dir}"]
+  sweep.COMMAND.call(argv)
   out = capsys.readouterr().out
   assert "2 run(s)" in out and "0 finished earlier" in out
   names = ["learning_rate=0.01", "learning_rate=0.001"]
@@ -202,7 +209,7 @@ def test_a_sweep_trains_every_run_collects_results_and_skips_them_when_rerun(
   # Rerun, with a changed header comment: a warning, and both runs skipped untouched.
   config = _write(tmp_path / "lr.sweep",
                   "# Two learning rates, again.\n" + BASE + "sweep --learning_rate 0.01 0.001\n")
-  sweep.main(argv)
+  sweep.COMMAND.call(argv)
   captured = capsys.readouterr()
   assert "2 finished earlier" in captured.out
   assert "[1/2] learning_rate=0.01: finished earlier, skipped" in captured.out
@@ -219,13 +226,16 @@ def test_a_sweep_trains_every_run_collects_results_and_skips_them_when_rerun(
 
 
 def test_failed_runs_are_reported_the_sweep_goes_on_and_exits_non_zero(
-    tmp_path, data_dir, capsys):
+    tmp_path, make_data_dir, capsys):
+  data_dir = make_data_dir(**SMALL)
   # Both batch sizes exceed the 24 train examples: each trainer exits 1 before training.
   config = _write(tmp_path / "bad.sweep", BASE + "sweep --batch_size 1000 2000\n")
   out_dir = tmp_path / "out"
   with pytest.raises(SystemExit) as error:
-    sweep.main([f"--config={config}", f"--out_dir={out_dir}", f"--data_dir={data_dir}"])
-  assert str(error.value) == "sweep: 2 of 2 run(s) failed: batch_size=1000, batch_size=2000"
+    sweep.COMMAND.call([f"--config={config}", f"--output_dir={out_dir}",
+                        f"--data_dir={data_dir}"])
+  assert str(error.value) == ("tools.sweep: error: 2 of 2 run(s) failed: batch_size=1000, "
+                              "batch_size=2000")
   out = capsys.readouterr().out
   for k, size in enumerate([1000, 2000], start=1):
     log = out_dir / f"batch_size={size}" / "train.log"

@@ -4,6 +4,7 @@ does not decode, a missing dataset_info.json."""
 
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -21,10 +22,11 @@ SHARD = features.shard_name("train", 0, 2)
 
 
 @pytest.fixture
-def data_dir(tmp_path):
-  """3 classes x 5 sample JPEGs per split, 2 shards per split (as the Beam job writes them)."""
-  testdata.write_data_dir(tmp_path, per_class=5)
-  return str(tmp_path)
+def fresh_data_dir(make_data_dir, tmp_path):
+  """A copy of make_data_dir(per_class=5) (3 classes x 5 sample JPEGs per split, 2 shards per
+  split) that the test may corrupt."""
+  shutil.copytree(make_data_dir(per_class=5), tmp_path / "data")
+  return str(tmp_path / "data")
 
 
 def record_offsets(path):
@@ -63,7 +65,8 @@ def reencode(serialized, **override):
   return features.encode_example(**fields)
 
 
-def test_a_good_data_dir_passes_with_exact_counts(data_dir):
+def test_a_good_data_dir_passes_with_exact_counts(fresh_data_dir):
+  data_dir = fresh_data_dir
   report = verify.check_data_dir(data_dir, decode=True)
   assert report.ok and report.errors == []
   info = json.load(open(os.path.join(data_dir, features.INFO_FILE)))
@@ -72,7 +75,8 @@ def test_a_good_data_dir_passes_with_exact_counts(data_dir):
     assert report.splits[name].per_class == split["per_class"]
 
 
-def test_a_flipped_byte_is_a_crc_error_naming_shard_and_record(data_dir):
+def test_a_flipped_byte_is_a_crc_error_naming_shard_and_record(fresh_data_dir):
+  data_dir = fresh_data_dir
   path = os.path.join(data_dir, SHARD)
   offset, length = record_offsets(path)[3]
   data = bytearray(open(path, "rb").read())
@@ -93,7 +97,8 @@ def test_a_flipped_byte_is_a_crc_error_naming_shard_and_record(data_dir):
   assert verify.check_data_dir(data_dir, splits=("validation", "test")).ok
 
 
-def test_counts_that_disagree_with_dataset_info(data_dir):
+def test_counts_that_disagree_with_dataset_info(fresh_data_dir):
+  data_dir = fresh_data_dir
   def more_test(info):
     info["splits"]["test"]["num_examples"] += 1
   edit_info(data_dir, more_test)
@@ -110,7 +115,8 @@ def test_counts_that_disagree_with_dataset_info(data_dir):
                            "says per_class=[6, 4, 5]"]
 
 
-def test_a_label_out_of_range_is_named(data_dir):
+def test_a_label_out_of_range_is_named(fresh_data_dir):
+  data_dir = fresh_data_dir
   path = os.path.join(data_dir, SHARD)
   rewrite_shard(path, lambda i, r: reencode(r, label=7) if i == 2 else r)
   report = verify.verify_data_dir(data_dir, decode=False)
@@ -121,7 +127,8 @@ def test_a_label_out_of_range_is_named(data_dir):
   assert any(e.startswith("split train: records per class") for e in report.errors)
 
 
-def test_an_image_that_does_not_decode_is_named(data_dir):
+def test_an_image_that_does_not_decode_is_named(fresh_data_dir):
+  data_dir = fresh_data_dir
   path = os.path.join(data_dir, SHARD)
 
   def cut_image(i, r):
@@ -143,7 +150,8 @@ def test_an_image_that_does_not_decode_is_named(data_dir):
                                    "height=16 width=32")
 
 
-def test_missing_info_or_split_raise_dataset_info_errors(data_dir, tmp_path):
+def test_missing_info_or_split_raise_dataset_info_errors(fresh_data_dir, tmp_path):
+  data_dir = fresh_data_dir
   with pytest.raises(dataset_info.DatasetInfoError,
                      match="has no split 'holdout'"):
     verify.verify_data_dir(data_dir, splits=["holdout"])
@@ -152,7 +160,8 @@ def test_missing_info_or_split_raise_dataset_info_errors(data_dir, tmp_path):
     verify.verify_data_dir(data_dir)
 
 
-def test_cli_exit_codes_and_messages(data_dir, tmp_path, capsys):
+def test_cli_exit_codes_and_messages(fresh_data_dir, tmp_path, capsys):
+  data_dir = fresh_data_dir
   path = os.path.join(data_dir, SHARD)
   offset, _ = record_offsets(path)[0]
   data = bytearray(open(path, "rb").read())
@@ -174,3 +183,6 @@ def test_cli_exit_codes_and_messages(data_dir, tmp_path, capsys):
   testdata.write_data_dir(data_dir, per_class=5)
   assert verify_tfrecords.run(data_dir, splits=["train"]) == 0
   assert capsys.readouterr().out.startswith(f"{data_dir}: OK\n  train ")
+  # A usage mistake: one line, exit status 1.
+  with pytest.raises(SystemExit, match=r"^tools\.verify_tfrecords: error: expected one data "):
+    verify_tfrecords.COMMAND.call(["--nodecode"])

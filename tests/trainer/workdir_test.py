@@ -95,3 +95,27 @@ def test_only_the_chief_writes_into_model_dir(tmp_path):
   workdir.write_confusion_matrix(worker, ["a"], [[1]])
   assert list(tmp_path.iterdir()) == []
   assert not workdir.is_run_dir(str(tmp_path))
+
+
+def test_parse_flags_booleans_and_empty_values():
+  # A bare --X is true and --noX false; an empty value stays empty; comments are skipped.
+  first = workdir.parse_flags("--augment\n--nomixed_precision\n--lr=0.1\n--cache=\n")
+  second = workdir.parse_flags("--noaugment\n--mixed_precision\n--lr=0.2\n--cache=/tmp/c\n"
+                               "# a comment\n")
+  assert first == {"augment": "true", "mixed_precision": "false", "lr": "0.1", "cache": ""}
+  assert second == {"augment": "false", "mixed_precision": "true", "lr": "0.2",
+                    "cache": "/tmp/c"}
+
+
+def test_run_dirs_under_a_parent_and_training_started(tmp_path):
+  for name in ("b", "a", ".hidden"):
+    (tmp_path / name).mkdir()
+    workdir.write_history(workdir.RunDirs(str(tmp_path / name)), [])
+  (tmp_path / "crashed").mkdir()
+  (tmp_path / "note.txt").write_text("not a directory")
+  runs, others = workdir.run_dirs_under(str(tmp_path))
+  assert runs == [f"{tmp_path}/a", f"{tmp_path}/b"]
+  assert others == [f"{tmp_path}/crashed"]
+  assert not workdir.training_started(str(tmp_path / "a"))
+  workdir.summary_writers(workdir.RunDirs(str(tmp_path / "a")))
+  assert workdir.training_started(str(tmp_path / "a"))
