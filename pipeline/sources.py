@@ -23,7 +23,6 @@ import posixpath
 import tarfile
 import urllib.request
 import zlib
-from typing import Optional
 
 import fsspec
 

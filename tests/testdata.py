@@ -76,3 +76,20 @@ def latest_checkpoint_epoch(model_dir):
     return 0
   with open(state) as f:
     return int(re.search(r'model_checkpoint_path: "ckpt-(\d+)"', f.read()).group(1))
+
+
+CIFAR10_TARBALL = SHARED_DATA / "cifar10-jpeg" / "cifar10-jpeg.tar.gz"
+
+
+def extract_cifar10(dest, *, train_per_class, test_per_class):
+  """Extracts the first N JPEGs of each class of the real CIFAR-10 tarball in ../shared/data
+  into dest/{train,test}/<class>/ (an image_dir tree); returns dest. Callers skip without it."""
+  import tarfile
+  limits = {"train": train_per_class, "test": test_per_class}
+  with tarfile.open(CIFAR10_TARBALL) as tar:
+    for member in tar:
+      parts = member.name.split("/")
+      if (member.isfile() and len(parts) == 3 and parts[0] in limits
+          and parts[2].endswith(".jpg") and int(parts[2][:-4]) < limits[parts[0]]):
+        tar.extract(member, dest, filter="data")
+  return dest

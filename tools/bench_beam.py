@@ -22,7 +22,6 @@ class and split) are linked into a temporary tree and all three read that.
 
 import collections
 import contextlib
-import json
 import logging
 import os
 import pathlib
@@ -31,7 +30,6 @@ import tempfile
 import time
 
 from absl import flags
-import numpy as np
 
 from tools import cli
 from tools import harness

@@ -22,7 +22,6 @@ decoded once, in the first epoch, as in training) and traces the functions. Each
 the table gives min / median / max over `--repeats`.
 """
 
-import json
 import os
 import pathlib
 import tempfile

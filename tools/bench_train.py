@@ -58,7 +58,7 @@ def build_sample_data(out_dir):
   return str(out_dir)
 
 
-def memory_train_data(strategy, info, config, num_batches):
+def memory_train_data(strategy, info, config, num_batches, caches):
   """The trainer's train batches, first `num_batches` of each input pipeline kept in memory
   and repeated: the same shapes, dtypes and distribution as the pipeline side."""
   import tensorflow as tf
@@ -70,7 +70,7 @@ def memory_train_data(strategy, info, config, num_batches):
   def dataset_fn(input_context):
     ds = input_pipeline.train_dataset(
         info, batch_size=input_context.get_per_replica_batch_size(config.batch_size),
-        input_context=input_context, seed=config.seed, augment=augment, cache=config.cache,
+        input_context=input_context, seed=config.seed, augment=augment, cache=caches.train,
         image_size=config.image_size or None)
     return ds.take(num_batches).cache().repeat().prefetch(tf.data.AUTOTUNE)
 
@@ -105,8 +105,9 @@ def run(data_dir, model="simple", steps=100, repeats=3, batch_size=128, memory_b
   strategy = strategy_lib.make_strategy(config.strategy, config.cpu_replicas)
   model_, optimizers, _ = train.build(config, info, strategy)
   train_step = train.TrainSteps(model_, optimizers, strategy, config).for_epoch(0)
-  data = {"pipeline": train.distributed_train_data(strategy, info, config, first_epoch=0),
-          "memory": memory_train_data(strategy, info, config, memory_batches)}
+  caches = train.plan_caches(config, info, strategy)  # as a run with this --cache (auto)
+  data = {"pipeline": train.distributed_train_data(strategy, info, config, 0, caches),
+          "memory": memory_train_data(strategy, info, config, memory_batches, caches)}
 
   started = time.perf_counter()
   # Warm-up. Pipeline: one full epoch through one iterator, so its cache is complete (the

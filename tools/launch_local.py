@@ -20,7 +20,6 @@ This is a stand-in for a cluster manager on one machine. On several machines, st
 
 import ctypes
 import json
-import os
 import signal
 import socket
 import subprocess

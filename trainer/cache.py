@@ -5,7 +5,9 @@
                   does not fit streams from its shards every epoch, so data larger than
                   memory trains instead of being killed by the kernel.
   memory          train and validation in memory; stops before training, naming the sizes
-                  and the flag to change, when they cannot fit in the memory left.
+                  and the flag to change, when they do not fit the budget that auto would
+                  fill (what auto would stream, memory refuses, rather than being killed by
+                  the kernel mid-run).
   none            every split streams from its shards every epoch.
   <path prefix>   train and validation decoded into files <prefix>-<split>-... (a local disk
                   faster than the shards' storage; the files can be larger than the shards,
@@ -13,9 +15,9 @@
 The test split is read once, at the end, and is never cached. "" is the old spelling of
 memory (flags.txt of runs made before --cache=auto).
 
-The budget: this process may use `memory.current().available` bytes more (the cgroup limit
-or physical RAM, whichever is smaller, minus what it holds); CACHE_SHARE of that, divided
-among the worker processes of this host, may hold caches. The rest is headroom for what
+The budget: this process may use `memory.current().available` bytes more (under the cgroup
+limit or the physical RAM, whichever leaves less, less what is in use); CACHE_SHARE of that,
+divided among the worker processes of this host, may hold caches. The rest is headroom for what
 comes after the decision: the model and optimizer state, prefetch and shuffle buffers and
 the steps' activations. Images are cached at the size `input_pipeline.cached_size` says:
 after resizing when training below the stored size, so 224-px records trained at 32 px
@@ -35,7 +37,9 @@ CACHE_SHARE = 0.5  # of the memory left when the data is planned
 SHUFFLE_SHARE = 0.25  # of what the caches leave of the budget, for the shuffle buffer
 # tf.data keeps each cached element as tensors (image, label): a little beyond the pixels.
 PER_EXAMPLE_OVERHEAD = 256  # bytes
-MIN_SHUFFLE_BUFFER = 1_000  # examples; a buffer smaller than this barely mixes neighbours
+# Examples. Below this the buffer barely mixes neighbouring records (the file order, new
+# each epoch, and the interleave of several files still mix across shards).
+MIN_SHUFFLE_BUFFER = 128
 CACHED_SPLITS = ("validation", "train")  # in the order auto fills the budget
 GIB, MIB = 2**30, 2**20
 
@@ -76,15 +80,16 @@ def plan(config, info, *, num_workers=1, workers_on_host=1, memory=None):
   mode = config.cache.strip()
   if mode in ("", "memory"):
     need = sum(decoded.values())
-    if need > available:
+    if need > budget:
       raise config_lib.ConfigError(
           f"--cache=memory: the decoded train and validation splits need {_size(need)} "
-          f"(at {'x'.join(map(str, input_pipeline.cached_size(info, image_size)))} px), but "
-          f"this process can use only {_size(available)} more (limit {_size(memory.limit)} "
-          f"from {memory.source}, {_size(memory.rss)} held"
+          f"(at {'x'.join(map(str, input_pipeline.cached_size(info, image_size)))} px), more "
+          f"than the cache budget of {_size(budget)}: {100 * CACHE_SHARE:.0f}% of the "
+          f"{_size(available)} this process can use (limit {_size(memory.limit)} from "
+          f"{memory.source}, {_size(memory.used)} in use"
           + (f", shared by {workers_on_host} workers on this host" if workers_on_host > 1
-             else "") + "); use --cache=auto or --cache=none to stream from the shards, or a "
-          "smaller --image_size")
+             else "") + "), the rest being the training's own; use --cache=auto or "
+          "--cache=none to stream from the shards, or a smaller --image_size")
     chosen = {s: "memory" for s in CACHED_SPLITS}
   elif mode == "none":
     chosen = {s: None for s in CACHED_SPLITS}
@@ -104,11 +109,12 @@ def plan(config, info, *, num_workers=1, workers_on_host=1, memory=None):
                      shuffle_buffer=shuffle, decoded=decoded, budget=budget)
   logging.info(
       "--cache=%s: train %s decoded -> %s, validation %s -> %s, test streams; cache budget "
-      "%s (%.0f%% of %s left under the %s limit of %s%s); shuffle buffer %d examples",
+      "%s (%.0f%% of %s left under the %s limit of %s, %s in use%s); shuffle buffer %d "
+      "examples",
       mode or "memory", _size(decoded["train"]), _where(result.train),
       _size(decoded["validation"]), _where(result.validation), _size(budget),
       100 * CACHE_SHARE, _size(available), memory.source, _size(memory.limit),
-      f", {workers_on_host} workers on this host" if workers_on_host > 1 else "", shuffle)
+      _size(memory.used), f", {workers_on_host} workers on this host" if workers_on_host > 1 else "", shuffle)
   return result
 
 

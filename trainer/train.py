@@ -41,6 +41,8 @@ def train_and_evaluate(config, strategy):
   then evaluates the best weights on the test split and exports them. Returns results."""
   started = time.time()
   info = load_data(config, strategy)
+  # Before anything is built or written: --cache=memory that cannot fit stops here.
+  caches = plan_caches(config, info, strategy)
   dirs = workdir.RunDirs(config.model_dir, chief=strategy_lib.is_chief(strategy),
                          worker_index=strategy_lib.worker_index(strategy))
   tf.io.gfile.makedirs(config.model_dir)
@@ -64,7 +66,6 @@ def train_and_evaluate(config, strategy):
                  resumed_from, first_epoch, int(state.best_epoch), float(state.best_val_loss))
 
   steps = train_steps_per_epoch(info, config)
-  caches = plan_caches(config, info, strategy)
   train_iterator = iter(distributed_train_data(strategy, info, config, first_epoch, caches))
   val_data, val_steps = distributed_eval_data(strategy, info, "validation", config, caches)
   train_steps = TrainSteps(model, optimizers, strategy, config)

@@ -2,7 +2,6 @@
 RunDirs + write_flags / write_history / write_results / write_confusion_matrix."""
 
 import base64
-import dataclasses
 import io
 import math
 import re

@@ -8,7 +8,6 @@ import tensorflow as tf
 
 from pipeline import dataset_info
 from pipeline import features
-from tests import testdata
 from trainer import config as config_lib
 from trainer import train as train_lib
 

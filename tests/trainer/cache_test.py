@@ -19,7 +19,7 @@ def _plan(info, free_bytes, workers_on_host=1, **settings):
   config = config_lib.Config(data_dir=info.data_dir, model_dir="m", **settings)
   held = 500 * MIB
   return cache.plan(config, info, workers_on_host=workers_on_host,
-                    memory=memory_lib.Memory(limit=held + free_bytes, source="test", rss=held))
+                    memory=memory_lib.Memory(limit=held + free_bytes, source="test", used=held))
 
 
 def test_decoded_size_is_the_cached_pixels_of_each_split(info):
@@ -48,11 +48,16 @@ def test_auto_caches_what_fits_validation_first(info):
 
 
 def test_memory_that_cannot_fit_fails_naming_sizes_and_the_flag(info):
+  need = sum(cache.decoded_bytes(info, s, None) for s in ("train", "validation"))
+  # Refused exactly when auto would stream a split: the same budget.
+  tight = int(need / cache.CACHE_SHARE) - 1000
+  assert _plan(info, free_bytes=tight).train is None
   with pytest.raises(config_lib.ConfigError, match=r"--cache=memory: the decoded train and "
-                     r"validation splits need \d+ MiB .* can use only 0 MiB more .*"
-                     "use --cache=auto or --cache=none"):
-    _plan(info, free_bytes=100_000, cache="memory")
-  assert _plan(info, free_bytes=100 * MIB, cache="memory").train == "memory"
+                     r"validation splits need 0 MiB \(at 32x32 px\), more than the cache "
+                     r"budget of 0 MiB: 50% of the 1 MiB this process can use \(limit .* "
+                     "from test, 500 MiB in use\), .*use --cache=auto or --cache=none"):
+    _plan(info, free_bytes=tight, cache="memory")
+  assert _plan(info, free_bytes=tight + 2000, cache="memory").train == "memory"
   assert _plan(info, free_bytes=100 * MIB, cache="").train == "memory"  # the old spelling
 
 

@@ -12,7 +12,6 @@ import tensorflow as tf
 
 from pipeline import dataset_info
 from pipeline import features
-from tests import testdata
 from trainer import augment
 from trainer import input_pipeline
 

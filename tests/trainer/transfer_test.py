@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests import testdata
 from trainer import config as config_lib
 from trainer import train
 from trainer import models

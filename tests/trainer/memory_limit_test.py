@@ -1,0 +1,130 @@
+"""Data bigger than memory under a real memory limit: the real Beam job and the real trainer,
+with default flags, each in a memory cgroup the decoded data cannot fit in.
+
+3,600 real CIFAR-10 JPEGs stored at 224 px by the Beam job: the train split is 428 MiB
+decoded, the trainer's own working set about 450 MiB when it plans its caches. Scaled down to
+stay fast (the full-size figures are in BENCHMARKS.md); the limits are set so that each
+outcome is clear-cut:
+  TIGHT (800 MiB): the decoded train and validation splits (475 MiB) cannot fit beside the
+      trainer. Default flags trained at 32 px cache the resized images (11 MiB) and finish;
+      --cache=memory stops before training with the sizes, not with the kernel's exit 137.
+  ROOMY (1,300 MiB): default flags at the stored 224 px stream the train split from its shards
+      (the budget, half of what is left, is too small for it) and finish.
+Skipped without root or a writable memory cgroup, and without the CIFAR-10 tarball of
+../shared/data.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pipeline import dataset_info
+from tests import cgroups
+from tests import processes
+from tests import testdata
+
+MIB = 2**20
+TIGHT = 800 * MIB
+ROOMY = 1300 * MIB
+BEAM_LIMIT = 1300 * MIB
+# Few steps: what is tested is memory, not learning. Evaluation still reads every
+# validation and test image.
+SMOKE = ("--batch_size=8", "--steps_per_epoch=2", "--epochs=1")
+
+
+def _skip_reason():
+  return cgroups.skip_reason() or (
+      None if testdata.CIFAR10_TARBALL.exists() else f"needs {testdata.CIFAR10_TARBALL}")
+
+
+pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason()))
+
+
+def _run_in(limit, module, *args):
+  """Starts `python -m module args` inside a new memory cgroup of `limit` bytes; returns
+  (Popen, the cgroup's context manager, start time)."""
+  context = cgroups.memory_cgroup(limit)
+  cgroup = context.__enter__()
+  process = subprocess.Popen([sys.executable, "-m", module, *args], cwd=processes.REPO,
+                             env=processes.command_env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, preexec_fn=cgroup.preexec)
+  return process, context, time.time()
+
+
+def _finish(started, timeout=600):
+  process, context, start = started
+  try:
+    output, _ = process.communicate(timeout=timeout)
+  finally:
+    if process.poll() is None:
+      process.kill()
+      process.communicate()
+    context.__exit__(None, None, None)
+  return process.returncode, output, time.time() - start
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  """The Beam job, default flags but --image_size=224, inside BEAM_LIMIT."""
+  tmp = tmp_path_factory.mktemp("big")
+  images = testdata.extract_cifar10(tmp / "jpegs", train_per_class=330, test_per_class=30)
+  out = str(tmp / "tfr")
+  code, output, _ = _finish(_run_in(BEAM_LIMIT, "pipeline.build_tfrecords",
+                                    "--source=image_dir", f"--image_dir={images}",
+                                    f"--output_dir={out}", "--image_size=224"))
+  assert code == 0, output[-3000:]
+  return out
+
+
+@pytest.fixture(scope="module")
+def runs(data_dir, tmp_path_factory):
+  """The three trainer runs, started together (each in its own cgroup), finished."""
+  tmp = tmp_path_factory.mktemp("runs")
+  common = (f"--data_dir={data_dir}",) + SMOKE
+  started = {
+      "small": _run_in(TIGHT, "trainer.main", *common, "--image_size=32",
+                       f"--model_dir={tmp / 'small'}"),
+      "memory": _run_in(TIGHT, "trainer.main", *common, "--cache=memory",
+                        f"--model_dir={tmp / 'memory'}"),
+      "stream": _run_in(ROOMY, "trainer.main", *common, f"--model_dir={tmp / 'stream'}"),
+  }
+  return {name: (*_finish(run), tmp / name) for name, run in started.items()}
+
+
+def test_the_decoded_data_cannot_fit_in_the_limits(data_dir):
+  info = dataset_info.load(data_dir)
+  assert info.image_shape == (224, 224, 3)
+  decoded = sum(info.split(s).num_examples * 224 * 224 * 3 for s in ("train", "validation"))
+  assert decoded > 450 * MIB  # plus the trainer's ~450 MiB: more than TIGHT
+  assert info.split("train").num_examples * 224 * 224 * 3 > (ROOMY - 450 * MIB) / 2
+
+
+def test_default_flags_trained_smaller_cache_the_resized_images_and_finish(runs):
+  code, output, _, model_dir = runs["small"]
+  assert code == 0, output[-3000:]
+  assert re.search(r"--cache=auto: train \d MiB decoded -> memory", output), output[-3000:]
+  assert json.loads((model_dir / "results.json").read_text())["epochs_run"] == 1
+
+
+def test_cache_memory_that_cannot_fit_stops_before_training_with_the_sizes(runs):
+  code, output, _, model_dir = runs["memory"]
+  assert code == 1, (code, output[-3000:])  # not -9 / 137: the kernel did not have to kill it
+  assert re.search(r"trainer.main: error: --cache=memory: the decoded train and validation "
+                   r"splits need 47\d MiB \(at 224x224 px\), more than the cache budget of "
+                   r"\d+ MiB: 50% of the \d+ MiB this process can use \(limit 800 MiB from "
+                   r"cgroup v", output), output[-3000:]
+  assert "use --cache=auto or --cache=none" in output and "Traceback" not in output
+  assert not os.path.exists(model_dir / "checkpoints")
+
+
+def test_default_flags_stream_what_does_not_fit_and_finish(runs):
+  code, output, _, model_dir = runs["stream"]
+  assert code == 0, output[-3000:]
+  assert "--cache=auto: train 428 MiB decoded -> streams" in output, output[-3000:]
+  results = json.loads((model_dir / "results.json").read_text())
+  assert results["epochs_run"] == 1 and results["test_examples"] == 300
