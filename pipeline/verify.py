@@ -20,13 +20,20 @@ A missing or invalid dataset_info.json, or a listed shard that is missing, raise
 dataset_info.DatasetInfoError from `dataset_info.load`.
 """
 
+import collections
+import concurrent.futures
 import dataclasses
 import re
+import time
 
 from pipeline import dataset_info
 from pipeline import features
 
 BATCH = 1024  # records read and parsed at a time; a corrupt batch is re-read one by one.
+# Shards read at once. Reading, CRCs and parsing run in TensorFlow's C++ without the GIL, so
+# threads overlap them (and the latency of remote storage); the per-record checks in Python
+# are the serial part.
+PARALLEL_SHARDS = 8
 
 
 class DataError(dataset_info.DatasetInfoError):
@@ -48,13 +55,17 @@ class Report:
   splits: dict = dataclasses.field(default_factory=dict)  # name -> SplitReport
   errors: list = dataclasses.field(default_factory=list)  # one line each, naming the place
   truncated: int = 0  # errors beyond max_errors, not listed
+  bytes_read: int = 0  # size of the shards checked
+  seconds: float = 0.0  # wall time of the check
 
   @property
   def ok(self):
     return not self.errors
 
   def summary(self):
-    lines = [f"{self.data_dir}: {'OK' if self.ok else 'FAILED'}"]
+    rate = f", {self.seconds / (self.bytes_read / 1e9):.1f} s/GB" if self.bytes_read else ""
+    lines = [f"{self.data_dir}: {'OK' if self.ok else 'FAILED'} ({self.bytes_read / 1e6:,.0f} "
+             f"MB of shards in {self.seconds:.1f} s{rate})"]
     for s in self.splits.values():
       lines.append(f"  {s.name:<10} {s.num_records:>8} records (dataset_info.json: "
                    f"{s.expected})")
@@ -75,9 +86,13 @@ class _Errors:
       self._report.truncated += 1
 
 
-def verify_data_dir(data_dir, splits=None, decode=True, max_errors=20):
-  """Reads every record of `splits` (default: all in dataset_info.json). Returns a Report;
-  raises dataset_info.DatasetInfoError when dataset_info.json or a listed shard is missing."""
+def verify_data_dir(data_dir, splits=None, decode=True, max_errors=20,
+                    parallel_shards=PARALLEL_SHARDS):
+  """Reads every record of `splits` (default: all in dataset_info.json), `parallel_shards`
+  shards at a time. Returns a Report; raises dataset_info.DatasetInfoError when
+  dataset_info.json or a listed shard is missing."""
+  import tensorflow as tf
+  started = time.time()
   info = _load(data_dir)
   names = list(info.splits) if splits is None else list(splits)
   for name in names:
@@ -85,12 +100,21 @@ def verify_data_dir(data_dir, splits=None, decode=True, max_errors=20):
   report = Report(data_dir=data_dir)
   errors = _Errors(report, max_errors)
   keys = {}
+  shards = [(name, shard) for name in names for shard in info.split(name).shards]
+  report.bytes_read = sum(tf.io.gfile.stat(shard).length for _, shard in shards)
+  workers = max(1, min(parallel_shards, len(shards)))
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    # map keeps the shards' order: the report reads the same whatever finishes first.
+    results = pool.map(lambda s: _verify_shard(s[1], info, decode), shards)
+    by_split = {name: [] for name in names}
+    for (name, shard), result in zip(shards, results):
+      by_split[name].append((shard, result))
   for name in names:
     split = info.split(name)
     r = report.splits[name] = SplitReport(name, split.num_examples,
                                           per_class=[0] * info.num_classes)
-    for shard in split.shards:
-      _verify_shard(shard, info, r, keys, decode, errors)
+    for shard, result in by_split[name]:
+      _merge_shard(shard, result, r, keys, errors)
     if r.unreadable:
       pass  # The count is short because of the corrupt shard reported above.
     elif r.num_records != split.num_examples:
@@ -99,6 +123,7 @@ def verify_data_dir(data_dir, splits=None, decode=True, max_errors=20):
     elif split.per_class and list(split.per_class) != r.per_class:
       errors.add(f"split {name}: records per class {r.per_class}, but dataset_info.json says "
                  f"per_class={list(split.per_class)}")
+  report.seconds = time.time() - started
   return report
 
 
@@ -122,36 +147,68 @@ def check_data_dir(data_dir, splits=None, decode=False):
   return report
 
 
-def _verify_shard(shard, info, r, keys, decode, errors):
+@dataclasses.dataclass
+class _ShardResult:
+  """What one shard holds, checked on its own (keys are compared across shards on merge)."""
+  num_records: int = 0
+  per_class: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+  unreadable: bool = False
+  keys: list = dataclasses.field(default_factory=list)  # (key, record index), in order
+  errors: list = dataclasses.field(default_factory=list)  # (record index, message)
+
+  def add(self, message, index=-1):
+    self.errors.append((index, message))
+
+
+def _merge_shard(shard, result, r, keys, errors):
+  """Adds one shard's result to its split's report; duplicate keys across shards are found
+  here, in shard order, and listed in record order with the shard's own errors."""
+  r.num_records += result.num_records
+  r.unreadable |= result.unreadable
+  for label, count in result.per_class.items():
+    r.per_class[label] += count
+  found = list(result.errors)
+  for key, index in result.keys:
+    if key in keys:
+      found.append((index, f"{shard}: record {index} (key {key!r}): key also in {keys[key]}"))
+    else:
+      keys[key] = f"{shard}: record {index}"
+  for _, message in sorted(found, key=lambda e: e[0]):
+    errors.add(message)
+
+
+def _verify_shard(shard, info, decode):
+  """Reads and checks one shard; returns its _ShardResult."""
   import tensorflow as tf
+  r = _ShardResult()
   start = 0
   dataset = iter(tf.data.TFRecordDataset(shard).batch(BATCH))
   while True:
     try:
       batch = next(dataset)
     except StopIteration:
-      return
+      return r
     except tf.errors.OpError as e:  # DataLossError: CRC mismatch, cut record.
       index = start + _count_readable(shard, start)
       r.num_records += index - start
       r.unreadable = True
-      errors.add(f"{shard}: record {index}: cannot be read, the shard is corrupt "
-                 f"({type(e).__name__}: {_message(e)}); rebuild it with "
-                 "`python -m pipeline.build_tfrecords`")
-      return
+      r.add(f"{shard}: record {index}: cannot be read, the shard is corrupt "
+            f"({type(e).__name__}: {_message(e)}); rebuild it with "
+            "`python -m pipeline.build_tfrecords`", index)
+      return r
     try:
       parsed = features.parse_batch(batch)
     except tf.errors.OpError as e:
-      errors.add(f"{shard}: records {start}..{start + len(batch) - 1}: do not parse as "
-                 f"tf.train.Example with the schema in pipeline/features.py ({_message(e)})")
+      r.add(f"{shard}: records {start}..{start + len(batch) - 1}: do not parse as "
+            f"tf.train.Example with the schema in pipeline/features.py ({_message(e)})", start)
       r.num_records += len(batch)
       start += len(batch)
       continue
     arrays = {k: v.numpy() for k, v in parsed.items()}  # numpy per record: ~50x faster
     shapes = _decoded_shapes(parsed[features.IMAGE]) if decode else None
     for i in range(len(batch)):
-      _verify_record(shard, start + i, {k: v[i] for k, v in arrays.items()}, info, r, keys,
-                     decode, errors, shape=None if shapes is None else tuple(shapes[i]))
+      _verify_record(shard, start + i, {k: v[i] for k, v in arrays.items()}, info, r,
+                     decode, shape=None if shapes is None else tuple(shapes[i]))
     r.num_records += len(batch)
     start += len(batch)
 
@@ -189,7 +246,7 @@ def _count_readable(shard, start):
   return count
 
 
-def _verify_record(shard, index, ex, info, r, keys, decode, errors, shape=None):
+def _verify_record(shard, index, ex, info, r, decode, shape=None):
   import tensorflow as tf
   key = ex[features.KEY].decode(errors="replace")
   where = f"{shard}: record {index} (key {key!r})"
@@ -197,17 +254,14 @@ def _verify_record(shard, index, ex, info, r, keys, decode, errors, shape=None):
   if 0 <= label < info.num_classes:
     r.per_class[label] += 1
   else:
-    errors.add(f"{where}: label {label} is outside 0..{info.num_classes - 1} "
-               f"({info.num_classes} classes in {features.INFO_FILE})")
+    r.add(f"{where}: label {label} is outside 0..{info.num_classes - 1} "
+          f"({info.num_classes} classes in {features.INFO_FILE})", index)
   coarse = int(ex[features.COARSE_LABEL])
   num_coarse = len(info.coarse_class_names)
   if not (coarse == features.NO_COARSE_LABEL if not num_coarse else 0 <= coarse < num_coarse):
-    errors.add(f"{where}: coarse label {coarse} is outside "
-               f"{'0..%d' % (num_coarse - 1) if num_coarse else '-1 (no coarse classes)'}")
-  if key in keys:
-    errors.add(f"{where}: key also in {keys[key]}")
-  else:
-    keys[key] = f"{shard}: record {index}"
+    r.add(f"{where}: coarse label {coarse} is outside "
+          f"{'0..%d' % (num_coarse - 1) if num_coarse else '-1 (no coarse classes)'}", index)
+  r.keys.append((key, index))
   if not decode:
     return
   if shape is None:  # Its batch had an image that does not decode: is it this one?
@@ -215,13 +269,13 @@ def _verify_record(shard, index, ex, info, r, keys, decode, errors, shape=None):
       shape = tuple(tf.io.decode_image(ex[features.IMAGE], channels=3,
                                        expand_animations=False).shape)
     except tf.errors.OpError as e:
-      errors.add(f"{where}: image does not decode ({_message(e)})")
+      r.add(f"{where}: image does not decode ({_message(e)})", index)
       return
   shape = tuple(int(x) for x in shape)
   height, width = int(ex[features.HEIGHT]), int(ex[features.WIDTH])
   if shape != (height, width, 3):
-    errors.add(f"{where}: image decodes to {shape}, but the record says "
-               f"height={height} width={width}")
+    r.add(f"{where}: image decodes to {shape}, but the record says "
+          f"height={height} width={width}", index)
   elif info.image_shape and shape != tuple(info.image_shape):
-    errors.add(f"{where}: image is {shape}, but {features.INFO_FILE} says "
-               f"image_shape={list(info.image_shape)}")
+    r.add(f"{where}: image is {shape}, but {features.INFO_FILE} says "
+          f"image_shape={list(info.image_shape)}", index)

@@ -4,8 +4,9 @@ r"""Reads every record of a data directory and checks it against its dataset_inf
   python -m tools.verify_tfrecords gs://bucket/cifar100 --splits=train,validation --nodecode
 
 Checks CRCs, record counts per split and class, label ranges, unique keys and (unless
---nodecode) that every image decodes at its recorded size; see pipeline/verify.py. Prints one
-line per split and one per problem, naming the shard and record index.
+--nodecode) that every image decodes at its recorded size; see pipeline/verify.py. Reads
+--parallel_shards shards at once. Prints how many MB it read in how long, one line per split
+and one per problem, naming the shard and record index.
 
 Exit status: 0 all good; 1 the records do not match dataset_info.json or are corrupt;
 2 there is no readable dataset_info.json, or a shard it lists is missing. A usage mistake
@@ -27,15 +28,17 @@ def define_flags(flag_values):
                     "counts and labels only.", **fv)
   flags.DEFINE_integer("max_errors", 20, "List at most this many problems.", lower_bound=1,
                        **fv)
+  flags.DEFINE_integer("parallel_shards", 8, "Shards read at once (1: one after another).",
+                       lower_bound=1, **fv)
 
 
-def run(data_dir, *, splits=None, decode=True, max_errors=20):
+def run(data_dir, *, splits=None, decode=True, max_errors=20, parallel_shards=8):
   """Verifies data_dir, prints the report; returns the exit status (see the module doc)."""
   from pipeline import dataset_info
   from pipeline import verify
   try:
     report = verify.verify_data_dir(data_dir, splits=splits, decode=decode,
-                                    max_errors=max_errors)
+                                    max_errors=max_errors, parallel_shards=parallel_shards)
   except dataset_info.DatasetInfoError as e:
     print(f"ERROR {e}", file=sys.stderr, flush=True)
     return 2
@@ -48,7 +51,7 @@ def main(argv, flag_values):
     raise cli.ToolError("expected one data directory: python -m tools.verify_tfrecords "
                         "<data_dir> [--splits=...]")
   return run(argv[1], splits=flag_values.splits, decode=flag_values.decode,
-             max_errors=flag_values.max_errors)
+             max_errors=flag_values.max_errors, parallel_shards=flag_values.parallel_shards)
 
 
 COMMAND = cli.Command("tools.verify_tfrecords", define_flags, main)
