@@ -204,7 +204,9 @@ def _verify_shard(shard, info, decode):
       r.num_records += len(batch)
       start += len(batch)
       continue
-    arrays = {k: v.numpy() for k, v in parsed.items()}  # numpy per record: ~50x faster
+    # numpy per record: ~50x faster. The image bytes only when they are decoded (copying
+    # them out costs a third of a --nodecode pass over 224-px records).
+    arrays = {k: v.numpy() for k, v in parsed.items() if decode or k != features.IMAGE}
     shapes = _decoded_shapes(parsed[features.IMAGE]) if decode else None
     for i in range(len(batch)):
       _verify_record(shard, start + i, {k: v[i] for k, v in arrays.items()}, info, r,

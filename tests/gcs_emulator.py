@@ -30,6 +30,8 @@ import sys
 import time
 import urllib.request
 
+from tools import cli
+
 os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
 if "gcsfs" in sys.modules:  # Too late for the setting above to take effect.
   raise ImportError("import tests.gcs_emulator before gcsfs (see its docstring)")
@@ -110,11 +112,6 @@ def running(work_dir, bucket="test-bucket"):
         os.environ.pop(k, None)
       else:
         os.environ[k] = v
-    process.terminate()
-    try:
-      process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-      process.kill()
-      process.wait()
+    cli.stop(process, grace_seconds=10)
     process.stderr.close()
     shutil.rmtree(storage, ignore_errors=True)

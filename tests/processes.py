@@ -36,3 +36,15 @@ def run_trainer(*args, env=None, timeout=180):
   """`python -m trainer.main <args>` to the end: a CompletedProcess with text output."""
   return subprocess.run([sys.executable, "-m", "trainer.main", *args], cwd=REPO,
                         env=command_env(env), capture_output=True, text=True, timeout=timeout)
+
+
+def finish(process, timeout):
+  """Waits for a child started with text pipes; kills it if it outlives `timeout` s (a hung
+  worker must not outlive its test). Returns (exit status, its stdout)."""
+  try:
+    out, _ = process.communicate(timeout=timeout)
+  finally:
+    if process.poll() is None:
+      process.kill()
+      process.communicate()
+  return process.returncode, out

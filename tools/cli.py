@@ -18,6 +18,7 @@ A user's mistake (a bad flag, a missing file) ends the tool with one line,
 import dataclasses
 import os
 import pathlib
+import subprocess
 import sys
 from typing import Callable
 
@@ -62,6 +63,16 @@ def parse(flag_values, argv, *, pass_through=False):
       masked.append(arg)
   rest = flag_values(masked, known_only=True)
   return [held.get(arg, arg) for arg in rest if arg != "--"]
+
+
+def stop(process, grace_seconds):
+  """Ends a child: SIGTERM, then SIGKILL if it has not exited within grace_seconds."""
+  process.terminate()
+  try:
+    process.wait(timeout=grace_seconds)
+  except subprocess.TimeoutExpired:
+    process.kill()
+    process.wait()
 
 
 def trainer_env(extra=None):

@@ -281,12 +281,7 @@ def train_one(run, run_dir):
     try:
       status = child.wait()
     except BaseException:  # Ctrl-C: stop the run; rerunning the sweep resumes it.
-      child.terminate()
-      try:
-        child.wait(timeout=30)
-      except subprocess.TimeoutExpired:
-        child.kill()
-        child.wait()
+      cli.stop(child, grace_seconds=30)
       raise
   return status, time.monotonic() - started, _log_tail(log_path, start)
 

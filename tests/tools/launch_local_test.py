@@ -27,14 +27,7 @@ def _launch(*args):
   return processes.start("tools.launch_local", *args, merge_stderr=True)
 
 
-def _finish(process, timeout):
-  try:
-    out, _ = process.communicate(timeout=timeout)
-  finally:
-    if process.poll() is None:
-      process.kill()
-      process.communicate()
-  return process.returncode, out
+_finish = processes.finish
 
 
 def _gone(pid):

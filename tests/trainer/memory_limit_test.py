@@ -60,13 +60,10 @@ def _run_in(limit, module, *args):
 def _finish(started, timeout=600):
   process, context, start = started
   try:
-    output, _ = process.communicate(timeout=timeout)
+    code, output = processes.finish(process, timeout)
   finally:
-    if process.poll() is None:
-      process.kill()
-      process.communicate()
     context.__exit__(None, None, None)
-  return process.returncode, output, time.time() - start
+  return code, output, time.time() - start
 
 
 @pytest.fixture(scope="module")
