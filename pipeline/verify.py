@@ -63,7 +63,9 @@ class Report:
     return not self.errors
 
   def summary(self):
-    rate = f", {self.seconds / (self.bytes_read / 1e9):.1f} s/GB" if self.bytes_read else ""
+    # A rate says something only once reading dominates the fixed start-up costs.
+    rate = (f", {self.seconds / (self.bytes_read / 1e9):.1f} s/GB"
+            if self.bytes_read >= 100e6 else "")
     lines = [f"{self.data_dir}: {'OK' if self.ok else 'FAILED'} ({self.bytes_read / 1e6:,.0f} "
              f"MB of shards in {self.seconds:.1f} s{rate})"]
     for s in self.splits.values():

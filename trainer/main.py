@@ -25,91 +25,108 @@ from trainer import train
 _DEFAULTS = config_lib.Config(data_dir="", model_dir="")
 
 
+# Each Config field's flag help, in Config's order (trainer/config.py has the units).
+HELP = {
+    "data_dir": "Data directory with dataset_info.json (local or gs://).",
+    "model_dir": (
+        "Where checkpoints, results and the exported model go. Rerunning with the same "
+        "--model_dir resumes."),
+    "model": (
+        "Model to train: the report's simple and basic CNNs, or a Keras application "
+        "(ImageNet architecture) with a new classification head."),
+    "batch_size": "Global batch size (over all replicas and workers).",
+    "optimizer": "Optimizer.",
+    "learning_rate": "Learning rate.",
+    "epochs": "Maximum number of epochs.",
+    "patience": "Stop after this many epochs without a lower validation loss.",
+    "augment": "Random flips, rotations, zooms and shifts of the training images.",
+    "strategy": "tf.distribute strategy; multi_worker reads the cluster from TF_CONFIG.",
+    "cpu_replicas": (
+        "Split the CPU into this many logical devices so that mirrored training runs "
+        "without GPUs."),
+    "mixed_precision": "mixed_float16 with loss scaling on GPU, mixed_bfloat16 on CPU.",
+    "seed": (
+        "Seed for weights, shuffling and augmentation. Runs are not bit-identical unless "
+        "--deterministic: training shards are read in parallel, in the order they arrive; "
+        "two runs with one seed differ by about 0.01-0.02 test accuracy after 10 epochs "
+        "(EXPERIMENTS.md)."),
+    "deterministic": (
+        "Bit-identical runs for one --seed, machine and strategy: the input keeps a fixed "
+        "order in every parallel stage (as fast on the host: BENCHMARKS.md) and "
+        "TensorFlow uses deterministic kernels (on a GPU some are slower, and an op "
+        "without one fails with an error naming it)."),
+    "cache": (
+        "Where decoded train and validation images are cached: auto (in memory what fits "
+        "this process's memory, the cgroup limit or RAM; the rest streams from the shards "
+        "every epoch), memory (fails before training if it cannot fit), none (always "
+        "stream), or a file path prefix. The test split is read once and never cached."),
+    "image_size": (
+        "Resize images to this many pixels square (e.g. 96 or 224 for the applications); "
+        "0 keeps the stored size. Images are cached at the smaller of the stored and this "
+        "size: resized before the cache when smaller, per batch after it when larger."),
+    "steps_per_epoch": "Cap on training steps per epoch (smoke runs); 0 = one pass over train.",
+    "worker_timeout": (
+        "--strategy=multi_worker: seconds a worker waits for the others, to connect and "
+        "in each all-reduce, before it fails with an error; 0 waits forever."),
+    "verify_data": (
+        "Read every shard once before training (CRCs, record counts, labels) so that a "
+        "corrupt or mismatched --data_dir fails by name; --noverify_data skips it for "
+        "very large datasets."),
+    "augment_on": (
+        "Where --augment runs: host (in tf.data, overlapping the step) or device (inside "
+        "the train step, so that a GPU does it and the host only decodes)."),
+    "classes": (
+        "Train on a subset of the data's classes: empty for all; N for N classes picked "
+        "by --seed (nested: the 2 of N=2 are among the 5 of N=5); or comma-separated "
+        "class names."),
+    "weights": (
+        "Applications only: initial weights of the base network: none (random), imagenet "
+        "(downloaded by Keras), or the path of a weights file (e.g. Keras' ..._notop.h5 "
+        "copied to this machine)."),
+    "trainable_layers": (
+        "Which layers of the base network train: all, none (only the new head) or N (the "
+        "last N layers). For simple/basic the base is every layer but the last. Frozen "
+        "BatchNorm layers run in inference mode."),
+    "head_epochs": (
+        "Two-stage fine-tuning: train only the head for this many epochs at "
+        "--head_learning_rate, then --trainable_layers at --learning_rate (set it lower). "
+        "0 = one stage."),
+    "head_learning_rate": "Learning rate of the --head_epochs stage.",
+    "init_from": (
+        "A finished run's --model_dir: start from its best weights (model.keras), all "
+        "layers but the classification head. Same --model; the classes may differ."),
+}
+
+
+# Flags whose value is one of a list (the rest take any value of their field's type).
+CHOICES = {
+    "model": list(models.MODELS),
+    "optimizer": list(config_lib.OPTIMIZERS),
+    "augment_on": list(config_lib.AUGMENT_ON),
+    "strategy": list(strategy_lib.STRATEGIES),
+}
+CASE_INSENSITIVE = ("model",)  # --model=resnet50 means ResNet50
+REQUIRED = ("data_dir", "model_dir")  # no default (config.validate names them when missing)
+_DEFINE = {bool: flags.DEFINE_boolean, int: flags.DEFINE_integer, float: flags.DEFINE_float,
+           str: flags.DEFINE_string}
+
+
 def define_flags(flag_values=flags.FLAGS):
-  """Defines the trainer's flags (one per Config field) in `flag_values`.
+  """Defines the trainer's flags, one per Config field (its default, type and HELP), in
+  `flag_values`.
 
   Called when the module runs, not when it is imported: importing it (tests, tools) then
   claims no names in absl's global registry, which the Beam job's flags share (it has an
   --image_size too).
   """
-  d, fv = _DEFAULTS, {"flag_values": flag_values}
-  flags.DEFINE_string("data_dir", None, "Data directory with dataset_info.json (local or "
-                      "gs://).", **fv)
-  flags.DEFINE_string("model_dir", None, "Where checkpoints, results and the exported model "
-                      "go. Rerunning with the same --model_dir resumes.", **fv)
-  flags.DEFINE_enum("model", d.model, list(models.MODELS),
-                    "Model to train: the report's simple and basic CNNs, or a Keras "
-                    "application (ImageNet architecture) with a new classification head.",
-                    case_sensitive=False, **fv)
-  flags.DEFINE_string("weights", d.weights, "Applications only: initial weights of the base "
-                      "network: none (random), imagenet (downloaded by Keras), or the path "
-                      "of a weights file (e.g. Keras' ..._notop.h5 copied to this machine).",
-                      **fv)
-  flags.DEFINE_string("trainable_layers", d.trainable_layers, "Which layers of the base "
-                      "network train: all, none (only the new head) or N (the last N "
-                      "layers). For simple/basic the base is every layer but the last. "
-                      "Frozen BatchNorm layers run in inference mode.", **fv)
-  flags.DEFINE_integer("head_epochs", d.head_epochs, "Two-stage fine-tuning: train only the "
-                       "head for this many epochs at --head_learning_rate, then "
-                       "--trainable_layers at --learning_rate (set it lower). 0 = one "
-                       "stage.", **fv)
-  flags.DEFINE_float("head_learning_rate", d.head_learning_rate, "Learning rate of the "
-                     "--head_epochs stage.", **fv)
-  flags.DEFINE_string("init_from", d.init_from, "A finished run's --model_dir: start from "
-                      "its best weights (model.keras), all layers but the classification "
-                      "head. Same --model; the classes may differ.", **fv)
-  flags.DEFINE_string("classes", d.classes, "Train on a subset of the data's classes: empty "
-                      "for all; N for N classes picked by --seed (nested: the 2 of N=2 are "
-                      "among the 5 of N=5); or comma-separated class names.", **fv)
-  flags.DEFINE_integer("batch_size", d.batch_size,
-                       "Global batch size (over all replicas and workers).", **fv)
-  flags.DEFINE_enum("optimizer", d.optimizer, config_lib.OPTIMIZERS, "Optimizer.", **fv)
-  flags.DEFINE_float("learning_rate", d.learning_rate, "Learning rate.", **fv)
-  flags.DEFINE_integer("epochs", d.epochs, "Maximum number of epochs.", **fv)
-  flags.DEFINE_integer("patience", d.patience,
-                       "Stop after this many epochs without a lower validation loss.", **fv)
-  flags.DEFINE_boolean("augment", d.augment,
-                       "Random flips, rotations, zooms and shifts of the training images.", **fv)
-  flags.DEFINE_enum("augment_on", d.augment_on, config_lib.AUGMENT_ON, "Where --augment "
-                    "runs: host (in tf.data, overlapping the step) or device (inside the "
-                    "train step, so that a GPU does it and the host only decodes).", **fv)
-  flags.DEFINE_enum("strategy", d.strategy, strategy_lib.STRATEGIES,
-                    "tf.distribute strategy; multi_worker reads the cluster from TF_CONFIG.",
-                    **fv)
-  flags.DEFINE_integer("cpu_replicas", d.cpu_replicas,
-                       "Split the CPU into this many logical devices so that mirrored "
-                       "training runs without GPUs.", **fv)
-  flags.DEFINE_boolean("mixed_precision", d.mixed_precision,
-                       "mixed_float16 with loss scaling on GPU, mixed_bfloat16 on CPU.", **fv)
-  flags.DEFINE_integer("seed", d.seed, "Seed for weights, shuffling and augmentation. Runs are "
-                       "not bit-identical unless --deterministic: training shards are read "
-                       "in parallel, in the order they arrive; two runs with one seed differ "
-                       "by about 0.01-0.02 test accuracy after 10 epochs (EXPERIMENTS.md).",
-                       **fv)
-  flags.DEFINE_boolean("deterministic", d.deterministic, "Bit-identical runs for one --seed, "
-                       "machine and strategy: the input keeps a fixed order in every "
-                       "parallel stage (as fast on the host: BENCHMARKS.md) and TensorFlow "
-                       "uses deterministic kernels (on a GPU some are slower, and an op "
-                       "without one fails with an error naming it).", **fv)
-  flags.DEFINE_string("cache", d.cache, "Where decoded train and validation images are "
-                      "cached: auto (in memory what fits this process's memory, the cgroup "
-                      "limit or RAM; the rest streams from the shards every epoch), memory "
-                      "(fails before training if it cannot fit), none (always stream), or a "
-                      "file path prefix. The test split is read once and never cached.", **fv)
-  flags.DEFINE_integer("image_size", d.image_size, "Resize images to this many pixels "
-                       "square (e.g. 96 or 224 for the applications); 0 keeps the stored "
-                       "size. Images are cached at the smaller of the stored and this size: "
-                       "resized before the cache when smaller, per batch after it when "
-                       "larger.", **fv)
-  flags.DEFINE_integer("steps_per_epoch", d.steps_per_epoch, "Cap on training steps per "
-                       "epoch (smoke runs); 0 = one pass over train.", **fv)
-  flags.DEFINE_integer("worker_timeout", d.worker_timeout, "--strategy=multi_worker: seconds "
-                       "a worker waits for the others, to connect and in each all-reduce, "
-                       "before it fails with an error; 0 waits forever.", **fv)
-  flags.DEFINE_boolean("verify_data", d.verify_data, "Read every shard once before training "
-                       "(CRCs, record counts, labels) so that a corrupt or mismatched "
-                       "--data_dir fails by name; --noverify_data skips it for very large "
-                       "datasets.", **fv)
+  for field in dataclasses.fields(config_lib.Config):
+    name = field.name
+    default = None if name in REQUIRED else getattr(_DEFAULTS, name)
+    if name in CHOICES:
+      flags.DEFINE_enum(name, default, CHOICES[name], HELP[name],
+                        case_sensitive=name not in CASE_INSENSITIVE, flag_values=flag_values)
+    else:
+      _DEFINE[field.type](name, default, HELP[name], flag_values=flag_values)
 
 
 def config_from_flags(flag_values=flags.FLAGS):
