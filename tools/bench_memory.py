@@ -4,7 +4,7 @@
     python -m tools.bench_memory --data_dir=... --json
     python -m tools.bench_memory --data_dir=... --cache=/tmp/c   # other flags go to the trainer
 
-Runs `python -m trainer.main` (in-memory cache, the default) in a child process with a fresh
+Runs `python -m trainer.main` (--cache=auto, the default) in a child process with a fresh
 --model_dir, follows the run through that directory (trainer/workdir.py, polled every
 POLL_S) and reads the child's /proc/<pid>/status when:
 
