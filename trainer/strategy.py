@@ -215,15 +215,21 @@ def _host(address):
   return "127.0.0.1" if host in ("localhost", "::1", "127.0.0.1") else host
 
 
+def workers_on_host(cluster, task_type, task_id):
+  """Worker processes of `cluster` ({job: ["host:port", ...]}) on the host of task
+  (task_type, task_id), itself included; localhost, 127.0.0.1 and ::1 are one host."""
+  own = _host(cluster[task_type][task_id])
+  return sum(_host(a) == own for job in ("chief", "worker") for a in cluster.get(job, ())) or 1
+
+
 def workers_on_this_host(strategy):
   """Worker processes of the cluster on this process's host (by TF_CONFIG's addresses), 1
   outside a cluster: they share this host's memory."""
   task_type, task_id = _task(strategy)
   if task_type is None:
     return 1
-  cluster = strategy.cluster_resolver.cluster_spec().as_dict()
-  own = _host(cluster[task_type][task_id])
-  return sum(_host(a) == own for job in ("chief", "worker") for a in cluster.get(job, ())) or 1
+  return workers_on_host(strategy.cluster_resolver.cluster_spec().as_dict(), task_type,
+                         task_id)
 
 
 def name_of(strategy):

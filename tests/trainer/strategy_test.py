@@ -171,3 +171,12 @@ def test_two_workers_train_together_and_only_the_chief_writes(data_dir, tmp_path
   assert sorted(os.listdir(model_dir)) == [
       "best", "checkpoints", "confusion_matrix.csv", "flags.txt", "history.csv", "model.keras",
       "results.json", "saved_model", "tensorboard"]
+
+
+def test_workers_on_one_host_are_counted_to_share_its_memory():
+  cluster = {"chief": ["10.0.0.1:2222"], "worker": ["10.0.0.1:2223", "10.0.0.2:2222",
+                                                     "localhost:1", "127.0.0.1:2"]}
+  assert strategy_lib.workers_on_host(cluster, "worker", 0) == 2  # the chief and itself
+  assert strategy_lib.workers_on_host(cluster, "worker", 1) == 1
+  assert strategy_lib.workers_on_host(cluster, "worker", 2) == 2  # localhost is 127.0.0.1
+  assert strategy_lib.workers_on_this_host(strategy_lib.make_strategy("one_device")) == 1
