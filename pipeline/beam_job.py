@@ -4,7 +4,7 @@
                                                               -> WriteRejections (rejected.csv)
                                                               -> WriteMetadata (dataset_info.json)
 
-Memory does not grow with the number of images: only metadata (key, path, label, split) goes
+No image is held beyond the one being written: only metadata (key, path, label, split) goes
 through the one grouping (GroupByShard: each example's shard is a hash of its key, see
 shard_index), and each shard's images are read, checked, encoded and streamed into its file
 by the stage that writes that shard (WriteShard). Runners buffer what passes through a
