@@ -1,8 +1,17 @@
 """The Beam job: planned elements -> checked, encoded records -> sharded TFRecords + metadata.
 
-    ReadInputs -> AssignSplits -> EncodeImages -> WriteShards       (<split>-*.tfrecord)
-                                               -> WriteRejections   (rejected.csv)
-                                               -> WriteMetadata     (dataset_info.json)
+    ReadInputs -> AssignSplits -> GroupByShard -> WriteShards -> <split>-*.tfrecord
+                                                              -> WriteRejections (rejected.csv)
+                                                              -> WriteMetadata (dataset_info.json)
+
+No image is held beyond the one being written: only metadata (key, path, label, split) goes
+through the one grouping (GroupByShard: each example's shard is a hash of its key, see
+shard_index), and each shard's images are read, checked, encoded and streamed into its file
+by the stage that writes that shard (WriteShard). Runners buffer what passes through a
+grouping (the DirectRunner in memory), so the images must not. Archive sources (CIFAR-100,
+tfds) are the exception: their reader yields pixels, which go through the grouping; the
+reader holds the whole split in memory anyway (a CIFAR split is 150 MB of pixels).
+Parallelism is one task per shard.
 
 Each stage is a named, module-level `beam.ptransform_fn` (Beam pickles them, and the
 multi-processing DirectRunner and remote runners import them); they are counted in the
@@ -17,13 +26,17 @@ multi-processing DirectRunner and remote runners import them); they are counted 
 
 import collections
 import csv
+import hashlib
 import io
 import logging
 import math
 import time
+import uuid
 
 import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.tfrecordio import _TFRecordUtil  # TFRecord framing, as WriteToTFRecord
 from apache_beam.metrics import Metrics
 
 from pipeline import dataset_info
@@ -34,6 +47,8 @@ from pipeline import splits
 
 NAMESPACE = "build_tfrecords"
 REJECTED = "rejected"
+SHARD_FILES = "shard_files"
+TEMP_PREFIX = ".temp-"  # + a unique id + the final name: a shard being written
 EXAMPLES_PER_SHARD = 5000  # ~10 MB of CIFAR-size JPEG/PNG per shard (TF guidance: >= 10 MB).
 FAILED_INFO_FILE = "dataset_info.failed.json"
 
@@ -121,14 +136,62 @@ class SummarizeExamples(beam.CombineFn):
     return summary
 
 
-class EncodeExample(beam.DoFn):
-  """Reads, checks, converts and encodes one image; bad inputs go to the `rejected` output.
+def encode(element, class_names, image_size=None):
+  """Reads, checks, converts and encodes one element's image. Returns (record, example):
+  the serialized tf.Example for the shard and the example for the Summary, {"split",
+  "label", "shape": (height, width), "converted": kind or None}. Raises images.BadImage."""
+  if "pixels" in element:
+    encoded, fmt, pixels = images.from_pixels(element["pixels"], image_size)
+    kind = None
+  else:
+    encoded, fmt, pixels, kind = images.prepare(_read(element["path"]), image_size)
+  if kind:
+    counter(f"converted/{kind}").inc()
+  split, label = element["split"], element["label"]
+  height, width = pixels.shape[:2]
+  record = features.encode_example(
+      key=element["key"], image=encoded, image_format=fmt, height=height, width=width,
+      label=label, coarse_label=element.get("coarse_label", features.NO_COARSE_LABEL))
+  counter(f"examples/{split}").inc()
+  counter(f"examples/{split}/{class_names[label]}").inc()
+  return record, {"split": split, "label": label, "shape": (height, width), "converted": kind}
 
-  An example is {"split", "label", "shape": (height, width), "converted": kind or None,
-  "record": serialized tf.Example}: the record for the shards, the rest for the summary.
+
+def shard_index(key, num_shards):
+  """Which of its split's `num_shards` shards an example goes to: a hash of its stable key,
+  so every rerun, runner and worker count puts it in the same shard. Bytes 8-16 of the key's
+  sha256: independent of the first 8, which chose its split (splits.key_fraction), so every
+  shard of a split gets a share of it."""
+  digest = hashlib.sha256(key.encode("utf-8")).digest()
+  return int.from_bytes(digest[8:16], "big") % num_shards
+
+
+def record_order(element):
+  """The order of records within a shard: by key hash, so classes are mixed (file sources
+  plan their paths by folder, i.e. by class; readers of a shard written in that order see a
+  class-skewed stream that no shuffle buffer smaller than the split can fix), and the same on
+  every rerun."""
+  return splits.key_fraction(element["key"]), element["key"]
+
+
+class WriteShard(beam.DoFn):
+  """((split, shard index), elements) -> one shard file, written record by record.
+
+  The shard's images are read, checked and encoded here, one at a time, and each record is
+  written to the file as soon as it is encoded: no stage holds more than one image, whatever
+  the size of the split. The file is written under a temporary name in the output directory
+  (TEMP_PREFIX, hidden) and renamed to its final name once complete, so a job killed
+  mid-write leaves no partial shard under a final name (the next run deletes the leftovers;
+  build_tfrecords.remove_stale_outputs). A retried or duplicated write renames the same
+  bytes over the same name.
+
+  Outputs: examples (for the Summary), REJECTED (source, reason, detail), SHARD_FILES (the
+  final name).
   """
 
-  def __init__(self, class_names, image_size=None):
+  def __init__(self, output_dir, num_shards, class_names, image_size=None):
+    self._output_dir = output_dir
+    self._num_shards = num_shards
     self._class_names = class_names
     self._image_size = image_size
 
@@ -136,33 +199,39 @@ class EncodeExample(beam.DoFn):
     self._done = 0
     self._start = time.time()
 
-  def process(self, element):
-    source = element.get("path") or element["key"]
+  def process(self, shard):
+    (split, index), elements = shard
+    elements = sorted((e for e in elements if e is not None), key=record_order)
+    name = features.shard_name(split, index, self._num_shards[split])
+    final = dataset_info.join(self._output_dir, name)
+    temp = dataset_info.join(self._output_dir, f"{TEMP_PREFIX}{uuid.uuid4().hex}-{name}")
+    out = FileSystems.create(temp, mime_type="application/octet-stream",
+                             compression_type=CompressionTypes.UNCOMPRESSED)
     try:
-      if "pixels" in element:
-        encoded, fmt, pixels = images.from_pixels(element["pixels"], self._image_size)
-        kind = None
-      else:
-        encoded, fmt, pixels, kind = images.prepare(_read(element["path"]), self._image_size)
-    except images.BadImage as e:
-      counter(f"rejected/{e.reason}").inc()
-      yield beam.pvalue.TaggedOutput(REJECTED, (source, e.reason, e.detail))
-      return
-    if kind:
-      counter(f"converted/{kind}").inc()
-    split, label = element["split"], element["label"]
-    height, width = pixels.shape[:2]
-    record = features.encode_example(
-        key=element["key"], image=encoded, image_format=fmt, height=height, width=width,
-        label=label, coarse_label=element.get("coarse_label", features.NO_COARSE_LABEL))
-    counter(f"examples/{split}").inc()
-    counter(f"examples/{split}/{self._class_names[label]}").inc()
+      for element in elements:
+        try:
+          record, example = encode(element, self._class_names, self._image_size)
+        except images.BadImage as e:
+          counter(f"rejected/{e.reason}").inc()
+          yield beam.pvalue.TaggedOutput(
+              REJECTED, (element.get("path") or element["key"], e.reason, e.detail))
+          continue
+        _TFRecordUtil.write_record(out, record)  # the framing WriteToTFRecord writes
+        yield example
+        self._log_progress()
+      out.close()
+    except BaseException:
+      out.close()
+      FileSystems.delete([temp])
+      raise
+    FileSystems.rename([temp], [final])
+    yield beam.pvalue.TaggedOutput(SHARD_FILES, final)
+
+  def _log_progress(self):
     self._done += 1
     if self._done % 5000 == 0:  # Progress: the DirectRunner shows none of its own.
       logging.info("encoded %d images in this worker (%.0f/s)", self._done,
                    self._done / (time.time() - self._start))
-    yield {"split": split, "label": label, "shape": (height, width), "converted": kind,
-           "record": record}
 
 
 def _read(path):
@@ -184,12 +253,9 @@ def rejected_csv_line(rejection):
   return buf.getvalue()
 
 
-def split_of(example, num_partitions, split_names):
-  return split_names.index(example["split"])
-
-
-def get_record(example):
-  return example["record"]
+def key_by_shard(element, num_shards):
+  split = element["split"]
+  return (split, shard_index(element["key"], num_shards[split])), element
 
 
 def reason_one(rejection):
@@ -238,12 +304,8 @@ def ReadInputs(pipeline, plan):
   """The plan -> (elements, rejections found while planning, counted here)."""
   planned = []
   if plan.elements:
-    # Planned paths come sorted by folder, i.e. by class, and Reshuffle keeps their order on
-    # the local runners, so shards would hold long runs of one class: readers then see a
-    # class-skewed stream that no shuffle buffer smaller than the split can fix. Order them
-    # by key hash instead: mixed, and the same on every rerun.
-    mixed = sorted(plan.elements, key=lambda e: splits.key_fraction(e["key"]))
-    planned.append(pipeline | "PathElements" >> CreateElements(mixed, reshuffle=False))
+    # In folder (class) order: WriteShard orders each shard's records (record_order).
+    planned.append(pipeline | "PathElements" >> CreateElements(plan.elements, reshuffle=False))
   if plan.reads:
     planned.append(pipeline | "ArchiveReads" >> beam.Create(plan.reads)
                    | "ReadArchives" >> beam.FlatMap(sources.run_read))
@@ -263,34 +325,28 @@ def AssignSplits(elements, kept, validation_fraction, test_fraction, has_test):
 
 
 @beam.ptransform_fn
-def EncodeImages(elements, class_names, image_size):
-  """Elements -> (examples, rejections): see EncodeExample."""
-  encoded = (
-      elements
-      # Spread the expensive reads and decodes over workers (path lists arrive as one bundle).
-      | "Spread" >> beam.Reshuffle()
-      | "Encode" >> beam.ParDo(EncodeExample(class_names, image_size)).with_outputs(
-          REJECTED, main="examples"))
-  return encoded.examples, encoded[REJECTED]
+def GroupByShard(elements, num_shards):
+  """Elements -> ((split, shard index), elements) for every shard of every split, the empty
+  ones too (so that every shard file exists, as dataset_info.json lists them).
+
+  The one grouping of the job: elements of file sources are metadata (key, path, label,
+  split), a few hundred bytes each, so what a runner buffers here stays small; the images
+  are read after it, by the stage that writes their shard. Elements of archive sources
+  (CIFAR-100, tfds) carry their pixels, which their reader holds in memory anyway.
+  """
+  keyed = elements | "KeyByShard" >> beam.Map(key_by_shard, num_shards)
+  every = elements.pipeline | "EveryShard" >> beam.Create(
+      [((split, i), None) for split, n in num_shards.items() for i in range(n)])
+  return (keyed, every) | "WithEmptyShards" >> beam.Flatten() | "Group" >> beam.GroupByKey()
 
 
 @beam.ptransform_fn
-def WriteSplit(examples, output_dir, split, num_shards):
-  """One split's records -> `<output_dir>/<split>-NNNNN-of-MMMMM.tfrecord`."""
-  return (examples
-          | "Records" >> beam.Map(get_record)
-          | "Write" >> beam.io.WriteToTFRecord(
-              dataset_info.join(output_dir, split), file_name_suffix=".tfrecord",
-              num_shards=num_shards, shard_name_template="-SSSSS-of-NNNNN"))
-
-
-@beam.ptransform_fn
-def WriteShards(examples, output_dir, split_names, num_shards):
-  """Examples -> the shard files of every split (the names written)."""
-  parts = examples | "BySplit" >> beam.Partition(split_of, len(split_names), split_names)
-  files = [parts[i] | f"Write_{split}" >> WriteSplit(output_dir, split, num_shards[split])
-           for i, split in enumerate(split_names)]
-  return files | "ShardFiles" >> beam.Flatten()
+def WriteShards(shards, output_dir, num_shards, class_names, image_size):
+  """Grouped shards -> (examples, rejections, shard file names): see WriteShard."""
+  written = shards | "Write" >> beam.ParDo(WriteShard(
+      output_dir, num_shards, class_names, image_size)).with_outputs(
+          REJECTED, SHARD_FILES, main="examples")
+  return written.examples, written[REJECTED], written[SHARD_FILES]
 
 
 @beam.ptransform_fn
@@ -329,11 +385,12 @@ def build(pipeline, plan, *, output_dir, split_names, num_shards, kept, validati
   p = pipeline
   class_names = [plan.class_names[i] for i in kept]
   elements, planned_rejections = p | "ReadInputs" >> ReadInputs(plan)
-  examples, rejections = (
+  num_shards = {split: num_shards[split] for split in split_names}
+  examples, rejections, files = (
       elements
       | "AssignSplits" >> AssignSplits(kept, validation_fraction, test_fraction, plan.has_test)
-      | "EncodeImages" >> EncodeImages(class_names, image_size))
-  files = examples | "WriteShards" >> WriteShards(output_dir, split_names, num_shards)
+      | "GroupByShard" >> GroupByShard(num_shards)
+      | "WriteShards" >> WriteShards(output_dir, num_shards, class_names, image_size))
   reason_counts = ((planned_rejections, rejections)
                    | "WriteRejections" >> WriteRejections(output_dir))
   meta = {"source": plan.description, "class_names": tuple(class_names),

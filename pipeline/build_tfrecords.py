@@ -143,12 +143,15 @@ def split_sizes(plan, config):
 
 
 def remove_stale_outputs(output_dir):
-  """An earlier run's metadata must not describe this run's shards."""
+  """An earlier run's metadata must not describe this run's shards, and the shards a killed
+  run left half-written (under beam_job.TEMP_PREFIX names) go."""
   from apache_beam.io.filesystems import FileSystems
   from pipeline import beam_job, dataset_info, features
   stale = [dataset_info.join(output_dir, n)
            for n in (features.INFO_FILE, beam_job.FAILED_INFO_FILE, features.REJECTED_FILE)]
   stale = [s for s in stale if FileSystems.exists(s)]
+  temps = FileSystems.match([dataset_info.join(output_dir, beam_job.TEMP_PREFIX + "*")])
+  stale += [m.path for m in temps[0].metadata_list]
   if stale:
     FileSystems.delete(stale)
 

@@ -2,6 +2,7 @@
 
     python -m tools.bench_beam --limit=10000          # a table
     python -m tools.bench_beam --limit=10000 --json   # {"images_per_s": {...}, ...}
+    python -m tools.bench_beam --peak_rss=10000,60000 # wall s and peak RSS per input size
 
   plain_loop     one process, no Beam: the same planning (pipeline.sources.plan_image_dir),
                  split assignment (pipeline.splits.assign_split), image checks and conversion
@@ -18,6 +19,10 @@ rejected.csv, from the call to the last file closed; images/s = input images / w
 The three run in turn within each repeat, each into a fresh output directory; min / median /
 max over `--repeats`. With `--limit=N`, N images drawn by a hash of their key (a mix of every
 class and split) are linked into a temporary tree and all three read that.
+
+`--peak_rss=N,M`: each Beam method instead runs `python -m pipeline.build_tfrecords` as a
+child process on N, then M images (drawn as for --limit), once; a row gives its wall time
+(with the child's interpreter start and imports) and peak RSS (`job_in_child`).
 """
 
 import collections
@@ -25,6 +30,7 @@ import contextlib
 import logging
 import os
 import pathlib
+import subprocess
 import sys
 import tempfile
 import time
@@ -128,6 +134,72 @@ def beam_job(image_dir, output_dir, beam_args):
   return {split: s["num_examples"] for split, s in result.info["splits"].items()}
 
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+# Runs argv[1:] and prints its ru_maxrss (KiB) as the last line of stderr. A process's
+# ru_maxrss starts from the peak of the memory it was forked from (Linux records the old
+# address space's high-water mark at exec), so the job is started from this small process
+# rather than from the caller, whose own peak (TensorFlow in a test, say) would count.
+_MAXRSS_LAUNCHER = (
+    "import os, subprocess, sys\n"
+    "child = subprocess.Popen(sys.argv[1:])\n"
+    "_, status, usage = os.wait4(child.pid, 0)\n"
+    "child.returncode = os.waitstatus_to_exitcode(status)\n"
+    "print(f'ru_maxrss_kib={usage.ru_maxrss}', file=sys.stderr)\n"
+    "sys.exit(child.returncode)\n")
+
+
+def job_in_child(image_dir, output_dir, beam_args, job_flags=(), repo=REPO):
+  """Runs `python -m pipeline.build_tfrecords` on `image_dir` as a child process (with the
+  code of `repo`, so another checkout can be measured beside this one). Returns (wall
+  seconds, peak RSS in bytes).
+
+  The peak is the job's ru_maxrss from wait4, which Linux takes as the largest of the
+  process and the children it waited for: with --direct_running_mode=multi_processing, the
+  largest single process of the job, not their sum."""
+  cmd = [sys.executable, "-c", _MAXRSS_LAUNCHER, sys.executable, "-m",
+         "pipeline.build_tfrecords", "--source=image_dir", f"--image_dir={image_dir}",
+         f"--output_dir={output_dir}", *job_flags, *beam_args]
+  start = time.perf_counter()
+  done = subprocess.run(cmd, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                        text=True, check=False)
+  seconds = time.perf_counter() - start
+  *_, last = done.stderr.rstrip().rsplit("\n", 1)
+  if done.returncode or not last.startswith("ru_maxrss_kib="):
+    raise RuntimeError(f"{' '.join(cmd[3:])} exited {done.returncode}: {done.stderr[-2000:]}")
+  return seconds, int(last.split("=")[1]) * 1024  # Linux reports KiB
+
+
+def peak_rss(image_dir=DEFAULT_IMAGE_DIR, limits=(10000, 60000), methods=METHODS[1:],
+             image_size=0, log=None):
+  """Wall time and peak RSS of the job in a child process, per input size and method.
+  Returns {"rows": [{"images", "method", "seconds", "peak_rss_mb"}], "settings": {...}}."""
+  rows = []
+  job_flags = [f"--image_size={image_size}"] if image_size else []
+  with tempfile.TemporaryDirectory(prefix="bench_beam_rss_") as tmp:
+    for limit in limits:
+      images = limited_tree(image_dir, limit, os.path.join(tmp, f"images-{limit}"))
+      for name in methods:
+        seconds, peak = job_in_child(images, os.path.join(tmp, f"{name}-{limit}"),
+                                     BEAM_ARGS[name], job_flags)
+        rows.append({"images": limit, "method": name, "seconds": seconds,
+                     "peak_rss_mb": peak / 2**20})
+        if log:
+          log(f"{limit} images, {name}: {seconds:.1f} s, peak RSS {peak / 2**20:,.0f} MB")
+  return {"rows": rows, "settings": {"image_dir": image_dir, "image_size": image_size,
+                                     "cpus": os.cpu_count(),
+                                     "load_average": list(os.getloadavg())}}
+
+
+def format_rss_table(result):
+  lines = [f"{'images':>8} {'method':<16} {'wall s':>8} {'peak RSS MB':>12}"]
+  for row in result["rows"]:
+    lines.append(f"{row['images']:>8} {row['method']:<16} {row['seconds']:>8.1f} "
+                 f"{row['peak_rss_mb']:>12,.0f}")
+  return "\n".join(lines)
+
+
 def run(image_dir=DEFAULT_IMAGE_DIR, limit=0, repeats=3, methods=METHODS, log=None):
   """Returns {"images_per_s": {method: median}, "runs": {method: [per repeat]}, ...}."""
   import apache_beam  # pylint: disable=unused-import  # imported once, before any timing
@@ -184,6 +256,11 @@ def define_flags(flag_values):
                        lower_bound=0, flag_values=flag_values)
   flags.DEFINE_list("methods", list(METHODS), f"Comma-separated subset of {','.join(METHODS)}.",
                     flag_values=flag_values)
+  flags.DEFINE_list("peak_rss", [], "Instead of the timing table: wall time and peak RSS of "
+                    "the job run as a child process, at these comma-separated input sizes.",
+                    flag_values=flag_values)
+  flags.DEFINE_integer("image_size", 0, "With --peak_rss: the job's --image_size (0: keep "
+                       "the size).", lower_bound=0, flag_values=flag_values)
   harness.define_flags(flag_values, repeats=3)
 
 
@@ -195,8 +272,18 @@ def main(argv, flag_values):
   unknown = set(methods) - set(METHODS)
   if unknown:
     raise cli.ToolError(f"--methods: unknown {sorted(unknown)}; choose from {','.join(METHODS)}")
-  result = run(flag_values.image_dir, flag_values.limit, flag_values.repeats, methods,
-               harness.progress(flag_values.json))
+  log = harness.progress(flag_values.json)
+  if flag_values.peak_rss:
+    try:
+      sizes = [int(n) for n in flag_values.peak_rss]
+    except ValueError:
+      raise cli.ToolError(f"--peak_rss={','.join(flag_values.peak_rss)}: expected "
+                          "comma-separated numbers of images") from None
+    result = peak_rss(flag_values.image_dir, sizes, [m for m in methods if m != "plain_loop"],
+                      flag_values.image_size, log)
+    harness.emit(result, format_rss_table, flag_values.json)
+    return
+  result = run(flag_values.image_dir, flag_values.limit, flag_values.repeats, methods, log)
   harness.emit(result, format_table, flag_values.json)
 
 

@@ -41,3 +41,14 @@ def test_plain_loop_writes_readable_tfrecords(tmp_path):
   assert {s: info.split(s).num_examples for s in info.splits} == counts
   assert info.num_classes == 10 and info.image_shape == (32, 32, 3)
   assert sum(sum(s.per_class) for s in info.splits.values()) == 500
+
+
+def test_peak_rss_runs_the_job_in_a_child_at_each_size(capsys):
+  bench_beam.COMMAND.call(["--image_dir", str(testdata.SAMPLE_DIR), "--peak_rss", "20,40",
+                           "--methods", "beam_1_worker", "--json"])
+  rows = json.loads(capsys.readouterr().out)["rows"]
+  assert [(r["images"], r["method"]) for r in rows] == [(20, "beam_1_worker"),
+                                                         (40, "beam_1_worker")]
+  # The child's own peak: at least an interpreter with Beam imported (~100 MB), not this
+  # test process's (pytest with TensorFlow imported, ~600 MB or more, is not counted).
+  assert all(50 < r["peak_rss_mb"] < 2000 and r["seconds"] > 0 for r in rows)

@@ -1,0 +1,89 @@
+"""The Beam job's shards: which example goes where, and no half shard under a final name."""
+
+import collections
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import tensorflow as tf
+
+from pipeline import beam_job
+from pipeline import build_tfrecords
+from pipeline import features
+from tests import testdata
+
+
+def shard_files(out):
+  """Files under a final shard name (the temporary ones start with beam_job.TEMP_PREFIX)."""
+  return sorted(n for n in os.listdir(out)
+                if n.endswith(".tfrecord") and not n.startswith(beam_job.TEMP_PREFIX))
+
+
+def test_shards_are_a_hash_of_the_key_mixed_and_the_same_for_any_worker_count(tmp_path):
+  contents = {}
+  for name, argv in (("one", []), ("two", ["--direct_running_mode=multi_processing",
+                                           "--direct_num_workers=2"])):
+    out = tmp_path / name
+    build_tfrecords.run_job(build_tfrecords.JobConfig(
+        source="image_dir", image_dir=str(testdata.SAMPLE_DIR), output_dir=str(out),
+        validation_fraction=0.0, num_shards=3), argv)
+    contents[name] = {f: (out / f).read_bytes() for f in shard_files(out)}
+  # Byte for byte the same files, whatever the worker count.
+  assert contents["one"] == contents["two"]
+  assert sorted(contents["one"]) == [features.shard_name(s, i, 3) for s in ("test", "train")
+                                     for i in range(3)]
+  out = tmp_path / "one"
+  for i in range(3):
+    name = features.shard_name("train", i, 3)
+    records = [features.parse_single(r) for r in tf.data.TFRecordDataset(str(out / name))]
+    keys = [r[features.KEY].numpy().decode() for r in records]
+    assert all(beam_job.shard_index(k, 3) == i for k in keys)
+    assert 100 < len(keys) < 170  # about a third of the 400 train images each
+    # Mixed classes within each shard, not runs of one folder.
+    labels = [int(r[features.LABEL]) for r in records]
+    assert len(set(labels[:30])) >= 7
+    assert sum(a != b for a, b in zip(labels, labels[1:])) > 0.75 * len(labels)
+    assert max(collections.Counter(labels).values()) < 0.2 * len(labels)
+
+
+def test_killed_job_leaves_no_file_under_a_final_shard_name(tmp_path):
+  # A named pipe in the path list: reading it blocks (no writer) inside the stage writing the
+  # shard, after it has begun its file; the job is killed there, as by an OOM or a preemption.
+  fifo = tmp_path / "blocks.jpg"
+  os.mkfifo(fifo)
+  rows = [f"{path},{name}" for path, name in testdata.sample_files("train", ("cat", "dog"))]
+  csv_path = tmp_path / "list.csv"
+  csv_path.write_text("path,label\n" + "\n".join(rows + [f"{fifo},cat"]) + "\n")
+  out = tmp_path / "out"
+  cmd = [sys.executable, "-m", "pipeline.build_tfrecords", "--source=path_list",
+         f"--path_list={csv_path}", f"--output_dir={out}", "--num_shards=1",
+         "--validation_fraction=0", "--test_fraction=0"]
+  job = subprocess.Popen(cmd, cwd=testdata.REPO, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE)
+  try:
+    deadline = time.time() + 120
+    while not (out.exists() and any(n.startswith(beam_job.TEMP_PREFIX)
+                                    for n in os.listdir(out))):
+      assert job.poll() is None, job.stderr.read().decode()[-2000:]
+      assert time.time() < deadline, "the shard's temporary file never appeared"
+      time.sleep(0.2)
+    time.sleep(1)  # the writer is now blocked on the pipe, its shard begun
+    assert job.poll() is None
+  finally:
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+  names = os.listdir(out)
+  assert not shard_files(out), names
+  assert features.INFO_FILE not in names and features.REJECTED_FILE not in names
+  assert any(n.startswith(beam_job.TEMP_PREFIX) for n in names)
+  # The next run writes the shard and deletes the shard the killed one left. (Beam's own
+  # beam-temp-rejected-* folder, from the sink of rejected.csv, stays: Beam's to manage.)
+  csv_path.write_text("path,label\n" + "\n".join(rows) + "\n")
+  done = subprocess.run(cmd, cwd=testdata.REPO, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  names = os.listdir(out)
+  assert shard_files(out) == [features.shard_name("train", 0, 1)]
+  assert {features.INFO_FILE, features.REJECTED_FILE} <= set(names)
+  assert not any(n.startswith(beam_job.TEMP_PREFIX) for n in names), names
