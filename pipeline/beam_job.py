@@ -28,6 +28,7 @@ import collections
 import csv
 import hashlib
 import io
+import json
 import logging
 import math
 import time
@@ -49,21 +50,26 @@ NAMESPACE = "build_tfrecords"
 REJECTED = "rejected"
 SHARD_FILES = "shard_files"
 TEMP_PREFIX = ".temp-"  # + a unique id + the final name: a shard being written
+PLAN_PREFIX = TEMP_PREFIX + "plan-"  # + a unique id + ".jsonl": the planned paths (write_plan)
 EXAMPLES_PER_SHARD = 5000  # ~10 MB of CIFAR-size JPEG/PNG per shard (TF guidance: >= 10 MB).
 FAILED_INFO_FILE = "dataset_info.failed.json"
 
 
-class CreateElements(beam.Create):
-  """beam.Create of planned element dicts without per-element type inference.
+def write_plan(output_dir, elements):
+  """Writes the planned path elements as JSON lines into `<output_dir>/.temp-plan-<id>.jsonl`
+  (where every worker can read it: local, gs://) and returns its path; the job reads it with
+  ReadFromText and the caller deletes it after the job.
 
-  beam.Create infers the PCollection's type as the Union of every element's type, which
-  walks every dict, several times while the pipeline is built: about a third of the whole
-  job's time for 10,000 images on the DirectRunner (BENCHMARKS.md). The elements are
-  plain dicts of str/int values; the default (pickling) coder handles them either way.
+  Why a file and not beam.Create: Create pickles every element into the pipeline itself, which
+  the local runner then holds in several copies (about 3.5 KB a path on the DirectRunner,
+  BENCHMARKS.md) and which Dataflow refuses beyond its job-graph size limit; a text file is
+  read in bundles by any runner.
   """
-
-  def infer_output_type(self, unused_input_type):
-    return beam.typehints.Dict[str, beam.typehints.Any]
+  path = dataset_info.join(output_dir, f"{PLAN_PREFIX}{uuid.uuid4().hex}.jsonl")
+  with FileSystems.create(path) as f:
+    for element in elements:
+      f.write(json.dumps(element, sort_keys=True).encode() + b"\n")
+  return path
 
 
 def default_num_shards(num_examples):
@@ -300,12 +306,14 @@ def write_info(summary, *, output_dir, meta, split_names, files, rejected,
 
 
 @beam.ptransform_fn
-def ReadInputs(pipeline, plan):
-  """The plan -> (elements, rejections found while planning, counted here)."""
+def ReadInputs(pipeline, plan, plan_file):
+  """The plan -> (elements, rejections found while planning, counted here). plan_file: the
+  plan's path elements as write_plan wrote them (None when it has none)."""
   planned = []
   if plan.elements:
     # In folder (class) order: WriteShard orders each shard's records (record_order).
-    planned.append(pipeline | "PathElements" >> CreateElements(plan.elements, reshuffle=False))
+    planned.append(pipeline | "PathElements" >> beam.io.ReadFromText(plan_file)
+                   | "ParsePaths" >> beam.Map(json.loads))
   if plan.reads:
     planned.append(pipeline | "ArchiveReads" >> beam.Create(plan.reads)
                    | "ReadArchives" >> beam.FlatMap(sources.run_read))
@@ -380,11 +388,14 @@ def WriteMetadata(examples, files, reason_counts, *, output_dir, meta, split_nam
 
 
 def build(pipeline, plan, *, output_dir, split_names, num_shards, kept, validation_fraction,
-          test_fraction, image_size, max_reject_fraction, command):
-  """Adds the whole job to `pipeline`. num_shards: split -> count."""
+          test_fraction, image_size, max_reject_fraction, command, plan_file=None):
+  """Adds the whole job to `pipeline`. num_shards: split -> count. plan_file: where
+  write_plan wrote plan.elements (required when there are any)."""
+  if plan.elements and not plan_file:
+    raise ValueError("the plan has path elements: write them with write_plan first")
   p = pipeline
   class_names = [plan.class_names[i] for i in kept]
-  elements, planned_rejections = p | "ReadInputs" >> ReadInputs(plan)
+  elements, planned_rejections = p | "ReadInputs" >> ReadInputs(plan, plan_file)
   num_shards = {split: num_shards[split] for split in split_names}
   examples, rejections, files = (
       elements

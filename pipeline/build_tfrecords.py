@@ -173,6 +173,7 @@ def run_job(config, beam_argv=()):
   splits.ClassSubsetError on a class subset the source cannot provide."""
   import apache_beam as beam
   from apache_beam.metrics.metric import MetricsFilter
+  from apache_beam.io.filesystems import FileSystems
   from apache_beam.options.pipeline_options import PipelineOptions
   from pipeline import beam_job
 
@@ -199,14 +200,20 @@ def run_job(config, beam_argv=()):
   remove_stale_outputs(config.output_dir)
   options = PipelineOptions(list(beam_argv))
   pipeline = beam.Pipeline(runner=make_runner(options), options=options)
-  beam_job.build(
-      pipeline, plan, output_dir=config.output_dir, split_names=split_names,
-      num_shards=num_shards, kept=kept, validation_fraction=config.validation_fraction,
-      test_fraction=config.test_fraction,
-      image_size=(config.image_size, config.image_size) if config.image_size else None,
-      max_reject_fraction=config.max_reject_fraction, command=config.command)
-  result = pipeline.run()
-  result.wait_until_finish()
+  plan_file = beam_job.write_plan(config.output_dir, plan.elements) if plan.elements else None
+  try:
+    beam_job.build(
+        pipeline, plan, output_dir=config.output_dir, split_names=split_names,
+        num_shards=num_shards, kept=kept, validation_fraction=config.validation_fraction,
+        test_fraction=config.test_fraction,
+        image_size=(config.image_size, config.image_size) if config.image_size else None,
+        max_reject_fraction=config.max_reject_fraction, command=config.command,
+        plan_file=plan_file)
+    result = pipeline.run()
+    result.wait_until_finish()
+  finally:
+    if plan_file:
+      FileSystems.delete([plan_file])
   counters = {c.key.metric.name: c.committed for c in result.metrics().query(
       MetricsFilter().with_namespace(beam_job.NAMESPACE))["counters"]}
   exit_code, info = summarize(config, time.time() - t0)
