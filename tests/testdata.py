@@ -32,13 +32,16 @@ def sample_files(split="train", classes=None, per_class=None):
 
 
 def write_data_dir(out_dir, *, classes=("airplane", "automobile", "bird"),
-                   per_class=None, num_shards=2, validation_every=5):
+                   per_class=None, num_shards=2, validation_every=5, image_size=None):
   """Writes TFRecords + dataset_info.json from the sample's real JPEGs.
 
   Train images go to `train`, except every `validation_every`-th one, which goes to
-  `validation`; the sample's test images go to `test`. Returns the loaded DatasetInfo.
+  `validation`; the sample's test images go to `test`. image_size: px to store them at,
+  resized by pipeline.images.prepare (PNG, as the Beam job's --image_size); None: the
+  32-px JPEGs as they are. Returns the loaded DatasetInfo.
   """
   import tensorflow as tf
+  from pipeline import images
   out_dir = str(out_dir)
   os.makedirs(out_dir, exist_ok=True)
   examples = {"train": [], "validation": [], "test": []}
@@ -48,9 +51,12 @@ def write_data_dir(out_dir, *, classes=("airplane", "automobile", "bird"),
       if split == "train" and i % validation_every == validation_every - 1:
         target = "validation"
       label = classes.index(name)
+      data, image_format, size = path.read_bytes(), "jpeg", image_size or 32
+      if image_size:
+        data, image_format, _, _ = images.prepare(data, (image_size, image_size))
       examples[target].append(features.encode_example(
-          key=f"{split}/{name}/{path.name}", image=path.read_bytes(), image_format="jpeg",
-          height=32, width=32, label=label))
+          key=f"{split}/{name}/{path.name}", image=data, image_format=image_format,
+          height=size, width=size, label=label))
   splits = {}
   for split, records in examples.items():
     shards = [features.shard_name(split, i, num_shards) for i in range(num_shards)]
@@ -63,7 +69,8 @@ def write_data_dir(out_dir, *, classes=("airplane", "automobile", "bird"),
       per_class_counts[int(features.parse_single(r)[features.LABEL])] += 1
     splits[split] = dataset_info.split_info(out_dir, shards, per_class_counts)
   dataset_info.write(dataset_info.DatasetInfo(
-      data_dir=out_dir, class_names=tuple(classes), splits=splits, image_shape=(32, 32, 3),
+      data_dir=out_dir, class_names=tuple(classes), splits=splits,
+      image_shape=(image_size or 32, image_size or 32, 3),
       source=f"tests.testdata:{SAMPLE_DIR}", command="tests.testdata.write_data_dir"))
   return dataset_info.load(out_dir)
 

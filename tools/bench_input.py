@@ -1,8 +1,10 @@
-"""Images/s of four ways to feed augmented CIFAR batches, side by side on the same images.
+"""Images/s of four ways to feed augmented CIFAR batches, side by side on the same images,
+and of this project's pipeline streaming from its shards beside reading its cache.
 
     python -m tools.bench_input                      # a table
     python -m tools.bench_input --json               # {"images_per_s": {...}, ...}
     python -m tools.bench_input --deterministic      # + project_host with a fixed order
+    python -m tools.bench_input --nostream           # only the four methods
 
   image_data_generator  the report's input path: Keras' ImageDataGenerator (flip, rotation 15,
                         zoom 0.1, shifts 0.1) over decoded images in memory, one image at a
@@ -16,12 +18,28 @@
                         the cache), and trainer.augment.augment_batch in a tf.function step,
                         as the train step would run it on the accelerator (here: the CPU).
 
-All four are timed in steady state: after a warm-up that fills the caches (the TFRecords are
+And, with --stream (the default), project_host without a cache (cache=None, what
+`--cache=auto` does with data larger than its budget): every batch is read, parsed and decoded
+from the TFRecords on local disk again, every epoch:
+
+  project_host_stream   the 32-px JPEG records of project_host, streamed.
+  project_host_<S>, project_host_stream_<S>
+                        project_host cached and streamed on the same images stored at S px
+                        (--large_size, default 128): each JPEG resized by
+                        pipeline.images.prepare and stored as PNG, the bytes the Beam job
+                        writes with --image_size=S; trained at S px.
+
+The ratio stream / cached is given per size. (The shards are local files read through the
+page cache: after the warm-up they are in RAM, so what streaming costs here is the CPU of
+reading, parsing and decoding, not the disk.)
+
+All are timed in steady state: after a warm-up that fills the caches (the TFRecords are
 decoded once, in the first epoch, as in training) and traces the functions. Each repeat times
 `--batches` batches of every method in turn, so that changes in machine load hit all of them;
 the table gives min / median / max over `--repeats`.
 """
 
+import dataclasses
 import os
 import pathlib
 import tempfile
@@ -43,6 +61,13 @@ OP_METHODS = ("project_host_op", "project_device_op")
 # order), with --deterministic: reported under "deterministic", with its ratio to
 # project_host among the ratios.
 DETERMINISTIC_METHOD = "project_host_deterministic"
+STREAM_METHOD = "project_host_stream"  # cache=None on the 32-px records
+DEFAULT_LARGE_SIZE = 128  # px: the larger stored size of the streaming rows
+
+
+def large_methods(size):
+  """(cached, streamed) method names at the larger stored size `size` px."""
+  return f"project_host_{size}", f"project_host_stream_{size}"
 
 
 def list_images(image_dir, num_images):
@@ -67,19 +92,29 @@ def list_images(image_dir, num_images):
   return out[:num_images], [c.name for c in classes]
 
 
-def write_tfrecords(files, class_names, out_dir, image_shape, num_shards=4):
-  """A data directory (shards + dataset_info.json) as the Beam job writes it: the original
-  file bytes, one schema (pipeline.features). Returns its DatasetInfo."""
+def write_tfrecords(files, class_names, out_dir, image_shape, num_shards=4, resize=False):
+  """A data directory (shards + dataset_info.json) as the Beam job writes it, one schema
+  (pipeline.features). Returns its DatasetInfo.
+
+  resize=False: the original file bytes, which must be images of `image_shape`. True: each
+  image resized to `image_shape` by pipeline.images.prepare and stored as it returns (PNG),
+  as the Beam job does with --image_size.
+  """
   import tensorflow as tf
   from pipeline import dataset_info
   from pipeline import features
+  from pipeline import images
   shards = [features.shard_name("train", i, num_shards) for i in range(num_shards)]
   for i, shard in enumerate(shards):
     with tf.io.TFRecordWriter(os.path.join(out_dir, shard)) as writer:
       for j, (path, label) in enumerate(files[i::num_shards]):
-        image_format = "png" if path.suffix == ".png" else "jpeg"
+        data = path.read_bytes()
+        if resize:
+          data, image_format, _, _ = images.prepare(data, tuple(image_shape[:2]))
+        else:
+          image_format = "png" if path.suffix == ".png" else "jpeg"
         writer.write(features.encode_example(
-            key=f"{i}/{j}/{path.name}", image=path.read_bytes(), image_format=image_format,
+            key=f"{i}/{j}/{path.name}", image=data, image_format=image_format,
             height=image_shape[0], width=image_shape[1], label=label))
   per_class = [0] * len(class_names)
   for _, label in files:
@@ -132,12 +167,13 @@ def keras_layers_dataset(images, labels, seed):
   return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def project_host_dataset(info, seed, resampler="xla", deterministic=False):
+def project_host_dataset(info, seed, resampler="xla", deterministic=False, cache="memory"):
+  """cache="memory" (decoded once, then read from memory) or None (streams every epoch)."""
   from trainer import augment
   from trainer import input_pipeline
   return input_pipeline.train_dataset(info, batch_size=BATCH_SIZE, seed=seed,
                                       augment=augment.AugmentConfig(resampler=resampler),
-                                      deterministic=deterministic)
+                                      deterministic=deterministic, cache=cache)
 
 
 def project_device_batches(info, seed, resampler="xla"):
@@ -183,37 +219,87 @@ def _time_batches(iterator, num_batches):
   return count / (time.perf_counter() - start)
 
 
-def run(image_dir=DEFAULT_IMAGE_DIR, num_images=10_000, batches=200, repeats=3, seed=0,
-        op_resampler=False, deterministic=False, log=None):
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """What `run` measures (the flags of the same names)."""
+  image_dir: str = DEFAULT_IMAGE_DIR
+  num_images: int = 10_000
+  batches: int = 200  # timed per method per repeat
+  repeats: int = 3
+  seed: int = 0
+  op_resampler: bool = False  # + OP_METHODS
+  deterministic: bool = False  # + DETERMINISTIC_METHOD
+  baselines: bool = True  # image_data_generator, tfdata_keras_layers, project_device
+  stream: bool = True  # + STREAM_METHOD, and large_methods(large_size) if large_size
+  large_size: int = DEFAULT_LARGE_SIZE  # px; 0: no rows at a larger stored size
+
+
+def _methods(settings):
+  names = METHODS if settings.baselines else ("project_host",)
+  if settings.op_resampler:
+    names += OP_METHODS if settings.baselines else OP_METHODS[:1]
+  if settings.deterministic:
+    names += (DETERMINISTIC_METHOD,)
+  if settings.stream:
+    names += (STREAM_METHOD,)
+    if settings.large_size:
+      names += large_methods(settings.large_size)
+  return names
+
+
+def stream_ratios(median, large_size):
+  """{"<streamed>_vs_<cached>": ratio of medians} for each size measured."""
+  pairs = [("project_host", STREAM_METHOD)]
+  if large_size:
+    pairs.append(large_methods(large_size))
+  return {f"{streamed}_vs_{cached}": median[streamed] / median[cached]
+          for cached, streamed in pairs if streamed in median}
+
+
+def run(settings=Settings(), log=None):
   """Returns {"images_per_s": {method: median}, "runs": {method: [per repeat]}, ...}."""
-  files, class_names = list_images(image_dir, num_images)
+  s = settings
+  files, class_names = list_images(s.image_dir, s.num_images)
   images, labels = decode_all(files)
-  methods = (METHODS + (OP_METHODS if op_resampler else ())
-             + ((DETERMINISTIC_METHOD,) if deterministic else ()))
-  with tempfile.TemporaryDirectory(prefix="bench_input_") as data_dir:
-    info = write_tfrecords(files, class_names, data_dir, images.shape[1:])
-    generator = image_data_generator_batches(images, labels, seed)
-    keras_layers = keras_layers_dataset(images, labels, seed)
-    host = {"xla": project_host_dataset(info, seed), "op": project_host_dataset(info, seed, "op"),
-            "deterministic": project_host_dataset(info, seed, deterministic=True)}
-    device = {"xla": project_device_batches(info, seed),
-              "op": project_device_batches(info, seed, "op")}
+  methods = _methods(s)
+  large = s.stream and s.large_size and large_methods(s.large_size)
+  with tempfile.TemporaryDirectory(prefix="bench_input_") as tmp:
+    data_dir = os.path.join(tmp, "stored"), os.path.join(tmp, "large")
+    os.mkdir(data_dir[0])
+    info = write_tfrecords(files, class_names, data_dir[0], images.shape[1:])
+    if large:
+      os.mkdir(data_dir[1])
+      if log:
+        log(f"writing {len(files)} records at {s.large_size} px")
+      large_info = write_tfrecords(files, class_names, data_dir[1],
+                                   (s.large_size, s.large_size, 3), resize=True)
+    # Datasets are only defined here; each is read only if its method is measured.
+    generator = image_data_generator_batches(images, labels, s.seed)
+    keras_layers = keras_layers_dataset(images, labels, s.seed)
+    host = {"project_host": project_host_dataset(info, s.seed),
+            "project_host_op": project_host_dataset(info, s.seed, "op"),
+            DETERMINISTIC_METHOD: project_host_dataset(info, s.seed, deterministic=True),
+            STREAM_METHOD: project_host_dataset(info, s.seed, cache=None)}
+    if large:
+      host[large[0]] = project_host_dataset(large_info, s.seed)
+      host[large[1]] = project_host_dataset(large_info, s.seed, cache=None)
+    device = {"xla": project_device_batches(info, s.seed),
+              "op": project_device_batches(info, s.seed, "op")}
     # A fresh iterator for every timing: a live tf.data iterator keeps working in the
     # background while the other methods are timed, and its banked batches would then be
     # counted at memory speed. The memory caches belong to the datasets and are kept, so a
-    # new iterator reads decoded images, as epochs after the first do in training.
+    # new iterator reads decoded images, as epochs after the first do in training; the
+    # streaming datasets have none and read their shards again.
     new_iterator = {
         "image_data_generator": lambda: iter(generator),  # synchronous: nothing runs ahead
         "tfdata_keras_layers": lambda: iter(keras_layers),
-        "project_host": lambda: iter(host["xla"]),
         "project_device": device["xla"],
-        "project_host_op": lambda: iter(host["op"]),
         "project_device_op": device["op"],
-        DETERMINISTIC_METHOD: lambda: iter(host["deterministic"]),
+        **{name: (lambda ds=ds: iter(ds)) for name, ds in host.items()},
     }
-    # Warm-up: one epoch (fills the caches: the TFRecords are decoded here) and a few more
-    # batches (traces and compiles functions).
-    warmup = -(-num_images // BATCH_SIZE) + 5
+    # Warm-up: one epoch (fills the caches: the TFRecords are decoded here; and brings the
+    # shards into the page cache) and a few more batches (traces and compiles functions).
+    warmup = -(-s.num_images // BATCH_SIZE) + 5
     for name in methods:
       iterator = new_iterator[name]()
       for _ in range(warmup):
@@ -223,28 +309,37 @@ def run(image_dir=DEFAULT_IMAGE_DIR, num_images=10_000, batches=200, repeats=3, 
     def measure(name, _):
       # The iterator is dropped when this returns, which stops its background threads
       # before the next method runs.
-      return _time_batches(new_iterator[name](), batches)
+      return _time_batches(new_iterator[name](), s.batches)
 
-    runs = harness.repeat(methods, repeats, measure, log=log)
+    runs = harness.repeat(methods, s.repeats, measure, log=log)
   median = harness.medians(runs)
-  ratios = {f"{name}_vs_{base}": median[name] / median[base]
-            for name in ("project_host", "project_device") + (OP_METHODS if op_resampler else ())
-            for base in ("image_data_generator", "tfdata_keras_layers")}
-  if deterministic:
+  ratios = {}
+  if s.baselines:
+    ratios = {f"{name}_vs_{base}": median[name] / median[base]
+              for name in ("project_host", "project_device") + (OP_METHODS if s.op_resampler
+                                                                else ())
+              for base in ("image_data_generator", "tfdata_keras_layers")}
+  if s.deterministic:
     ratios[f"{DETERMINISTIC_METHOD}_vs_project_host"] = (
         median[DETERMINISTIC_METHOD] / median["project_host"])
+  ratios.update(stream_ratios(median, s.large_size))
   result = {
-      "images_per_s": {name: median[name] for name in METHODS},
+      "images_per_s": {name: median[name] for name in METHODS if name in median},
       "runs": runs,
       "ratios": ratios,
-      "settings": {"image_dir": str(image_dir), "num_images": num_images,
+      "settings": {**dataclasses.asdict(s), "image_dir": str(s.image_dir),
                    "image_shape": list(images.shape[1:]), "batch_size": BATCH_SIZE,
-                   "batches": batches, "repeats": repeats, **harness.machine()},
+                   **harness.machine()},
   }
-  if op_resampler:
-    result["op_resampler"] = {name[:-len("_op")]: median[name] for name in OP_METHODS}
-  if deterministic:
+  if s.op_resampler:
+    result["op_resampler"] = {name[:-len("_op")]: median[name] for name in OP_METHODS
+                              if name in median}
+  if s.deterministic:
     result["deterministic"] = {"project_host": median[DETERMINISTIC_METHOD]}
+  if s.stream:
+    result["stream"] = {STREAM_METHOD: median[STREAM_METHOD]}
+    if large:
+      result["stream"].update({name: median[name] for name in large})
   return result
 
 
@@ -253,7 +348,9 @@ def format_table(result):
   lines = harness.spread_table(
       result["runs"], label="method",
       heading=f"images/s (batch {BATCH_SIZE}, {s['batches']} batches x {s['repeats']} "
-              f"repeats, {s['num_images']} images {'x'.join(map(str, s['image_shape']))})")
+              f"repeats, {s['num_images']} images {'x'.join(map(str, s['image_shape']))}"
+              + (f"; *_{s['large_size']}: stored at {s['large_size']} px"
+                 if s["stream"] and s["large_size"] else "") + ")")
   lines += ["", *harness.ratio_lines(result["ratios"]), harness.machine_line(s)]
   return "\n".join(lines)
 
@@ -271,6 +368,14 @@ def define_flags(flag_values):
                        "ImageProjectiveTransformV3 resampler.", **fv)
   flags.DEFINE_boolean("deterministic", False, "Also time project_host in a fixed order "
                        "(trainer --deterministic).", **fv)
+  flags.DEFINE_boolean("baselines", True, "Time image_data_generator, tfdata_keras_layers "
+                       "and project_device; --nobaselines: only the project_host rows.", **fv)
+  flags.DEFINE_boolean("stream", True, f"Also time {STREAM_METHOD}: project_host without a "
+                       "cache, reading the shards every epoch (and the same at "
+                       "--large_size).", **fv)
+  flags.DEFINE_integer("large_size", DEFAULT_LARGE_SIZE, "px: with --stream, also time "
+                       "project_host cached and streamed on the images resized to this stored "
+                       "size (0: not).", lower_bound=0, **fv)
   harness.define_flags(flag_values, repeats=3)
 
 
@@ -279,8 +384,8 @@ def main(argv, flag_values):
     raise cli.ToolError(f"unexpected arguments: {' '.join(argv[1:])}")
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   fv = flag_values
-  result = run(fv.image_dir, fv.num_images, fv.batches, fv.repeats, fv.seed, fv.op_resampler,
-               fv.deterministic, harness.progress(fv.json))
+  settings = Settings(**{f.name: fv[f.name].value for f in dataclasses.fields(Settings)})
+  result = run(settings, harness.progress(fv.json))
   harness.emit(result, format_table, fv.json)
 
 

@@ -1,9 +1,17 @@
-"""tools/bench_memory.py end to end at tiny scale: a real trainer child on the shipped JPEGs,
-followed through its run directory. Its claim: the in-memory cache holds the decoded split
-once, so resident memory stays flat across epochs once the cache is full."""
+"""tools/bench_memory.py end to end at tiny scale: real trainer children on the shipped JPEGs,
+followed through their run directories. Its claims: the in-memory cache holds the decoded
+split once, so resident memory stays flat across epochs once the cache is full; and against
+dataset size, --cache=memory's peak grows with the decoded split while --cache=auto under a
+budget the large set exceeds streams it (the trainer's own decision, reported per run) and
+stays bounded, and --cache=memory is refused there (under a real memory cgroup)."""
 
 import json
+import os
 
+import pytest
+
+from tools import cgroups
+from tests import testdata
 from tools import bench_memory
 
 FLAT_BOUND = 32 * bench_memory.MIB  # a tiny run's RSS may wobble by allocator noise, no more
@@ -30,3 +38,57 @@ def test_a_failing_trainer_is_a_one_line_error_with_its_last_line(make_data_dir)
   message = str(error.value)
   assert message.startswith("tools.bench_memory: error: ") and "\n" not in message
   assert "exited with 1" in message and "larger than the train split" in message
+
+
+# --- peak memory against dataset size -------------------------------------------------------
+# The sample's JPEGs stored at 320 px (300 KB decoded each): a few hundred images make sizes
+# that RSS tells apart (RSS wobbles by tens of MiB from run to run).
+BIG_PX = 320
+CLASSES = tuple(sorted(p.name for p in (testdata.SAMPLE_DIR / "train").iterdir()))  # all 10
+SMALL = {"classes": CLASSES, "per_class": 10, "image_size": BIG_PX}
+LARGE = {"classes": CLASSES, "per_class": 40, "image_size": BIG_PX}
+# Few steps of small batches; evaluation still reads every validation and test image. The
+# shuffle buffer is filled before the first step, so with --cache=memory the whole train
+# split has passed into the cache by then.
+QUICK = ("--epochs=1", "--steps_per_epoch=1", "--batch_size=4")
+# Under it the trainer's budget (half of what is left beside the ~300 MiB it uses when it
+# plans) cannot hold the decoded splits of the large set stored at 640 px (470 MiB); the
+# refusal comes before training, so the large images cost no training memory.
+LIMIT_MIB = 800
+TOO_LARGE = dict(LARGE, image_size=640)
+
+
+def _against_size(capsys, *args):
+  bench_memory.COMMAND.call([*args, *QUICK, "--json"])
+  return json.loads(capsys.readouterr().out)["runs"]
+
+
+def _decoded(run):
+  return run["decoded"]["train"] + run["decoded"]["validation"]
+
+
+def test_memory_cache_peak_grows_with_the_decoded_size(make_data_dir, capsys):
+  small, large = make_data_dir(**SMALL), make_data_dir(**LARGE)
+  runs = _against_size(capsys, f"--data_dirs={small},{large}", "--caches=memory")
+  assert [(r["train_examples"], r["cache"], r["outcome"]) for r in runs] == [
+      (80, "memory", "finished"), (320, "memory", "finished")], runs
+  assert all(r["choice"] == "train -> memory, validation -> memory" for r in runs), runs
+  assert all(r["decision"].startswith("--cache=memory: train ") for r in runs)
+  grown = runs[1]["peak"] - runs[0]["peak"]
+  assert grown > 0.6 * (_decoded(runs[1]) - _decoded(runs[0])), runs
+
+
+@pytest.mark.skipif(cgroups.skip_reason() is not None, reason=str(cgroups.skip_reason()))
+def test_under_a_limit_memory_is_refused_with_the_sizes(make_data_dir, capsys):
+  large = make_data_dir(**TOO_LARGE)
+  [memory] = _against_size(capsys, f"--data_dirs={large}", "--caches=memory",
+                           f"--memory_limit_mib={LIMIT_MIB}")
+  assert memory["outcome"] == "refused" and memory["returncode"] == 1, memory
+  assert "--cache=memory: the decoded train and validation splits need" in memory["message"]
+  assert memory["cgroup_peak"] <= LIMIT_MIB * bench_memory.MIB
+
+
+def test_image_subsets_are_linked_round_robin_over_classes(tmp_path):
+  out = bench_memory.link_images(testdata.SAMPLE_DIR / "train", 25, str(tmp_path))
+  counts = sorted(len(os.listdir(os.path.join(out, c))) for c in os.listdir(out))
+  assert counts == [2] * 5 + [3] * 5

@@ -25,9 +25,9 @@ import time
 import pytest
 
 from pipeline import dataset_info
-from tests import cgroups
 from tests import processes
 from tests import testdata
+from tools import cgroups
 
 MIB = 2**20
 TIGHT = 800 * MIB

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from tests import cgroups
 from tests import processes
+from tools import cgroups
 from trainer import memory
 
 MIB = 2**20

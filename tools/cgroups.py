@@ -1,7 +1,8 @@
-"""Real memory limits for child processes: a memory cgroup made for the test (cgroup v1 or v2).
+"""Real memory limits for child processes: a memory cgroup made for them (cgroup v1 or v2).
 
 Needs root and a writable cgroup file system (as on the development machines); tests call
-`skip_reason()` and skip with it where that is not so.
+`skip_reason()` and skip with it where that is not so, and `tools.bench_memory
+--memory_limit_mib` stops with it.
 """
 
 import contextlib
