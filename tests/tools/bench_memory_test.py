@@ -1,18 +1,19 @@
 """tools/bench_memory.py end to end at tiny scale: real trainer children on the shipped JPEGs,
 followed through their run directories. Its claims: the in-memory cache holds the decoded
-split once, so resident memory stays flat across epochs once the cache is full; and against
-dataset size, --cache=memory's peak grows with the decoded split while --cache=auto under a
-budget the large set exceeds streams it (the trainer's own decision, reported per run) and
-stays bounded, and --cache=memory is refused there (under a real memory cgroup)."""
+split once, so resident memory stays flat across epochs once the cache is full; and, against
+dataset size, each run's outcome and the trainer's own cache decision: --cache=memory is
+refused under a real memory cgroup the data cannot fit in. (That memory's peak grows with the
+data and auto's does not is measured at full size, BENCHMARKS.md: trainers at hundreds of
+large images cost minutes, too slow for the suite.)"""
 
 import json
 import os
 
 import pytest
 
-from tools import cgroups
 from tests import testdata
 from tools import bench_memory
+from tools import cgroups
 
 FLAT_BOUND = 32 * bench_memory.MIB  # a tiny run's RSS may wobble by allocator noise, no more
 
@@ -31,7 +32,6 @@ def test_rss_is_sampled_at_every_stage_and_stays_flat_across_epochs(make_data_di
 
 
 def test_a_failing_trainer_is_a_one_line_error_with_its_last_line(make_data_dir):
-  import pytest
   data_dir = make_data_dir(per_class=10)
   with pytest.raises(SystemExit) as error:
     bench_memory.COMMAND.call([f"--data_dir={data_dir}", "--epochs=1", "--batch_size=1000"])
@@ -41,12 +41,7 @@ def test_a_failing_trainer_is_a_one_line_error_with_its_last_line(make_data_dir)
 
 
 # --- peak memory against dataset size -------------------------------------------------------
-# The sample's JPEGs stored at 320 px (300 KB decoded each): a few hundred images make sizes
-# that RSS tells apart (RSS wobbles by tens of MiB from run to run).
-BIG_PX = 320
 CLASSES = tuple(sorted(p.name for p in (testdata.SAMPLE_DIR / "train").iterdir()))  # all 10
-SMALL = {"classes": CLASSES, "per_class": 10, "image_size": BIG_PX}
-LARGE = {"classes": CLASSES, "per_class": 40, "image_size": BIG_PX}
 # Few steps of small batches; evaluation still reads every validation and test image. The
 # shuffle buffer is filled before the first step, so with --cache=memory the whole train
 # split has passed into the cache by then.
@@ -55,27 +50,12 @@ QUICK = ("--epochs=1", "--steps_per_epoch=1", "--batch_size=4")
 # plans) cannot hold the decoded splits of the large set stored at 640 px (470 MiB); the
 # refusal comes before training, so the large images cost no training memory.
 LIMIT_MIB = 800
-TOO_LARGE = dict(LARGE, image_size=640)
+TOO_LARGE = {"classes": CLASSES, "per_class": 40, "image_size": 640}
 
 
 def _against_size(capsys, *args):
   bench_memory.COMMAND.call([*args, *QUICK, "--json"])
   return json.loads(capsys.readouterr().out)["runs"]
-
-
-def _decoded(run):
-  return run["decoded"]["train"] + run["decoded"]["validation"]
-
-
-def test_memory_cache_peak_grows_with_the_decoded_size(make_data_dir, capsys):
-  small, large = make_data_dir(**SMALL), make_data_dir(**LARGE)
-  runs = _against_size(capsys, f"--data_dirs={small},{large}", "--caches=memory")
-  assert [(r["train_examples"], r["cache"], r["outcome"]) for r in runs] == [
-      (80, "memory", "finished"), (320, "memory", "finished")], runs
-  assert all(r["choice"] == "train -> memory, validation -> memory" for r in runs), runs
-  assert all(r["decision"].startswith("--cache=memory: train ") for r in runs)
-  grown = runs[1]["peak"] - runs[0]["peak"]
-  assert grown > 0.6 * (_decoded(runs[1]) - _decoded(runs[0])), runs
 
 
 @pytest.mark.skipif(cgroups.skip_reason() is not None, reason=str(cgroups.skip_reason()))
