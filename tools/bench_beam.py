@@ -265,8 +265,7 @@ def define_flags(flag_values):
 
 
 def main(argv, flag_values):
-  if len(argv) > 1:
-    raise cli.ToolError(f"unexpected arguments: {' '.join(argv[1:])}")
+  harness.start(argv)
   logging.getLogger().setLevel(logging.WARNING)  # Beam's per-stage INFO lines
   methods = tuple(dict.fromkeys(flag_values.methods))
   unknown = set(methods) - set(METHODS)

@@ -380,9 +380,7 @@ def define_flags(flag_values):
 
 
 def main(argv, flag_values):
-  if len(argv) > 1:
-    raise cli.ToolError(f"unexpected arguments: {' '.join(argv[1:])}")
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  harness.start(argv)
   fv = flag_values
   settings = Settings(**{f.name: fv[f.name].value for f in dataclasses.fields(Settings)})
   result = run(settings, harness.progress(fv.json))

@@ -194,9 +194,7 @@ def define_flags(flag_values):
 
 
 def main(argv, flag_values):
-  if len(argv) > 1:
-    raise cli.ToolError(f"unexpected arguments: {' '.join(argv[1:])}")
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  harness.start(argv)
   fv = flag_values
   kwargs = dict(model=fv.model, steps=fv.steps, repeats=fv.repeats, batch_size=fv.batch_size,
                 memory_batches=fv.memory_batches, augment=fv.augment, augment_on=fv.augment_on,

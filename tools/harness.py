@@ -20,6 +20,8 @@ import sys
 
 from absl import flags
 
+from tools import cli
+
 
 def define_flags(flag_values, *, repeats=None):
   """--json (every benchmark) and, given a default, --repeats."""
@@ -29,6 +31,15 @@ def define_flags(flag_values, *, repeats=None):
                          flag_values=flag_values)
   flags.DEFINE_boolean("json", False, "Print one JSON object instead of the table.",
                        flag_values=flag_values)
+
+
+def start(argv):
+  """What every benchmark's main does first: refuse positional arguments (a typo'd flag
+  lands there) and quiet TensorFlow's C++ start-up notices, which would interleave with the
+  table."""
+  if len(argv) > 1:
+    raise cli.ToolError(f"unexpected arguments: {' '.join(argv[1:])}")
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def progress(as_json):
