@@ -57,9 +57,10 @@ HELP = {
         "without one fails with an error naming it)."),
     "cache": (
         "Where decoded train and validation images are cached: auto (in memory what fits "
-        "this process's memory, the cgroup limit or RAM; the rest streams from the shards "
-        "every epoch), memory (fails before training if it cannot fit), none (always "
-        "stream), or a file path prefix. The test split is read once and never cached."),
+        "half of what this process can still use under its cgroup limit or the RAM; the "
+        "rest streams from the shards every epoch), memory (stops before training when "
+        "that budget cannot hold them), none (always stream), or a file path prefix. The "
+        "test split is read once and never cached."),
     "image_size": (
         "Resize images to this many pixels square (e.g. 96 or 224 for the applications); "
         "0 keeps the stored size. Images are cached at the smaller of the stored and this "
