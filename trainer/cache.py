@@ -57,11 +57,16 @@ class CachePlan:
     return getattr(self, split, None)
 
 
+def example_bytes(info, image_size):
+  """Bytes one decoded example holds at the cached size (in a cache or a shuffle buffer)."""
+  height, width = input_pipeline.cached_size(info, image_size)
+  return height * width * 3 + PER_EXAMPLE_OVERHEAD
+
+
 def decoded_bytes(info, split, image_size, num_workers=1):
   """Bytes that one worker's share of `split` holds decoded at the cached size."""
-  height, width = input_pipeline.cached_size(info, image_size)
   examples = -(-info.split(split).num_examples // num_workers)  # ceil
-  return examples * (height * width * 3 + PER_EXAMPLE_OVERHEAD)
+  return examples * example_bytes(info, image_size)
 
 
 def _size(n):
@@ -74,7 +79,6 @@ def plan(config, info, *, num_workers=1, workers_on_host=1, memory=None):
   memory = memory or memory_lib.current()
   image_size = config.image_size or None
   decoded = {s: decoded_bytes(info, s, image_size, num_workers) for s in CACHED_SPLITS}
-  per_example = decoded["train"] // max(1, -(-info.split("train").num_examples // num_workers))
   available = memory.available // workers_on_host
   budget = int(available * CACHE_SHARE)
   mode = config.cache.strip()
@@ -103,7 +107,7 @@ def plan(config, info, *, num_workers=1, workers_on_host=1, memory=None):
     chosen = {s: mode for s in CACHED_SPLITS}  # a file prefix
   in_memory = sum(decoded[s] for s in CACHED_SPLITS if chosen[s] == "memory")
   # Cached or not, the shuffle buffer holds decoded examples: size it by what is left.
-  room = max(0, budget - in_memory) * SHUFFLE_SHARE // max(1, per_example)
+  room = max(0, budget - in_memory) * SHUFFLE_SHARE // example_bytes(info, image_size)
   shuffle = int(min(input_pipeline.DEFAULT_SHUFFLE_BUFFER, max(MIN_SHUFFLE_BUFFER, room)))
   result = CachePlan(train=chosen["train"], validation=chosen["validation"],
                      shuffle_buffer=shuffle, decoded=decoded, budget=budget)
