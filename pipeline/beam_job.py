@@ -1,16 +1,18 @@
 """The Beam job: planned elements -> checked, encoded records -> sharded TFRecords + metadata.
 
-    ReadInputs -> AssignSplits -> GroupByShard -> WriteShards -> <split>-*.tfrecord
-                                                              -> WriteRejections (rejected.csv)
-                                                              -> WriteMetadata (dataset_info.json)
+    file sources:    ReadShardPlans ----------------------------> WriteShards -> <split>-*.tfrecord
+    archive sources: ReadArchives -> AssignSplits -> GroupByShard -/            -> WriteRejections (rejected.csv)
+                                                                              -> WriteMetadata (dataset_info.json)
 
-No image is held beyond the one being written: only metadata (key, path, label, split) goes
-through the one grouping (GroupByShard: each example's shard is a hash of its key, see
-shard_index), and each shard's images are read, checked, encoded and streamed into its file
-by the stage that writes that shard (WriteShard). Runners buffer what passes through a
-grouping (the DirectRunner in memory), so the images must not. Archive sources (CIFAR-100,
-tfds) are the exception: their reader yields pixels, which go through the grouping; the
-reader holds the whole split in memory anyway (a CIFAR split is 150 MB of pixels).
+No image is held beyond the one being written, and for file sources (image folders, path
+lists) nothing goes through a grouping. Before the job, the launcher gives every planned path
+its split and its shard (a hash of its key, shard_index) and writes one plan file per shard
+(write_shard_plans); each shard's task reads its own plan and reads, checks, encodes and
+streams that shard's images into its file (WriteShard). Runners buffer what passes through a
+grouping (the DirectRunner in memory, about 2 KB a path when the paths went through one), so
+the job's memory is one shard's plan, whatever the number of images. Archive sources
+(CIFAR-100, tfds) yield pixels from a reader that holds the whole split in memory anyway (a
+CIFAR split is 150 MB of pixels); their elements are grouped by shard inside the job.
 Parallelism is one task per shard.
 
 Each stage is a named, module-level `beam.ptransform_fn` (Beam pickles them, and the
@@ -50,26 +52,55 @@ NAMESPACE = "build_tfrecords"
 REJECTED = "rejected"
 SHARD_FILES = "shard_files"
 TEMP_PREFIX = ".temp-"  # + a unique id + the final name: a shard being written
-PLAN_PREFIX = TEMP_PREFIX + "plan-"  # + a unique id + ".jsonl": the planned paths (write_plan)
+PLAN_PREFIX = TEMP_PREFIX + "plan-"  # + ids + ".jsonl": one shard's planned paths (write_shard_plans)
 EXAMPLES_PER_SHARD = 5000  # ~10 MB of CIFAR-size JPEG/PNG per shard (TF guidance: >= 10 MB).
 FAILED_INFO_FILE = "dataset_info.failed.json"
 
 
-def write_plan(output_dir, elements):
-  """Writes the planned path elements as JSON lines into `<output_dir>/.temp-plan-<id>.jsonl`
-  (where every worker can read it: local, gs://) and returns its path; the job reads it with
-  ReadFromText and the caller deletes it after the job.
+def write_shard_plans(output_dir, elements, *, kept, validation_fraction, test_fraction,
+                      has_test, num_shards):
+  """Gives each planned path element its split and class (assign) and its shard
+  (shard_index), and writes one plan file per shard of every split, the empty ones too, as
+  JSON lines: `<output_dir>/.temp-plan-<id>-<shard name>.jsonl`, where every worker can read
+  it (local, gs://). Returns (shard_plans, excluded): [((split, index), plan path)] and the
+  number of elements of classes not kept. The caller deletes the files after the job.
 
-  Why a file and not beam.Create: Create pickles every element into the pipeline itself, which
-  the local runner then holds in several copies (about 3.5 KB a path on the DirectRunner,
-  BENCHMARKS.md) and which Dataflow refuses beyond its job-graph size limit; a text file is
-  read in bundles by any runner.
+  Why files and not beam.Create of the elements: Create pickles every element into the
+  pipeline itself, which the local runner holds in several copies (about 3.5 KB a path) and
+  Dataflow refuses beyond its job-graph size limit; and why not one file grouped by shard in
+  the job: the grouping is buffered by the runner (about 2 KB a path on the DirectRunner,
+  BENCHMARKS.md). Here a path costs its JSON line until its shard's file is written.
   """
-  path = dataset_info.join(output_dir, f"{PLAN_PREFIX}{uuid.uuid4().hex}.jsonl")
-  with FileSystems.create(path) as f:
-    for element in elements:
-      f.write(json.dumps(element, sort_keys=True).encode() + b"\n")
-  return path
+  new_label = {old: new for new, old in enumerate(kept)}
+  fractions = (validation_fraction, test_fraction, has_test)
+  lines = {(split, i): [] for split, n in num_shards.items() for i in range(n)}
+  excluded = 0
+  for element in elements:
+    element = assign(element, new_label, fractions)
+    if element is None:
+      excluded += 1
+      continue
+    split = element["split"]
+    lines[(split, shard_index(element["key"], num_shards[split]))].append(
+        json.dumps(element, sort_keys=True).encode())
+  run = uuid.uuid4().hex
+  shard_plans = []
+  for (split, index), shard_lines in lines.items():
+    name = features.shard_name(split, index, num_shards[split])
+    path = dataset_info.join(output_dir, f"{PLAN_PREFIX}{run}-{name}.jsonl")
+    with FileSystems.create(path) as f:
+      for line in shard_lines:
+        f.write(line + b"\n")
+    shard_lines.clear()
+    shard_plans.append(((split, index), path))
+  return shard_plans, excluded
+
+
+def read_shard_plan(shard_plan):
+  """((split, index), plan path) -> ((split, index), its elements), as WriteShard takes them."""
+  shard, path = shard_plan
+  with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+    return shard, [json.loads(line) for line in f.read().splitlines() if line]
 
 
 def default_num_shards(num_examples):
@@ -80,20 +111,29 @@ def counter(name):
   return Metrics.counter(NAMESPACE, name)
 
 
+def assign(element, new_label, fractions):
+  """The element with its kept class's new label and its split (validation, and test when the
+  source has none, held out of train by key hash), or None when its class is not kept.
+  new_label: old label -> new; fractions: (validation, test, has_test)."""
+  label = new_label.get(element["label"])
+  if label is None:
+    return None
+  return dict(element, label=label,
+              split=splits.assign_split(element["key"], element["split"], *fractions))
+
+
 class AssignSplitAndClass(beam.DoFn):
-  """Holds out validation (and test, when the source has none) by key hash; remaps labels."""
+  """assign, in the job (archive sources), counting the excluded elements."""
 
   def __init__(self, kept, validation_fraction, test_fraction, has_test):
     self._new_label = {old: new for new, old in enumerate(kept)}
     self._fractions = (validation_fraction, test_fraction, has_test)
 
   def process(self, element):
-    new_label = self._new_label.get(element["label"])
-    if new_label is None:
+    element = assign(element, self._new_label, self._fractions)
+    if element is None:
       counter("excluded/class_subset").inc()
       return
-    element = dict(element, label=new_label)
-    element["split"] = splits.assign_split(element["key"], element["split"], *self._fractions)
     yield element
 
 
@@ -272,6 +312,10 @@ def _count_planned_rejection(rejection):
   counter(f"rejected/{rejection[1]}").inc()
 
 
+def _count_excluded(n):
+  counter("excluded/class_subset").inc(n)
+
+
 def write_info(summary, *, output_dir, meta, split_names, files, rejected,
                max_reject_fraction):
   """Assembles dataset_info.json from the job's Summary and side outputs and writes it.
@@ -306,23 +350,30 @@ def write_info(summary, *, output_dir, meta, split_names, files, rejected,
 
 
 @beam.ptransform_fn
-def ReadInputs(pipeline, plan, plan_file):
-  """The plan -> (elements, rejections found while planning, counted here). plan_file: the
-  plan's path elements as write_plan wrote them (None when it has none)."""
-  planned = []
-  if plan.elements:
-    # In folder (class) order: WriteShard orders each shard's records (record_order).
-    planned.append(pipeline | "PathElements" >> beam.io.ReadFromText(plan_file)
-                   | "ParsePaths" >> beam.Map(json.loads))
-  if plan.reads:
-    planned.append(pipeline | "ArchiveReads" >> beam.Create(plan.reads)
-                   | "ReadArchives" >> beam.FlatMap(sources.run_read))
-  if not planned:
-    planned.append(pipeline | "NoElements" >> beam.Create([]))
-  elements = planned | "All" >> beam.Flatten()
-  rejections = pipeline | "PlanRejections" >> beam.Create(plan.rejected)
-  _ = rejections | "CountPlanned" >> beam.Map(_count_planned_rejection)
-  return elements, rejections
+def ReadShardPlans(pipeline, shard_plans, excluded):
+  """write_shard_plans' output -> ((split, index), elements) for every shard. Each shard's
+  elements are read from its plan file by the task that writes the shard (the read fuses with
+  WriteShards): nothing is grouped."""
+  _ = (pipeline | "Excluded" >> beam.Create([excluded] if excluded else [])
+       | "CountExcluded" >> beam.Map(_count_excluded))
+  return (pipeline | "ShardPlans" >> beam.Create(shard_plans)
+          | "Reshuffle" >> beam.Reshuffle()  # one task per shard, also on remote runners
+          | "ReadShardPlan" >> beam.Map(read_shard_plan))
+
+
+@beam.ptransform_fn
+def ReadArchives(pipeline, reads):
+  """Archive reads (CIFAR-100, tfds) -> their elements, pixels included."""
+  return (pipeline | "ArchiveReads" >> beam.Create(reads)
+          | "Read" >> beam.FlatMap(sources.run_read))
+
+
+@beam.ptransform_fn
+def PlanRejections(pipeline, rejected):
+  """The inputs rejected while planning, counted."""
+  rejections = pipeline | "Rejected" >> beam.Create(rejected)
+  _ = rejections | "Count" >> beam.Map(_count_planned_rejection)
+  return rejections
 
 
 @beam.ptransform_fn
@@ -388,20 +439,26 @@ def WriteMetadata(examples, files, reason_counts, *, output_dir, meta, split_nam
 
 
 def build(pipeline, plan, *, output_dir, split_names, num_shards, kept, validation_fraction,
-          test_fraction, image_size, max_reject_fraction, command, plan_file=None):
-  """Adds the whole job to `pipeline`. num_shards: split -> count. plan_file: where
-  write_plan wrote plan.elements (required when there are any)."""
-  if plan.elements and not plan_file:
-    raise ValueError("the plan has path elements: write them with write_plan first")
+          test_fraction, image_size, max_reject_fraction, command, shard_plans=(), excluded=0):
+  """Adds the whole job to `pipeline`. num_shards: split -> count. shard_plans, excluded:
+  what write_shard_plans returned for plan.elements (required when there are any)."""
+  if plan.elements and not shard_plans:
+    raise ValueError("the plan has path elements: write them with write_shard_plans first")
   p = pipeline
   class_names = [plan.class_names[i] for i in kept]
-  elements, planned_rejections = p | "ReadInputs" >> ReadInputs(plan, plan_file)
   num_shards = {split: num_shards[split] for split in split_names}
+  shards = []
+  if plan.elements:
+    shards.append(p | "ReadShardPlans" >> ReadShardPlans(shard_plans, excluded))
+  if plan.reads or not plan.elements:  # Without either, one grouping still makes every shard.
+    shards.append(
+        p | "ReadArchives" >> ReadArchives(plan.reads)
+        | "AssignSplits" >> AssignSplits(kept, validation_fraction, test_fraction, plan.has_test)
+        | "GroupByShard" >> GroupByShard(num_shards))
   examples, rejections, files = (
-      elements
-      | "AssignSplits" >> AssignSplits(kept, validation_fraction, test_fraction, plan.has_test)
-      | "GroupByShard" >> GroupByShard(num_shards)
+      shards | "AllShards" >> beam.Flatten()
       | "WriteShards" >> WriteShards(output_dir, num_shards, class_names, image_size))
+  planned_rejections = p | "PlanRejections" >> PlanRejections(plan.rejected)
   reason_counts = ((planned_rejections, rejections)
                    | "WriteRejections" >> WriteRejections(output_dir))
   meta = {"source": plan.description, "class_names": tuple(class_names),

@@ -200,7 +200,12 @@ def run_job(config, beam_argv=()):
   remove_stale_outputs(config.output_dir)
   options = PipelineOptions(list(beam_argv))
   pipeline = beam.Pipeline(runner=make_runner(options), options=options)
-  plan_file = beam_job.write_plan(config.output_dir, plan.elements) if plan.elements else None
+  shard_plans, excluded = [], 0
+  if plan.elements:
+    shard_plans, excluded = beam_job.write_shard_plans(
+        config.output_dir, plan.elements, kept=kept,
+        validation_fraction=config.validation_fraction, test_fraction=config.test_fraction,
+        has_test=plan.has_test, num_shards=num_shards)
   try:
     beam_job.build(
         pipeline, plan, output_dir=config.output_dir, split_names=split_names,
@@ -208,12 +213,13 @@ def run_job(config, beam_argv=()):
         test_fraction=config.test_fraction,
         image_size=(config.image_size, config.image_size) if config.image_size else None,
         max_reject_fraction=config.max_reject_fraction, command=config.command,
-        plan_file=plan_file)
+        shard_plans=shard_plans, excluded=excluded)
+    plan.elements.clear()  # In the shard plans now: free them before the job runs.
     result = pipeline.run()
     result.wait_until_finish()
   finally:
-    if plan_file:
-      FileSystems.delete([plan_file])
+    if shard_plans:
+      FileSystems.delete([path for _, path in shard_plans])
   counters = {c.key.metric.name: c.committed for c in result.metrics().query(
       MetricsFilter().with_namespace(beam_job.NAMESPACE))["counters"]}
   exit_code, info = summarize(config, time.time() - t0)

@@ -12,6 +12,7 @@ import tensorflow as tf
 from pipeline import beam_job
 from pipeline import build_tfrecords
 from pipeline import features
+from pipeline import sources
 from tests import testdata
 
 
@@ -46,6 +47,33 @@ def test_shards_are_a_hash_of_the_key_mixed_and_the_same_for_any_worker_count(tm
     assert len(set(labels[:30])) >= 7
     assert sum(a != b for a, b in zip(labels, labels[1:])) > 0.75 * len(labels)
     assert max(collections.Counter(labels).values()) < 0.2 * len(labels)
+
+
+def test_every_planned_path_is_in_the_plan_of_its_own_shard_and_no_other(tmp_path):
+  # The launcher shards the plan (the job then groups nothing): every kept path once, in the
+  # plan file of its split's shard, and every shard has a plan file, the empty ones too.
+  plan = sources.plan_image_dir(str(testdata.SAMPLE_DIR))
+  kept = [0, 3, 5]
+  num_shards = {"train": 3, "validation": 2, "test": 4}
+  shard_plans, excluded = beam_job.write_shard_plans(
+      str(tmp_path), plan.elements, kept=kept, validation_fraction=0.2, test_fraction=0.0,
+      has_test=plan.has_test, num_shards=num_shards)
+  assert [shard for shard, _ in shard_plans] == [
+      (split, i) for split, n in num_shards.items() for i in range(n)]
+  seen = collections.Counter()
+  for (split, index), path in shard_plans:
+    assert os.path.basename(path).startswith(beam_job.PLAN_PREFIX)
+    (_, elements) = beam_job.read_shard_plan(((split, index), path))
+    for e in elements:
+      assert e["split"] == split and beam_job.shard_index(e["key"], num_shards[split]) == index
+      seen[e["key"]] += 1
+  kept_keys = {e["key"] for e in plan.elements if e["label"] in kept}
+  assert set(seen) == kept_keys and set(seen.values()) == {1}
+  assert excluded == len(plan.elements) - len(kept_keys) > 0
+  # Labels are the kept classes' new ones; validation is held out of the source's train.
+  everything = [e for sp in shard_plans for e in beam_job.read_shard_plan(sp)[1]]
+  assert {e["label"] for e in everything} == {0, 1, 2}
+  assert {e["split"] for e in everything} == {"train", "validation", "test"}
 
 
 def test_killed_job_leaves_no_file_under_a_final_shard_name(tmp_path):
