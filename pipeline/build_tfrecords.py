@@ -64,6 +64,9 @@ def define_flags():
                        lower_bound=0)
   flags.DEFINE_float("max_reject_fraction", 0.01, "Fail the job when more than this fraction "
                      "of inputs is rejected (see rejected.csv).", 0.0, 1.0)
+  flags.DEFINE_integer("max_image_bytes", sources.MAX_IMAGE_BYTES, "Reject a file larger than "
+                       "this as file_too_large without reading it (for gs:// and http(s), by "
+                       "the size the file system reports). 0: no limit.", lower_bound=0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +90,7 @@ class JobConfig:
   image_size: int = 0
   num_shards: int = 0
   max_reject_fraction: float = 0.01
+  max_image_bytes: int = sources.MAX_IMAGE_BYTES  # 0: no limit
   command: str = ""
 
   @classmethod
@@ -171,16 +175,17 @@ def make_runner(options):
 def run_job(config, beam_argv=()):
   """Plans, runs the job, prints a summary. Raises sources.SourceError on unreadable input,
   splits.ClassSubsetError on a class subset the source cannot provide."""
+  t0 = time.time()
+  plan = make_plan(config)
+  kept = splits.select_classes(plan.class_names, num_classes=config.num_classes,
+                               class_seed=config.class_seed, classes=config.classes)
+  # Beam is imported once the plan stands (seconds of start-up), so that refusing a source
+  # is quick.
   import apache_beam as beam
   from apache_beam.metrics.metric import MetricsFilter
   from apache_beam.io.filesystems import FileSystems
   from apache_beam.options.pipeline_options import PipelineOptions
   from pipeline import beam_job
-
-  t0 = time.time()
-  plan = make_plan(config)
-  kept = splits.select_classes(plan.class_names, num_classes=config.num_classes,
-                               class_seed=config.class_seed, classes=config.classes)
   sizes = split_sizes(plan, config)
   if len(kept) < len(plan.class_names):  # A class subset shrinks every split proportionally.
     sizes = {s: n * len(kept) / len(plan.class_names) for s, n in sizes.items()}
@@ -208,7 +213,7 @@ def run_job(config, beam_argv=()):
         test_fraction=config.test_fraction,
         image_size=(config.image_size, config.image_size) if config.image_size else None,
         max_reject_fraction=config.max_reject_fraction, command=config.command,
-        plan_file=plan_file)
+        plan_file=plan_file, max_image_bytes=config.max_image_bytes or None)
     result = pipeline.run()
     result.wait_until_finish()
   finally:
@@ -241,7 +246,7 @@ def summarize(config, seconds):
                f"{rejected['by_reason'] or ''} -> "
                f"{dataset_info.join(output_dir, features.REJECTED_FILE)}")
   if info.converted:
-    lines.append(f"  converted to 8-bit RGB: {info.converted}")
+    lines.append(f"  converted (stored as PNG): {info.converted}")
   print("\n".join(lines), flush=True)
   if path == failed_path:
     logging.error(

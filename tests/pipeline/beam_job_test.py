@@ -3,6 +3,7 @@
 import collections
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -49,13 +50,17 @@ def test_shards_are_a_hash_of_the_key_mixed_and_the_same_for_any_worker_count(tm
 
 
 def test_killed_job_leaves_no_file_under_a_final_shard_name(tmp_path):
-  # A named pipe in the path list: reading it blocks (no writer) inside the stage writing the
-  # shard, after it has begun its file; the job is killed there, as by an OOM or a preemption.
-  fifo = tmp_path / "blocks.jpg"
-  os.mkfifo(fifo)
+  # A path-list row served by an HTTP server that never answers (a listening socket that
+  # nobody accepts from): reading it blocks inside the stage writing the shard, after it has
+  # begun its file; the job is killed there, as by an OOM or a preemption. (A FIFO no longer
+  # blocks: the job rejects it unread.)
+  server = socket.socket()
+  server.bind(("127.0.0.1", 0))
+  server.listen(8)
+  blocks = f"http://127.0.0.1:{server.getsockname()[1]}/blocks.jpg"
   rows = [f"{path},{name}" for path, name in testdata.sample_files("train", ("cat", "dog"))]
   csv_path = tmp_path / "list.csv"
-  csv_path.write_text("path,label\n" + "\n".join(rows + [f"{fifo},cat"]) + "\n")
+  csv_path.write_text("path,label\n" + "\n".join(rows + [f"{blocks},cat"]) + "\n")
   out = tmp_path / "out"
   cmd = [sys.executable, "-m", "pipeline.build_tfrecords", "--source=path_list",
          f"--path_list={csv_path}", f"--output_dir={out}", "--num_shards=1",
@@ -74,6 +79,7 @@ def test_killed_job_leaves_no_file_under_a_final_shard_name(tmp_path):
   finally:
     job.send_signal(signal.SIGKILL)
     job.wait()
+    server.close()
   names = os.listdir(out)
   assert not shard_files(out), names
   assert features.INFO_FILE not in names and features.REJECTED_FILE not in names
