@@ -44,13 +44,14 @@ from apache_beam.metrics import Metrics
 from pipeline import dataset_info
 from pipeline import features
 from pipeline import images
+from pipeline import output_files
 from pipeline import sources
 from pipeline import splits
 
 NAMESPACE = "build_tfrecords"
 REJECTED = "rejected"
 SHARD_FILES = "shard_files"
-TEMP_PREFIX = ".temp-"  # + a unique id + the final name: a shard being written
+TEMP_PREFIX = output_files.TEMP_PREFIX  # + a unique id + the final name: a shard being written
 PLAN_PREFIX = TEMP_PREFIX + "plan-"  # + a unique id + ".jsonl": the planned paths (write_plan)
 EXAMPLES_PER_SHARD = 5000  # ~10 MB of CIFAR-size JPEG/PNG per shard (TF guidance: >= 10 MB).
 FAILED_INFO_FILE = "dataset_info.failed.json"
@@ -231,7 +232,10 @@ class WriteShard(beam.DoFn):
         self._log_progress()
       out.close()
     except BaseException:
-      out.close()
+      try:
+        out.close()  # On a full disk this fails too (its buffer cannot be flushed).
+      except OSError:
+        pass
       FileSystems.delete([temp])
       raise
     FileSystems.rename([temp], [final])
@@ -302,7 +306,7 @@ def write_info(summary, *, output_dir, meta, split_names, files, rejected,
       converted=dict(sorted(summary.converted.items())), **meta)
   ok = info.rejected["fraction"] <= max_reject_fraction
   name = features.INFO_FILE if ok else FAILED_INFO_FILE
-  dataset_info.write(info, name=name, create=FileSystems.create)
+  dataset_info.write(info, name=name, beam=True)
   return name
 
 

@@ -84,12 +84,12 @@ def test_killed_job_leaves_no_file_under_a_final_shard_name(tmp_path):
   assert not shard_files(out), names
   assert features.INFO_FILE not in names and features.REJECTED_FILE not in names
   assert any(n.startswith(beam_job.TEMP_PREFIX) for n in names)
-  # The next run writes the shard and deletes the shard the killed one left. (Beam's own
-  # beam-temp-rejected-* folder, from the sink of rejected.csv, stays: Beam's to manage.)
+  # The next run writes the shard and deletes what the killed one left: its shard and plan,
+  # and the beam-temp-rejected-* folder of the sink of rejected.csv.
   csv_path.write_text("path,label\n" + "\n".join(rows) + "\n")
   done = subprocess.run(cmd, cwd=testdata.REPO, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-2000:]
   names = os.listdir(out)
   assert shard_files(out) == [features.shard_name("train", 0, 1)]
   assert {features.INFO_FILE, features.REJECTED_FILE} <= set(names)
-  assert not any(n.startswith(beam_job.TEMP_PREFIX) for n in names), names
+  assert not any(n.startswith((beam_job.TEMP_PREFIX, "beam-temp-")) for n in names), names
