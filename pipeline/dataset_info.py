@@ -19,7 +19,8 @@ trainer and the tools with `load`. Every field that is written:
       },
       "rejected": {"total": 0, "by_reason": {},   # inputs sent to rejected.csv, by reason
                    "fraction": 0.0},              # of all inputs (written + rejected)
-      "converted": {"grayscale": 0, ...},         # images converted to 8-bit RGB, by kind
+      "converted": {"grayscale": 0, ...},         # images converted, by kind (8-bit RGB,
+                                                  # exif_orientation, animated_first_frame)
       "skipped": {"hidden_file": 0},              # inputs left out while planning, by reason
       "command": "python -m pipeline.build_tfrecords ..."
     }
