@@ -491,15 +491,20 @@ def _integer_classes(csv_path, rows):
   first_empty = gaps[0][0]
   spans = ", ".join(str(a) if a == b else f"{a}..{b}" for a, b in gaps[:5])
   spans += f" and {len(gaps) - 5} more ranges" if len(gaps) > 5 else ""
-  above = [(where, label) for label in present if label > first_empty
-           for where in by_label[label]]
-  shown = ", ".join(f"{where} (label {label})" for where, label in above[:5])
-  shown += f" and {len(above) - 5} more" if len(above) > 5 else ""
+  if first_empty == 0:
+    # Every row lies above the gap: listing them would not help. Labels counted from 1?
+    culprits = "No row has label 0: are the labels counted from 1? Renumber them from 0"
+  else:
+    above = [(where, label) for label in present if label > first_empty
+             for where in by_label[label]]
+    culprits = ", ".join(f"{where} (label {label})" for where, label in above[:5])
+    culprits += f" and {len(above) - 5} more" if len(above) > 5 else ""
+    culprits = f"Rows with labels above {first_empty - 1}: {culprits}. Fix those labels"
   raise SourceError(
       f"--path_list={csv_path}: integer labels make the classes 0..{present[-1]}, but "
-      f"{empty} of them have no rows ({spans}). Rows with labels above {first_empty - 1}: "
-      f"{shown}. Fix those labels, or give the classes with --class_names_file (rows "
-      "with labels outside it are then rejected as label_out_of_range)")
+      f"{empty} of them have no rows ({spans}). {culprits}, or give the classes with "
+      "--class_names_file (rows with labels outside it are then rejected as "
+      "label_out_of_range)")
 
 
 def _normalize(path):

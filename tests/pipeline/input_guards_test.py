@@ -170,6 +170,12 @@ def test_integer_labels_that_leave_classes_empty_are_refused_by_row(tmp_path):
   # Integer labels with no gap are still their own classes.
   csv_path.write_text("path,label\n" + "\n".join(rows[:4] + rows[5:]) + "\n")
   assert sources.plan_path_list(str(csv_path)).class_names == ["0", "1"]
+  # Labels counted from 1 leave class 0 empty: said so, without listing every row.
+  csv_path.write_text("path,label\n" + "\n".join(
+      f"{p},{int(l) + 1}" for p, l in (r.rsplit(",", 1) for r in rows[:4] + rows[5:])) + "\n")
+  with pytest.raises(sources.SourceError, match=r"the classes 0..2, but 1 of them have no rows "
+                     r"\(0\). No row has label 0: are the labels counted from 1\? Renumber"):
+    sources.plan_path_list(str(csv_path))
 
 
 DROP_DAC = ["setpriv", "--inh-caps=-dac_override,-dac_read_search",
