@@ -294,8 +294,10 @@ def main(argv):
     sys.exit(2)
   except Exception as e:  # pylint: disable=broad-except
     line = output_files.os_error_line(e, config.output_dir)
-    if line is None or verbose:
+    if line is None:
       raise  # Not an OS error: a bug in this code, which must show where it is.
+    if verbose:
+      logging.error("the job failed:", exc_info=True)
     logging.error("%s", line)
     sys.exit(3)
   sys.exit(result.exit_code)

@@ -106,6 +106,20 @@ def test_the_job_on_a_full_disk_says_so_in_one_line_and_leaves_no_temporary_file
                                               output_files.BEAM_TEMP_PREFIX))], left
 
 
+def test_other_os_errors_name_the_path_and_verbosity_brings_the_traceback(tmp_path):
+  # An --output_dir below a regular file: every write there fails with ENOTDIR.
+  (tmp_path / "file").write_text("")
+  out = tmp_path / "file" / "out"
+  done = subprocess.run(
+      [sys.executable, "-m", "pipeline.build_tfrecords", "--source=path_list",
+       f"--path_list={testdata.SAMPLE_CSV}", f"--output_dir={out}", "--verbosity=1"],
+      cwd=testdata.REPO, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 3, done.stderr[-3000:]
+  assert "Traceback (most recent call last)" in done.stderr
+  last = done.stderr.strip().splitlines()[-1]
+  assert last.endswith(f"] {out}: Not a directory (ENOTDIR)"), last
+
+
 def test_an_os_error_inside_a_stage_is_found_with_its_path():
   # What Beam's runner raises for a stage's OSError: the text, in a RuntimeError.
   wrapped = RuntimeError("OSError: [Errno 28] No space left on device: '/o/x.json' "
