@@ -179,7 +179,9 @@ def make_runner(options):
 
 def run_job(config, beam_argv=()):
   """Plans, runs the job, prints a summary. Raises sources.SourceError on unreadable input,
-  splits.ClassSubsetError on a class subset the source cannot provide."""
+  splits.ClassSubsetError on a class subset the source cannot provide, and what the file
+  system or Beam raises when writing fails (output_files.os_error_line finds the OS error in
+  it), after deleting the job's temporary files."""
   t0 = time.time()
   plan = make_plan(config)
   kept = splits.select_classes(plan.class_names, num_classes=config.num_classes,
