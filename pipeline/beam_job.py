@@ -22,7 +22,8 @@ multi-processing DirectRunner and remote runners import them); they are counted 
   examples/<split>               records written per split
   examples/<split>/<class name>  records written per split and class
   rejected/<reason>              inputs sent to rejected.csv instead of a shard
-  converted/<kind>               images converted to 8-bit RGB (grayscale, rgba, palette, ...)
+  converted/<kind>               images converted (grayscale, rgba, palette, ...,
+                                 exif_orientation, animated_first_frame)
   excluded/class_subset          examples of classes left out by --classes/--num_classes
 """
 
@@ -45,13 +46,14 @@ from apache_beam.metrics import Metrics
 from pipeline import dataset_info
 from pipeline import features
 from pipeline import images
+from pipeline import output_files
 from pipeline import sources
 from pipeline import splits
 
 NAMESPACE = "build_tfrecords"
 REJECTED = "rejected"
 SHARD_FILES = "shard_files"
-TEMP_PREFIX = ".temp-"  # + a unique id + the final name: a shard being written
+TEMP_PREFIX = output_files.TEMP_PREFIX  # + a unique id + the final name: a shard being written
 PLAN_PREFIX = TEMP_PREFIX + "plan-"  # + ids + ".jsonl": one shard's planned paths (write_shard_plans)
 EXAMPLES_PER_SHARD = 5000  # ~10 MB of CIFAR-size JPEG/PNG per shard (TF guidance: >= 10 MB).
 FAILED_INFO_FILE = "dataset_info.failed.json"
@@ -144,13 +146,12 @@ class Summary:
   def __init__(self):
     self.counts = collections.Counter()  # (split, label) -> examples
     self.shapes = set()  # (height, width)
-    self.converted = collections.Counter()  # kind -> images
+    self.converted = collections.Counter()  # kind -> images (an image may have two kinds)
 
   def add(self, example):
     self.counts[(example["split"], example["label"])] += 1
     self.shapes.add(example["shape"])
-    if example["converted"]:
-      self.converted[example["converted"]] += 1
+    self.converted.update(example["converted"])
 
   def merge(self, other):
     self.counts.update(other.counts)
@@ -182,16 +183,17 @@ class SummarizeExamples(beam.CombineFn):
     return summary
 
 
-def encode(element, class_names, image_size=None):
+def encode(element, class_names, image_size=None, max_image_bytes=sources.MAX_IMAGE_BYTES):
   """Reads, checks, converts and encodes one element's image. Returns (record, example):
   the serialized tf.Example for the shard and the example for the Summary, {"split",
-  "label", "shape": (height, width), "converted": kind or None}. Raises images.BadImage."""
+  "label", "shape": (height, width), "converted": (kind, ...)}. Raises images.BadImage."""
   if "pixels" in element:
     encoded, fmt, pixels = images.from_pixels(element["pixels"], image_size)
-    kind = None
+    kinds = ()
   else:
-    encoded, fmt, pixels, kind = images.prepare(_read(element["path"]), image_size)
-  if kind:
+    encoded, fmt, pixels, kinds = images.prepare(
+        _read(element["path"], max_image_bytes), image_size)
+  for kind in kinds:
     counter(f"converted/{kind}").inc()
   split, label = element["split"], element["label"]
   height, width = pixels.shape[:2]
@@ -200,7 +202,7 @@ def encode(element, class_names, image_size=None):
       label=label, coarse_label=element.get("coarse_label", features.NO_COARSE_LABEL))
   counter(f"examples/{split}").inc()
   counter(f"examples/{split}/{class_names[label]}").inc()
-  return record, {"split": split, "label": label, "shape": (height, width), "converted": kind}
+  return record, {"split": split, "label": label, "shape": (height, width), "converted": kinds}
 
 
 def shard_index(key, num_shards):
@@ -235,11 +237,13 @@ class WriteShard(beam.DoFn):
   final name).
   """
 
-  def __init__(self, output_dir, num_shards, class_names, image_size=None):
+  def __init__(self, output_dir, num_shards, class_names, image_size=None,
+               max_image_bytes=sources.MAX_IMAGE_BYTES):
     self._output_dir = output_dir
     self._num_shards = num_shards
     self._class_names = class_names
     self._image_size = image_size
+    self._max_image_bytes = max_image_bytes
 
   def setup(self):
     self._done = 0
@@ -256,7 +260,8 @@ class WriteShard(beam.DoFn):
     try:
       for element in elements:
         try:
-          record, example = encode(element, self._class_names, self._image_size)
+          record, example = encode(element, self._class_names, self._image_size,
+                                   self._max_image_bytes)
         except images.BadImage as e:
           counter(f"rejected/{e.reason}").inc()
           yield beam.pvalue.TaggedOutput(
@@ -267,7 +272,10 @@ class WriteShard(beam.DoFn):
         self._log_progress()
       out.close()
     except BaseException:
-      out.close()
+      try:
+        out.close()  # On a full disk this fails too (its buffer cannot be flushed).
+      except OSError:
+        pass
       FileSystems.delete([temp])
       raise
     FileSystems.rename([temp], [final])
@@ -280,13 +288,15 @@ class WriteShard(beam.DoFn):
                    self._done / (time.time() - self._start))
 
 
-def _read(path):
+def _read(path, max_bytes):
   try:
-    return sources.read_bytes(path)
+    return sources.read_bytes(path, max_bytes)
+  except sources.RefusedFile as e:  # not_a_regular_file, file_too_large: not read at all
+    raise images.BadImage(e.reason, e.detail) from None
   except FileNotFoundError:
     raise images.BadImage("missing_file", "no such file") from None
   except IsADirectoryError:
-    raise images.BadImage("not_an_image", "a directory") from None
+    raise images.BadImage("not_a_regular_file", "a directory") from None
   except Exception as e:  # pylint: disable=broad-except
     # OSError, but also what remote file systems raise of their own (gcsfs's HttpError on a
     # 403, say) and ValueError for a path fsspec cannot parse: all mean "could not read it".
@@ -340,7 +350,7 @@ def write_info(summary, *, output_dir, meta, split_names, files, rejected,
       converted=dict(sorted(summary.converted.items())), **meta)
   ok = info.rejected["fraction"] <= max_reject_fraction
   name = features.INFO_FILE if ok else FAILED_INFO_FILE
-  dataset_info.write(info, name=name, create=FileSystems.create)
+  dataset_info.write(info, name=name, beam=True)
   return name
 
 
@@ -400,10 +410,11 @@ def GroupByShard(elements, num_shards):
 
 
 @beam.ptransform_fn
-def WriteShards(shards, output_dir, num_shards, class_names, image_size):
+def WriteShards(shards, output_dir, num_shards, class_names, image_size,
+                max_image_bytes=sources.MAX_IMAGE_BYTES):
   """Grouped shards -> (examples, rejections, shard file names): see WriteShard."""
   written = shards | "Write" >> beam.ParDo(WriteShard(
-      output_dir, num_shards, class_names, image_size)).with_outputs(
+      output_dir, num_shards, class_names, image_size, max_image_bytes)).with_outputs(
           REJECTED, SHARD_FILES, main="examples")
   return written.examples, written[REJECTED], written[SHARD_FILES]
 
@@ -439,9 +450,11 @@ def WriteMetadata(examples, files, reason_counts, *, output_dir, meta, split_nam
 
 
 def build(pipeline, plan, *, output_dir, split_names, num_shards, kept, validation_fraction,
-          test_fraction, image_size, max_reject_fraction, command, shard_plans=(), excluded=0):
+          test_fraction, image_size, max_reject_fraction, command, shard_plans=(), excluded=0,
+          max_image_bytes=sources.MAX_IMAGE_BYTES):
   """Adds the whole job to `pipeline`. num_shards: split -> count. shard_plans, excluded:
-  what write_shard_plans returned for plan.elements (required when there are any)."""
+  what write_shard_plans returned for plan.elements (required when there are any).
+  max_image_bytes: larger files are rejected as file_too_large unread (None: no limit)."""
   if plan.elements and not shard_plans:
     raise ValueError("the plan has path elements: write them with write_shard_plans first")
   p = pipeline
@@ -457,7 +470,8 @@ def build(pipeline, plan, *, output_dir, split_names, num_shards, kept, validati
         | "GroupByShard" >> GroupByShard(num_shards))
   examples, rejections, files = (
       shards | "AllShards" >> beam.Flatten()
-      | "WriteShards" >> WriteShards(output_dir, num_shards, class_names, image_size))
+      | "WriteShards" >> WriteShards(output_dir, num_shards, class_names, image_size,
+                                     max_image_bytes))
   planned_rejections = p | "PlanRejections" >> PlanRejections(plan.rejected)
   reason_counts = ((planned_rejections, rejections)
                    | "WriteRejections" >> WriteRejections(output_dir))

@@ -7,6 +7,11 @@ or a TensorFlow Datasets dataset, as an Apache Beam job.
 Beam's own options pass through untouched: `--runner` (DirectRunner by default; DataflowRunner,
 FlinkRunner, SparkRunner with their options), `--direct_running_mode=multi_processing
 --direct_num_workers=2`, and so on. See README.md.
+
+Exit status: 0 written; 1 more than --max_reject_fraction rejected (see rejected.csv); 2 the
+source cannot be read at all (one line naming it, before the job starts); 3 an OS error while
+reading or writing (a full disk, permissions): one line naming the path and the error, the
+job's temporary files removed, and no traceback unless --verbosity=1 asks for it.
 """
 
 import dataclasses
@@ -19,6 +24,7 @@ from typing import Optional
 from absl import app
 from absl import flags
 
+from pipeline import output_files
 from pipeline import sources
 from pipeline import splits
 
@@ -64,6 +70,9 @@ def define_flags():
                        lower_bound=0)
   flags.DEFINE_float("max_reject_fraction", 0.01, "Fail the job when more than this fraction "
                      "of inputs is rejected (see rejected.csv).", 0.0, 1.0)
+  flags.DEFINE_integer("max_image_bytes", sources.MAX_IMAGE_BYTES, "Reject a file larger than "
+                       "this as file_too_large without reading it (for gs:// and http(s), by "
+                       "the size the file system reports). 0: no limit.", lower_bound=0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +96,7 @@ class JobConfig:
   image_size: int = 0
   num_shards: int = 0
   max_reject_fraction: float = 0.01
+  max_image_bytes: int = sources.MAX_IMAGE_BYTES  # 0: no limit
   command: str = ""
 
   @classmethod
@@ -143,17 +153,16 @@ def split_sizes(plan, config):
 
 
 def remove_stale_outputs(output_dir):
-  """An earlier run's metadata must not describe this run's shards, and the shards a killed
-  run left half-written (under beam_job.TEMP_PREFIX names) go."""
+  """An earlier run's metadata must not describe this run's shards, and what a killed run
+  left half-written (`.temp-*` files, Beam's `beam-temp-*` folders) goes."""
   from apache_beam.io.filesystems import FileSystems
   from pipeline import beam_job, dataset_info, features
   stale = [dataset_info.join(output_dir, n)
            for n in (features.INFO_FILE, beam_job.FAILED_INFO_FILE, features.REJECTED_FILE)]
   stale = [s for s in stale if FileSystems.exists(s)]
-  temps = FileSystems.match([dataset_info.join(output_dir, beam_job.TEMP_PREFIX + "*")])
-  stale += [m.path for m in temps[0].metadata_list]
   if stale:
     FileSystems.delete(stale)
+  output_files.remove_leftovers(output_dir)
 
 
 def make_runner(options):
@@ -170,17 +179,20 @@ def make_runner(options):
 
 def run_job(config, beam_argv=()):
   """Plans, runs the job, prints a summary. Raises sources.SourceError on unreadable input,
-  splits.ClassSubsetError on a class subset the source cannot provide."""
+  splits.ClassSubsetError on a class subset the source cannot provide, and what the file
+  system or Beam raises when writing fails (output_files.os_error_line finds the OS error in
+  it), after deleting the job's temporary files."""
+  t0 = time.time()
+  plan = make_plan(config)
+  kept = splits.select_classes(plan.class_names, num_classes=config.num_classes,
+                               class_seed=config.class_seed, classes=config.classes)
+  # Beam is imported once the plan stands (seconds of start-up), so that refusing a source
+  # is quick.
   import apache_beam as beam
   from apache_beam.metrics.metric import MetricsFilter
   from apache_beam.io.filesystems import FileSystems
   from apache_beam.options.pipeline_options import PipelineOptions
   from pipeline import beam_job
-
-  t0 = time.time()
-  plan = make_plan(config)
-  kept = splits.select_classes(plan.class_names, num_classes=config.num_classes,
-                               class_seed=config.class_seed, classes=config.classes)
   sizes = split_sizes(plan, config)
   if len(kept) < len(plan.class_names):  # A class subset shrinks every split proportionally.
     sizes = {s: n * len(kept) / len(plan.class_names) for s, n in sizes.items()}
@@ -197,29 +209,38 @@ def run_job(config, beam_argv=()):
                plan.skipped or "nothing")
   logging.info("Writing %s to %s", {s: f"{n} shards" for s, n in num_shards.items()},
                config.output_dir)
-  remove_stale_outputs(config.output_dir)
   options = PipelineOptions(list(beam_argv))
   pipeline = beam.Pipeline(runner=make_runner(options), options=options)
-  shard_plans, excluded = [], 0
-  if plan.elements:
-    shard_plans, excluded = beam_job.write_shard_plans(
-        config.output_dir, plan.elements, kept=kept,
-        validation_fraction=config.validation_fraction, test_fraction=config.test_fraction,
-        has_test=plan.has_test, num_shards=num_shards)
+  shard_plans = []
   try:
+    remove_stale_outputs(config.output_dir)
+    excluded = 0
+    if plan.elements:
+      shard_plans, excluded = beam_job.write_shard_plans(
+          config.output_dir, plan.elements, kept=kept,
+          validation_fraction=config.validation_fraction, test_fraction=config.test_fraction,
+          has_test=plan.has_test, num_shards=num_shards)
     beam_job.build(
         pipeline, plan, output_dir=config.output_dir, split_names=split_names,
         num_shards=num_shards, kept=kept, validation_fraction=config.validation_fraction,
         test_fraction=config.test_fraction,
         image_size=(config.image_size, config.image_size) if config.image_size else None,
         max_reject_fraction=config.max_reject_fraction, command=config.command,
-        shard_plans=shard_plans, excluded=excluded)
+        shard_plans=shard_plans, excluded=excluded,
+        max_image_bytes=config.max_image_bytes or None)
     plan.elements.clear()  # In the shard plans now: free them before the job runs.
     result = pipeline.run()
     result.wait_until_finish()
-  finally:
-    if shard_plans:
-      FileSystems.delete([path for _, path in shard_plans])
+  except BaseException:
+    # A failed job (a full disk, a bug, Ctrl-C) leaves no temporary files behind where it
+    # can: its half-written shards and plan (.temp-*), Beam's sink folders (beam-temp-*).
+    removed = output_files.remove_leftovers(config.output_dir)
+    if removed:
+      logging.info("removed %d temporary files of the failed job from %s", len(removed),
+                   config.output_dir)
+    raise
+  if shard_plans:
+    FileSystems.delete([path for _, path in shard_plans])
   counters = {c.key.metric.name: c.committed for c in result.metrics().query(
       MetricsFilter().with_namespace(beam_job.NAMESPACE))["counters"]}
   exit_code, info = summarize(config, time.time() - t0)
@@ -247,7 +268,7 @@ def summarize(config, seconds):
                f"{rejected['by_reason'] or ''} -> "
                f"{dataset_info.join(output_dir, features.REJECTED_FILE)}")
   if info.converted:
-    lines.append(f"  converted to 8-bit RGB: {info.converted}")
+    lines.append(f"  converted (stored as PNG): {info.converted}")
   print("\n".join(lines), flush=True)
   if path == failed_path:
     logging.error(
@@ -259,13 +280,36 @@ def summarize(config, seconds):
   return 0, info.to_json()
 
 
+class _NoBeamTracebacks(logging.Filter):
+  """Drops the tracebacks Beam's workers log when a stage fails: the failure reaches `main`,
+  which reports it in one line (--verbosity=1 keeps them)."""
+
+  def filter(self, record):
+    if not record.name.startswith("apache_beam") or record.levelno < logging.ERROR:
+      return True
+    return not (record.exc_info or "Traceback (most recent call last)" in record.getMessage())
+
+
 def main(argv):
   logging.getLogger().setLevel(logging.INFO)
+  verbose = FLAGS.verbosity >= 1
+  if not verbose:
+    for handler in logging.getLogger().handlers:
+      handler.addFilter(_NoBeamTracebacks())
+  config = JobConfig.from_flags()
   try:
-    result = run_job(JobConfig.from_flags(), argv[1:])
+    result = run_job(config, argv[1:])
   except (sources.SourceError, splits.ClassSubsetError) as e:
     logging.error("%s", e)
     sys.exit(2)
+  except Exception as e:  # pylint: disable=broad-except
+    line = output_files.os_error_line(e, config.output_dir)
+    if line is None:
+      raise  # Not an OS error: a bug in this code, which must show where it is.
+    if verbose:
+      logging.error("the job failed:", exc_info=True)
+    logging.error("%s", line)
+    sys.exit(3)
   sys.exit(result.exit_code)
 
 

@@ -1,8 +1,9 @@
 """`dataset_info.json`: what a data directory holds. Its one writer and its one reader.
 
 Written by the Beam job (through Beam's FileSystems, so gs:// works), by the test helpers and
-the benchmarks (through tf.io.gfile), all with `write`; read by the trainer and the tools with
-`load`. Every field that is written:
+the benchmarks (through tf.io.gfile), all with `write`, atomically (a temporary file renamed
+once complete: a full disk leaves the previous file or none, never an empty one); read by the
+trainer and the tools with `load`. Every field that is written:
 
     {
       "format_version": 1,
@@ -18,7 +19,8 @@ the benchmarks (through tf.io.gfile), all with `write`; read by the trainer and 
       },
       "rejected": {"total": 0, "by_reason": {},   # inputs sent to rejected.csv, by reason
                    "fraction": 0.0},              # of all inputs (written + rejected)
-      "converted": {"grayscale": 0, ...},         # images converted to 8-bit RGB, by kind
+      "converted": {"grayscale": 0, ...},         # images converted, by kind (8-bit RGB,
+                                                  # exif_orientation, animated_first_frame)
       "skipped": {"hidden_file": 0},              # inputs left out while planning, by reason
       "command": "python -m pipeline.build_tfrecords ..."
     }
@@ -36,6 +38,7 @@ import posixpath
 from typing import Optional
 
 from pipeline import features
+from pipeline import output_files
 
 FORMAT_VERSION = 1
 
@@ -155,26 +158,18 @@ class DatasetInfo:
     return self.splits[name]
 
 
-def join(directory, name):
-  """Joins like posixpath but keeps `gs://bucket` prefixes intact."""
-  return directory.rstrip("/") + "/" + name
+join = output_files.join  # Joins like posixpath but keeps `gs://bucket` prefixes intact.
 
 
-def write(info, *, name=features.INFO_FILE, create=None):
-  """Writes `info` as `<info.data_dir>/<name>`; returns the path.
+def write(info, *, name=features.INFO_FILE, beam=False):
+  """Writes `info` as `<info.data_dir>/<name>` (local or gs://), atomically; returns the path.
 
-  create(path) opens a new binary file: Beam's `FileSystems.create` in the Beam job (whose
-  workers have no TensorFlow), else tf.io.gfile (local or gs://).
+  beam: through Beam's FileSystems (the Beam job, whose workers have no TensorFlow), else
+  tf.io.gfile (test helpers and benchmarks). An OSError (a full disk) names the path; the
+  previous file, if any, is then left as it was.
   """
   path = join(info.data_dir, name)
-  data = info.to_json_text().encode()
-  if create is None:
-    import tensorflow as tf  # Test helpers and benchmarks, which have TensorFlow.
-    with tf.io.gfile.GFile(path, "wb") as f:
-      f.write(data)
-  else:
-    with create(path) as f:
-      f.write(data)
+  output_files.write_atomically(path, info.to_json_text().encode(), beam=beam)
   return path
 
 

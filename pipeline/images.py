@@ -3,16 +3,21 @@
 `prepare` decodes the bytes once, which both checks that the whole file decodes (a truncated
 JPEG fails here, not in the trainer) and gives the pixels for the train-split statistics.
 Images that are not 8-bit RGB (grayscale, RGBA, palette, CMYK, 16-bit) are converted and the
-kind is reported, so the caller can count them. The original bytes are kept when they are
-already JPEG or PNG of an 8-bit RGB image and no resize is asked; everything else is stored as
-PNG, which is lossless and which tf.io.decode_image reads.
+kind is reported, so the caller can count them. So are two things a viewer does that a decoder
+does not: an EXIF orientation is applied (a phone's portrait JPEG is stored upright, as it is
+shown, since TensorFlow's decoders ignore EXIF), and of an animated image (GIF, APNG, WebP)
+the first frame is kept. The original bytes are kept when they are already JPEG or PNG of an
+8-bit RGB still image that needs no rotation and no resize; everything else is stored as PNG,
+which is lossless and which tf.io.decode_image reads.
 """
 
 import io
 import warnings
 
 import numpy as np
+from PIL import ExifTags
 from PIL import Image
+from PIL import ImageOps
 
 # Formats whose original bytes the trainer can decode as they are.
 _KEEP_FORMATS = {"JPEG": "jpeg", "PNG": "png"}
@@ -71,7 +76,8 @@ def prepare(data, image_size=None):
     data: the file's bytes.
     image_size: (height, width) to resize to, or None to keep the size.
   Returns:
-    (encoded bytes, format "jpeg"|"png", pixels uint8 [H, W, 3], kind or None)
+    (encoded bytes, format "jpeg"|"png", pixels uint8 [H, W, 3] as a viewer shows them,
+     kinds: a tuple of what was converted, e.g. ("grayscale",), ("exif_orientation",), ())
   Raises:
     BadImage with reason empty_file, not_an_image, truncated_image, corrupt_image or
     image_too_large.
@@ -104,6 +110,13 @@ def prepare(data, image_size=None):
   kind = _kind(img.mode)
   if deep and kind is None:
     kind = "16bit"
+  kinds = [kind] if kind else []
+  if getattr(img, "n_frames", 1) > 1:  # PIL opens (and load() decoded) the first frame.
+    kinds.append("animated_first_frame")
+  if _orientation(img) in _ROTATED:
+    img = ImageOps.exif_transpose(img)  # PIL's own table of the 7 rotations and flips.
+    kinds.append("exif_orientation")
+  kinds = tuple(kinds)
   try:
     pixels = _to_rgb8(img)
   except Exception as e:  # A mode PIL opens but cannot convert: keep the job alive.
@@ -111,10 +124,23 @@ def prepare(data, image_size=None):
   if image_size is not None and pixels.shape[:2] != tuple(image_size):
     resized = Image.fromarray(pixels).resize((image_size[1], image_size[0]), Image.BILINEAR)
     pixels = np.asarray(resized, dtype=np.uint8)
-    return encode_png(pixels), "png", pixels, kind
-  if kind is None and fmt in _KEEP_FORMATS:
-    return data, _KEEP_FORMATS[fmt], pixels, kind
-  return encode_png(pixels), "png", pixels, kind
+    return encode_png(pixels), "png", pixels, kinds
+  if not kinds and fmt in _KEEP_FORMATS:
+    return data, _KEEP_FORMATS[fmt], pixels, kinds
+  return encode_png(pixels), "png", pixels, kinds
+
+
+# EXIF orientations 2..8 (1 is upright; other values are invalid and, as viewers do, ignored).
+_ROTATED = frozenset(range(2, 9))
+
+
+def _orientation(img):
+  """The image's EXIF orientation (JPEG APP1, PNG eXIf, TIFF tags), or None. A damaged EXIF
+  block is ignored, as viewers ignore it: it does not stop the pixels from showing."""
+  try:
+    return img.getexif().get(ExifTags.Base.Orientation)
+  except Exception:  # pylint: disable=broad-except  # PIL raises many types for bad EXIF.
+    return None
 
 
 # Leading bytes of the formats an image source is likely to hold.

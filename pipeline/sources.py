@@ -14,12 +14,14 @@ http(s) address) or pixels (uint8 [H, W, 3]).
 
 import csv
 import dataclasses
+import errno
 import hashlib
 import io
 import logging
 import os
 import pickle
 import posixpath
+import stat
 import tarfile
 import urllib.request
 import zlib
@@ -33,10 +35,24 @@ CIFAR100_SIZES = {"train": 50000, "test": 10000}
 CIFAR100_CLASSES, CIFAR100_COARSE_CLASSES = 100, 20
 NO_COARSE = -1
 SPLIT_DIRS = ("train", "test")
+# --max_image_bytes' default. The largest real photos (a 50-megapixel camera's JPEG) are about
+# 30 MB; a file above this is a mistake (a video, a disk image, /dev/zero), and reading it
+# would hold it whole in a Beam worker's memory.
+MAX_IMAGE_BYTES = 64 << 20
 
 
 class SourceError(ValueError):
   """A source cannot be read at all (as opposed to one bad example, which is rejected)."""
+
+
+class RefusedFile(ValueError):
+  """A path that is not read as an image: not a regular file, or too large. `reason` is the
+  rejection slug (not_a_regular_file, file_too_large), `detail` for people."""
+
+  def __init__(self, reason, detail):
+    super().__init__(f"{reason}: {detail}")
+    self.reason = reason
+    self.detail = detail
 
 
 @dataclasses.dataclass
@@ -268,23 +284,48 @@ def run_read(read):
 
 
 def plan_image_dir(root):
-  """Plans `<root>/<class>/<file>` or `<root>/{train,test}/<class>/<file>`."""
+  """Plans `<root>/<class>/<file>` or `<root>/{train,test}/<class>/<file>`.
+
+  A folder that cannot be listed is never passed over: at the class level or above, its
+  class would vanish and every later label shift, so planning stops naming it; deeper (where
+  every file is rejected as not_in_class_folder anyway) it is a read_error row.
+  """
   fs, base = fsspec.core.url_to_fs(root)
   if not fs.isdir(base):
     raise SourceError(f"--image_dir={root}: no such directory")
-  top = sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(base, detail=False)
-               if fs.isdir(p))
-  split_layout = "train" in top and set(top) <= set(SPLIT_DIRS)
+  if _is_remote(root):
+    try:
+      found = sorted(posixpath.relpath(p, base) for p in fs.find(base))
+    except Exception as e:  # gcsfs's HttpError on a 403, say: the whole listing failed.
+      raise SourceError(f"--image_dir={root}: cannot be listed ({type(e).__name__}: {e})") from None
+    unlisted = []
+  else:
+    found, unlisted = _list_local_tree(base)
+  top = {rel.split("/")[0] for rel in found if "/" in rel}
+  split_layout = "train" in top and top <= set(SPLIT_DIRS)
+  depth = 3 if split_layout else 2
   plan = Plan(description=f"image_dir:{root}", class_names=[])
+  class_level = [(rel, e) for rel, e in unlisted if rel.count("/") < depth - 1]
+  if class_level:
+    named = "; ".join(f"{_full(root, rel) if rel != '.' else root} ({_errno_text(e)})"
+                      for rel, e in class_level[:5])
+    raise SourceError(
+        f"--image_dir={root}: cannot list {len(class_level)} folder(s): {named}. Their "
+        "images would be left out and the class list would be wrong; make them readable "
+        "or move them out of --image_dir")
+  for rel, e in unlisted:
+    if any(p.startswith(".") for p in rel.split("/")):
+      plan.skipped["hidden_file"] = plan.skipped.get("hidden_file", 0) + 1
+      continue
+    plan.rejected.append((_full(root, rel), "read_error",
+                          f"a folder that cannot be listed: {_errno_text(e)}"))
   files = {}  # split -> [(class, relative path)]
-  for path in sorted(fs.find(base)):
-    rel = posixpath.relpath(path, base)
+  for rel in found:
     parts = rel.split("/")
     if any(p.startswith(".") for p in parts):
       plan.skipped["hidden_file"] = plan.skipped.get("hidden_file", 0) + 1
       continue
     split = parts[0] if split_layout else "train"
-    depth = 3 if split_layout else 2
     if len(parts) != depth:
       plan.rejected.append((_full(root, rel), "not_in_class_folder",
                             f"expected {'<split>/' if split_layout else ''}<class>/<file>"))
@@ -301,6 +342,46 @@ def plan_image_dir(root):
   plan.has_test = "test" in files
   plan.split_sizes = {s: len(v) for s, v in files.items()}
   return plan
+
+
+def _list_local_tree(base):
+  """(sorted relative paths of everything under base that is not a folder, [(relative
+  folder, OSError)] for folders that could not be listed).
+
+  Not fsspec's find, nor os.walk: both pass over a folder they cannot list as if it were
+  empty. Everything that is not a folder is listed (FIFOs, sockets, devices too): the job
+  rejects those as not_a_regular_file, so they are counted, not hidden. Symlinked folders
+  are followed, each real folder once (a link loop ends).
+  """
+  found, unlisted, seen = [], [], set()
+  pending = ["."]
+  while pending:
+    rel = pending.pop()
+    path = base if rel == "." else os.path.join(base, rel)
+    try:
+      st = os.stat(path)
+      if (st.st_dev, st.st_ino) in seen:
+        continue
+      seen.add((st.st_dev, st.st_ino))
+      with os.scandir(path) as entries:
+        entries = list(entries)
+    except OSError as e:
+      unlisted.append((rel, e))
+      continue
+    for entry in entries:
+      child = entry.name if rel == "." else f"{rel}/{entry.name}"
+      try:
+        is_dir = entry.is_dir()  # follows symlinks
+      except OSError:
+        is_dir = False
+      (pending if is_dir else found).append(child)
+  return sorted(found), sorted(unlisted, key=lambda u: u[0])
+
+
+def _errno_text(e):
+  """'Permission denied (EACCES)' for an OSError."""
+  name = errno.errorcode.get(e.errno, "") if e.errno else ""
+  return f"{e.strerror or e}" + (f" ({name})" if name else "")
 
 
 def _full(root, rel):
@@ -366,13 +447,19 @@ def plan_path_list(csv_path, *, class_names_file=""):
   else:
     labels = {label for _, _, label, _, _ in rows}
     if labels and all(l.isdigit() for l in labels):
-      plan.class_names = [str(i) for i in range(max(int(l) for l in labels) + 1)]
+      plan.class_names = _integer_classes(csv_path, rows)
     else:
       plan.class_names = sorted(labels)
   index = {c: i for i, c in enumerate(plan.class_names)}
   for full, path, label, split, where in rows:
     label_index = index.get(label)
-    if label_index is None and label.isdigit() and int(label) < len(plan.class_names):
+    if label_index is None and label.isdigit():
+      if int(label) >= len(plan.class_names):
+        plan.rejected.append((full, "label_out_of_range",
+                              f"label {label} is outside 0..{len(plan.class_names) - 1} "
+                              f"({where}; --class_names_file names "
+                              f"{len(plan.class_names)} classes)"))
+        continue
       label_index = int(label)
     if label_index is None:
       plan.rejected.append((full, "unknown_label",
@@ -385,6 +472,39 @@ def plan_path_list(csv_path, *, class_names_file=""):
     raise SourceError(f"--path_list={csv_path}: no usable rows")
   plan.has_test = plan.split_sizes.get("test", 0) > 0
   return plan
+
+
+def _integer_classes(csv_path, rows):
+  """Integer labels mean classes 0..max. Returns their names "0".."max", or raises
+  SourceError when some of those classes have no row: one typo (`100000` among 0 and 1)
+  would otherwise make 100,001 classes, most of them empty, which the trainer cannot learn
+  and fails on far from the cause. Names the empty classes and the rows whose labels lie
+  above the first empty one (the likely typos)."""
+  by_label = {}
+  for _, _, label, _, where in rows:
+    by_label.setdefault(int(label), []).append(where)
+  present = sorted(by_label)
+  gaps = [(a + 1, b - 1) for a, b in zip([-1] + present, present) if b - a > 1]
+  if not gaps:
+    return [str(i) for i in range(present[-1] + 1)]
+  empty = sum(b - a + 1 for a, b in gaps)
+  first_empty = gaps[0][0]
+  spans = ", ".join(str(a) if a == b else f"{a}..{b}" for a, b in gaps[:5])
+  spans += f" and {len(gaps) - 5} more ranges" if len(gaps) > 5 else ""
+  if first_empty == 0:
+    # Every row lies above the gap: listing them would not help. Labels counted from 1?
+    culprits = "No row has label 0: are the labels counted from 1? Renumber them from 0"
+  else:
+    above = [(where, label) for label in present if label > first_empty
+             for where in by_label[label]]
+    culprits = ", ".join(f"{where} (label {label})" for where, label in above[:5])
+    culprits += f" and {len(above) - 5} more" if len(above) > 5 else ""
+    culprits = f"Rows with labels above {first_empty - 1}: {culprits}. Fix those labels"
+  raise SourceError(
+      f"--path_list={csv_path}: integer labels make the classes 0..{present[-1]}, but "
+      f"{empty} of them have no rows ({spans}). {culprits}, or give the classes with "
+      "--class_names_file (rows with labels outside it are then rejected as "
+      "label_out_of_range)")
 
 
 def _normalize(path):
@@ -419,12 +539,53 @@ def _raw_row(row):
   return ",".join("" if v is None else str(v) for v in values)[:200]
 
 
-def read_bytes(path):
-  """The bytes of a local file, gs:// object or http(s) address."""
+def read_bytes(path, max_bytes=MAX_IMAGE_BYTES):
+  """The bytes of a local file, gs:// object or http(s) address.
+
+  Only a regular file is read, and only up to max_bytes (None: no limit); anything else
+  raises RefusedFile before it is read: a FIFO would block the reader forever (nothing
+  writes to it), /dev/zero would be read until memory runs out. For gs:// and http(s) the
+  size is the one the file system reports; the read is cut at max_bytes + 1 regardless, in
+  case that is missing or wrong.
+  """
+  limit = -1 if max_bytes is None else max_bytes + 1
   if "://" not in path:
-    # Local: plain open(). fsspec resolves a file system per call, which costs as much as
+    # Local: plain os calls. fsspec resolves a file system per call, which costs as much as
     # reading a CIFAR-size JPEG (BENCHMARKS.md, Beam job).
-    with open(path, "rb") as f:
-      return f.read()
-  with fsspec.open(path, "rb") as f:
-    return f.read()
+    _check_file(path, os.stat(path), max_bytes)
+    # O_NONBLOCK: if the path became a FIFO since the stat, opening it must not wait for a
+    # writer (for a regular file the flag changes nothing).
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as f:
+      _check_file(path, os.fstat(fd), max_bytes)
+      data = f.read(limit)
+  else:
+    fs, where = fsspec.core.url_to_fs(path)
+    info = fs.info(where)
+    if info.get("type") == "directory":
+      raise RefusedFile("not_a_regular_file", "a directory")
+    if max_bytes is not None and (info.get("size") or 0) > max_bytes:
+      raise RefusedFile("file_too_large", _too_large(info["size"], max_bytes))
+    with fs.open(where, "rb") as f:
+      data = f.read(limit)
+  if max_bytes is not None and len(data) > max_bytes:
+    raise RefusedFile("file_too_large", f"more than --max_image_bytes={max_bytes} bytes "
+                      "could be read (more than its reported size)")
+  return data
+
+
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+               (stat.S_ISSOCK, "a socket"))
+
+
+def _check_file(path, st, max_bytes):
+  if not stat.S_ISREG(st.st_mode):
+    kind = next((name for test, name in _FILE_KINDS if test(st.st_mode)), "not a regular file")
+    raise RefusedFile("not_a_regular_file", kind)
+  if max_bytes is not None and st.st_size > max_bytes:
+    raise RefusedFile("file_too_large", _too_large(st.st_size, max_bytes))
+
+
+def _too_large(size, max_bytes):
+  return f"{size:,} bytes, more than --max_image_bytes={max_bytes}"

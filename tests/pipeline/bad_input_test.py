@@ -117,13 +117,16 @@ def write_inputs(root):
       ("dog/1.jpg,dog,train,extra", "malformed_row"),  # too many columns
       ("dog/2.jpg,,train", "malformed_row"),         # no label
       ("dog/3.jpg,dog,holdout", "malformed_row"),    # a split that does not exist
+      ("seven.jpg,7,train", "label_out_of_range"),   # an integer past --class_names_file's 3
+      ("/dev/zero,cat,train", "not_a_regular_file"),  # used to be read until MemoryError
+      ("dog,dog,train", "not_a_regular_file"),       # a folder
   ]
   for row, reason in planned:
     rows.append(row)
     line = len(rows) + 1  # line 1 is the header
     path = row.split(",")[0]
     source = f"{csv_path}:{line}" if reason == "malformed_row" else os.path.normpath(
-        f"{root}/{path}")
+        path if os.path.isabs(path) else f"{root}/{path}")
     rejected[source] = reason
   text = "path,label,split\n" + "\n".join(rows) + "\n"
   # A byte-order mark (spreadsheet exports) must not hide the `path` column, and a row whose
@@ -186,7 +189,8 @@ def test_path_list_with_every_kind_of_bad_input(tmp_path, capsys):
   assert len(rows) == len(rejected)
   details = {source: detail for source, _, detail in rows}
   assert details[f"{tmp_path}/in/cat/1.jpg"] == "line 29 repeats line 3"
-  assert details[f"{csv_path}:33"].startswith("not valid UTF-8: caf")
+  assert details[f"{csv_path}:36"].startswith("not valid UTF-8: caf")
+  assert details["/dev/zero"] == "a character device"
 
   # The counters, dataset_info.json and the printed summary agree.
   by_reason = {}
@@ -203,7 +207,7 @@ def test_path_list_with_every_kind_of_bad_input(tmp_path, capsys):
   assert sum(s["num_examples"] for s in info["splits"].values()) == len(good)
   printed = capsys.readouterr().out
   assert re.search(rf"rejected +{len(rejected)} \(", printed) and "'missing_file': 1" in printed
-  assert "converted to 8-bit RGB: {'16bit': 2, 'cmyk': 1" in printed
+  assert "converted (stored as PNG): {'16bit': 2, 'cmyk': 1" in printed
 
   # And the trainer-side check reads it all back.
   assert verify.check_data_dir(out, decode=True).ok

@@ -3,6 +3,7 @@
 import collections
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -77,13 +78,17 @@ def test_every_planned_path_is_in_the_plan_of_its_own_shard_and_no_other(tmp_pat
 
 
 def test_killed_job_leaves_no_file_under_a_final_shard_name(tmp_path):
-  # A named pipe in the path list: reading it blocks (no writer) inside the stage writing the
-  # shard, after it has begun its file; the job is killed there, as by an OOM or a preemption.
-  fifo = tmp_path / "blocks.jpg"
-  os.mkfifo(fifo)
+  # A path-list row served by an HTTP server that never answers (a listening socket that
+  # nobody accepts from): reading it blocks inside the stage writing the shard, after it has
+  # begun its file; the job is killed there, as by an OOM or a preemption. (A FIFO no longer
+  # blocks: the job rejects it unread.)
+  server = socket.socket()
+  server.bind(("127.0.0.1", 0))
+  server.listen(8)
+  blocks = f"http://127.0.0.1:{server.getsockname()[1]}/blocks.jpg"
   rows = [f"{path},{name}" for path, name in testdata.sample_files("train", ("cat", "dog"))]
   csv_path = tmp_path / "list.csv"
-  csv_path.write_text("path,label\n" + "\n".join(rows + [f"{fifo},cat"]) + "\n")
+  csv_path.write_text("path,label\n" + "\n".join(rows + [f"{blocks},cat"]) + "\n")
   out = tmp_path / "out"
   cmd = [sys.executable, "-m", "pipeline.build_tfrecords", "--source=path_list",
          f"--path_list={csv_path}", f"--output_dir={out}", "--num_shards=1",
@@ -102,16 +107,17 @@ def test_killed_job_leaves_no_file_under_a_final_shard_name(tmp_path):
   finally:
     job.send_signal(signal.SIGKILL)
     job.wait()
+    server.close()
   names = os.listdir(out)
   assert not shard_files(out), names
   assert features.INFO_FILE not in names and features.REJECTED_FILE not in names
   assert any(n.startswith(beam_job.TEMP_PREFIX) for n in names)
-  # The next run writes the shard and deletes the shard the killed one left. (Beam's own
-  # beam-temp-rejected-* folder, from the sink of rejected.csv, stays: Beam's to manage.)
+  # The next run writes the shard and deletes what the killed one left: its shard and plan,
+  # and the beam-temp-rejected-* folder of the sink of rejected.csv.
   csv_path.write_text("path,label\n" + "\n".join(rows) + "\n")
   done = subprocess.run(cmd, cwd=testdata.REPO, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-2000:]
   names = os.listdir(out)
   assert shard_files(out) == [features.shard_name("train", 0, 1)]
   assert {features.INFO_FILE, features.REJECTED_FILE} <= set(names)
-  assert not any(n.startswith(beam_job.TEMP_PREFIX) for n in names), names
+  assert not any(n.startswith((beam_job.TEMP_PREFIX, "beam-temp-")) for n in names), names

@@ -95,7 +95,8 @@ def test_path_list_rows(tmp_path):
   csv_path.write_text("path,label\nx.jpg,cat\ny.jpg,1\nz.jpg,bird\nw.jpg,7\n")
   plan = sources.plan_path_list(str(csv_path), class_names_file=str(names))
   assert [e["label"] for e in plan.elements] == [1, 1]
-  assert [r[1] for r in plan.rejected] == ["unknown_label", "unknown_label"]
+  # A name the list lacks is unknown; an integer past its end is out of range.
+  assert [r[1] for r in plan.rejected] == ["unknown_label", "label_out_of_range"]
   csv_path.write_text("file,label\nx.jpg,cat\n")
   with pytest.raises(sources.SourceError, match=r"lacks column\(s\) \['path'\]"):
     sources.plan_path_list(str(csv_path))
