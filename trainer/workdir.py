@@ -7,7 +7,8 @@ the one reader of every file in it.
   history.csv           HISTORY_FIELDS, one row per epoch
   tensorboard/          train/ and validation/ scalars per epoch, test/ at the end
   model.keras           the best weights, Keras format (takes raw 0-255 pixels)
-  saved_model/          the best weights, TF SavedModel (serving signature takes raw pixels)
+  saved_model/          the best weights, TF SavedModel: image bytes in, class names out
+                        (signatures: trainer/serving.py)
   results.json          RESULTS_FIELDS: test metrics, best epoch, epochs run, throughput, ...
   confusion_matrix.csv  test counts of the best weights: rows true class, columns predicted
 
@@ -32,6 +33,7 @@ import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
 from trainer import config as config_lib
+from trainer import serving
 
 FLAGS_FILE = "flags.txt"
 HISTORY_FILE = "history.csv"
@@ -371,10 +373,16 @@ def write_scalars(writer, step, scalars):
 # --- the exported model --------------------------------------------------------------------
 
 
-def export(model, dirs):
+def export(model, dirs, class_names):
   """model.keras and saved_model/ of the model's current (best) weights. Every worker exports
-  (reading distributed variables may need all of them); non-chiefs into their own directory."""
+  (reading distributed variables may need all of them); non-chiefs into their own directory.
+
+  model.keras is the Keras model as trained: it takes raw 0-255 pixels (float, not divided
+  by 255) at its input size, [N, H, W, 3], and returns probabilities; resizing is the
+  caller's. saved_model/ takes image bytes or pixels of any size and answers with class
+  names (its signatures: trainer/serving.py).
+  """
   tf.io.gfile.makedirs(dirs.write_root)
   model.save(dirs.write_path(KERAS_MODEL))
-  model.export(dirs.write_path(SAVED_MODEL_DIR), verbose=False)
+  serving.export(model, dirs.write_path(SAVED_MODEL_DIR), class_names)
   dirs.remove_worker_dir()
