@@ -386,3 +386,11 @@ def export(model, dirs, class_names):
   model.save(dirs.write_path(KERAS_MODEL))
   serving.export(model, dirs.write_path(SAVED_MODEL_DIR), class_names)
   dirs.remove_worker_dir()
+
+
+def saved_model_dir(path):
+  """The SavedModel of a run: `path`/saved_model/, or `path` itself when it is one (a copy
+  of a run's saved_model/ on its own)."""
+  if tf.io.gfile.exists(join(path, "saved_model.pb")):
+    return path
+  return join(path, SAVED_MODEL_DIR)
