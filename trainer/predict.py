@@ -44,6 +44,7 @@ NAME = "trainer.predict"
 # A folder's files with these extensions are predicted; the others are skipped (and counted).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 OUTPUT_FORMATS = (".csv", ".json")
+READ_CHUNK = 64  # images per element handed from the reading threads to tf.data
 
 
 class PredictError(ValueError):
@@ -181,7 +182,17 @@ def predict(served, paths, *, batch_size=256, readers=8, progress=None):
       failed[index] = message
 
   def records():
-    yield from _read_ahead(paths, readers, 4 * batch_size, on_error)
+    # In chunks: each element from_generator hands over costs a Python call with the GIL
+    # held, as much as reading a small image; unbatched again at once, in C++.
+    indices, chunk = [], []
+    for index, record in _read_ahead(paths, readers, 4 * batch_size, on_error):
+      indices.append(index)
+      chunk.append(record)
+      if len(chunk) == READ_CHUNK:
+        yield indices, chunk
+        indices, chunk = [], []
+    if chunk:
+      yield indices, chunk
 
   def decode(index, record):
     image = input_pipeline.decode_image(record)
@@ -190,8 +201,9 @@ def predict(served, paths, *, batch_size=256, readers=8, progress=None):
     return index, tf.ensure_shape(image, [*size, 3])
 
   ds = tf.data.Dataset.from_generator(
-      records, output_signature=(tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.string)))
-  ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+      records, output_signature=(tf.TensorSpec([None], tf.int64),
+                                 tf.TensorSpec([None], tf.string)))
+  ds = ds.unbatch().map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   # The Beam job's checks make TensorFlow's decoders accept what passed them; should one
   # still refuse an image, skip it (reported below) rather than stop every other one.
   ds = ds.ignore_errors().batch(batch_size).prefetch(2)
