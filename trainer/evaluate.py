@@ -121,7 +121,7 @@ def run_command(argv, flag_values=flags.FLAGS):
   for name in ("model_dir", "data_dir"):
     if not flag_values[name].value:
       raise EvaluateError(f"--{name} is required")
-  served = serving.load(workdir.saved_model_dir(flag_values.model_dir))
+  served = workdir.load_saved_model(flag_values.model_dir)
   info = model_classes(dataset_info.load(flag_values.data_dir), served.class_names)
   metrics = evaluate(served, info, flag_values.split, batch_size=flag_values.batch_size)
   if flag_values.json:

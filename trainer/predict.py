@@ -320,7 +320,7 @@ def run_command(argv, flag_values=flags.FLAGS):
   if skipped:
     print(f"{NAME}: skipped {skipped} file(s) without an image extension in the folders",
           file=sys.stderr)
-  served = serving.load(workdir.saved_model_dir(flag_values.model_dir))
+  served = workdir.load_saved_model(flag_values.model_dir)
   if flag_values.top_k >= len(served.class_names):
     raise PredictError(f"--top_k={flag_values.top_k}: the model has only "
                        f"{len(served.class_names)} classes (at most --top_k="

@@ -48,6 +48,10 @@ class ServingError(ValueError):
   """A SavedModel cannot be exported or loaded as asked; the message names the path."""
 
 
+class OldSavedModelError(ServingError):
+  """A SavedModel written before these signatures (keras.Model.export's `serve` only)."""
+
+
 def export(model, path, class_names):
   """Writes `model` (a keras.Model taking raw 0-255 pixels at its input size) to `path` as a
   SavedModel with the signatures above."""
@@ -136,10 +140,9 @@ def load(path):
   loaded = tf.saved_model.load(path)
   missing = [s for s in (METADATA, SERVING_PIXELS_UINT8) if s not in loaded.signatures]
   if missing:
-    raise ServingError(
+    raise OldSavedModelError(
         f"{path}: has no {' or '.join(missing)} signature: it was exported before "
-        "trainer/serving.py; re-export it with trainer.serving.export(keras.models."
-        "load_model('<model_dir>/model.keras'), path, class_names)")
+        "trainer/serving.py (workdir.load_saved_model exports a run's model.keras again)")
   meta = loaded.signatures[METADATA]()
   names = tuple(n.decode() for n in np.asarray(meta["class_names"]))
   height, width = (int(d) for d in np.asarray(meta["image_size"]))

@@ -394,3 +394,31 @@ def saved_model_dir(path):
   if tf.io.gfile.exists(join(path, "saved_model.pb")):
     return path
   return join(path, SAVED_MODEL_DIR)
+
+
+def load_saved_model(path):
+  """serving.load of a run's SavedModel (`path`: the run, or its saved_model/ alone).
+
+  A run exported before trainer/serving.py's signatures (2026-12-02: `serve` only, no class
+  names) is exported again from its model.keras and results.json's class names into a
+  temporary directory, loaded, and the directory removed (loading reads the weights), so that
+  older runs answer with names too; the run directory is left as it is.
+  """
+  import shutil  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+  try:
+    return serving.load(saved_model_dir(path))
+  except serving.OldSavedModelError as e:
+    results = read_results(path)
+    keras_path = join(path, KERAS_MODEL)
+    if not results or not results.get("class_names") or not tf.io.gfile.exists(keras_path):
+      raise serving.ServingError(f"{e}; and {path} has no model.keras and results.json "
+                                 "class_names to export it again from") from None
+  import keras  # pylint: disable=g-import-not-at-top
+  model = keras.models.load_model(keras_path, compile=False)
+  tmp = tempfile.mkdtemp(prefix="saved_model_")
+  try:
+    serving.export(model, tmp, results["class_names"])
+    return serving.load(tmp)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)

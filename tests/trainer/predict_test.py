@@ -154,3 +154,23 @@ def test_csv_output_and_mistakes_that_name_the_flag(run_dir, images, tmp_path, c
     _run([f"--model_dir={run_dir}", "--top_k=3", images["jpeg_32"]], capsys)
   with pytest.raises(serving.ServingError, match=f"{tmp_path}/saved_model: no saved_model.pb"):
     _run([f"--model_dir={tmp_path}", images["jpeg_32"]], capsys)
+
+
+def test_a_run_exported_before_the_serving_signatures_is_exported_again_and_predicted(
+    run_dir, images, tmp_path, capsys):
+  # What runs trained before 2026-12-02 hold: keras.Model.export's `serve` only.
+  old = tmp_path / "old_run"
+  old.mkdir()
+  for name in (workdir.KERAS_MODEL, workdir.RESULTS_FILE):
+    (old / name).write_bytes(open(workdir.join(run_dir, name), "rb").read())
+  keras.models.load_model(old / workdir.KERAS_MODEL).export(str(old / "saved_model"),
+                                                            verbose=False)
+  with pytest.raises(serving.OldSavedModelError, match="has no metadata or "):
+    serving.load(str(old / "saved_model"))
+
+  status, out, _ = _run([f"--model_dir={old}", images["jpeg_upscaled"]], capsys)
+  assert status == 0
+  new_status, new_out, _ = _run([f"--model_dir={run_dir}", images["jpeg_upscaled"]], capsys)
+  assert new_status == 0 and out == new_out and out.split("\t")[1] in CLASSES
+  assert sorted(p.name for p in old.iterdir()) == ["model.keras", "results.json",
+                                                   "saved_model"]  # left as it was
