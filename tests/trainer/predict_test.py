@@ -121,8 +121,8 @@ def test_folders_and_path_lists_print_a_line_per_image_in_order(run_dir, images,
   listing = tmp_path / "list.csv"
   listing.write_text("path,label\nfolder/b.jpg,airplane\n" + images["png_rgba"] + ",x\n")
 
-  status, out, err = _run([f"--model_dir={run_dir}", "--top_k=2", str(folder),
-                           str(listing)], capsys)
+  status, out, err = _run([f"--model_dir={run_dir}", "--top_k=2", "--batch_size=2",
+                           "--progress_seconds=0", str(folder), str(listing)], capsys)
   assert status == 0, err
   lines = [line.split("\t") for line in out.splitlines()]
   assert [cells[0] for cells in lines] == [
@@ -135,6 +135,7 @@ def test_folders_and_path_lists_print_a_line_per_image_in_order(run_dir, images,
     assert sum(probabilities) == pytest.approx(1.0, abs=1e-3)
   assert "skipped 1 file(s) without an image extension" in err
   assert "predicted 4 of 4 images" in err
+  assert "trainer.predict: 2 of 4 images, " in err and "images/s" in err  # progress lines
 
 
 def test_csv_output_and_mistakes_that_name_the_flag(run_dir, images, tmp_path, capsys):
@@ -174,3 +175,27 @@ def test_a_run_exported_before_the_serving_signatures_is_exported_again_and_pred
   assert new_status == 0 and out == new_out and out.split("\t")[1] in CLASSES
   assert sorted(p.name for p in old.iterdir()) == ["model.keras", "results.json",
                                                    "saved_model"]  # left as it was
+
+
+def test_images_served_over_http_are_predicted_like_local_files(run_dir, images, capsys):
+  # A real HTTP server on 127.0.0.1 serving the images' folder (http(s) is read with fsspec,
+  # as the Beam job reads path lists).
+  import functools  # pylint: disable=g-import-not-at-top
+  import http.server  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  import threading  # pylint: disable=g-import-not-at-top
+  handler = functools.partial(http.server.SimpleHTTPRequestHandler,
+                              directory=os.path.dirname(images["png_gray"]))
+  handler.log_message = lambda *args: None
+  server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+  threading.Thread(target=server.serve_forever, daemon=True).start()
+  try:
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    status, out, err = _run([f"--model_dir={run_dir}", f"{base}/bird_gray.png",
+                             f"{base}/missing.png"], capsys)
+  finally:
+    server.shutdown()
+  local_status, local_out, _ = _run([f"--model_dir={run_dir}", images["png_gray"]], capsys)
+  assert status == 2 and local_status == 0
+  assert out.split("\t")[1:] == local_out.split("\t")[1:]
+  assert f"{base}/missing.png: " in err
