@@ -4,6 +4,7 @@ bad image is reported by name and the rest still predicted."""
 
 import json
 
+from tests import gcs_emulator  # pylint: disable=g-bad-import-order (before gcsfs is imported)
 from absl import flags
 import keras
 import numpy as np
@@ -199,3 +200,23 @@ def test_images_served_over_http_are_predicted_like_local_files(run_dir, images,
   assert status == 2 and local_status == 0
   assert out.split("\t")[1:] == local_out.split("\t")[1:]
   assert f"{base}/missing.png: " in err
+
+
+def test_a_gs_folder_and_a_gs_path_list_are_predicted_like_local_files(run_dir, images,
+                                                                       tmp_path, capsys):
+  # A real GCS server (gcp-storage-emulator) on 127.0.0.1; inputs are read through gcsfs.
+  with gcs_emulator.running(tmp_path / "gcs", bucket="predict") as gcs:
+    fs = gcs.fs()
+    fs.pipe(gcs.url("photos/a/plane.jpg"), open(images["jpeg_32"], "rb").read())
+    fs.pipe(gcs.url("photos/gray.png"), open(images["png_gray"], "rb").read())
+    fs.pipe(gcs.url("list.csv"), b"path\nphotos/gray.png\n")
+    status, out, err = _run([f"--model_dir={run_dir}", gcs.url("photos"),
+                             gcs.url("list.csv")], capsys)
+  assert status == 0, err
+  lines = [line.split("\t") for line in out.splitlines()]
+  assert [cells[0] for cells in lines] == [
+      gcs.url("photos/a/plane.jpg"), gcs.url("photos/gray.png"), gcs.url("photos/gray.png")]
+  _, local_out, _ = _run([f"--model_dir={run_dir}", images["jpeg_32"], images["png_gray"]],
+                         capsys)
+  local = [line.split("\t") for line in local_out.splitlines()]
+  assert [cells[1:] for cells in lines] == [cells[1:] for cells in local + local[1:]]
