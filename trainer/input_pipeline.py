@@ -88,12 +88,23 @@ def _resize_batch_fn(info, image_size):
   if cached_size(info, image_size) == size:
     return None
 
-  def resize(images):
-    # antialias: downscaling without it aliases fine detail; upscaling is unaffected.
-    resized = tf.image.resize(images, size, antialias=True)
-    return tf.saturate_cast(tf.round(resized), tf.uint8)
+  return lambda images: resize_pixels(images, size)
 
-  return resize
+
+def decode_image(encoded):
+  """Image file bytes (a scalar string tensor: JPEG, PNG, GIF's first frame, BMP, WebP) ->
+  uint8 [h, w, 3], as the trainer decodes every stored record. Grayscale is repeated to
+  three channels and alpha dropped. trainer/serving.py decodes served images with it too."""
+  return tf.io.decode_image(encoded, channels=3, expand_animations=False)
+
+
+def resize_pixels(images, size):
+  """uint8 pixels [h, w, 3] or [B, h, w, 3] -> uint8 at `size` (height, width), as the
+  trainer resizes: bilinear with antialiasing, rounded. Shared with trainer/serving.py, so
+  that a served image is resized exactly as the training images were."""
+  # antialias: downscaling without it aliases fine detail; upscaling is unaffected.
+  resized = tf.image.resize(images, size, antialias=True)
+  return tf.saturate_cast(tf.round(resized), tf.uint8)
 
 
 def _decoder(info, image_size):
@@ -105,14 +116,10 @@ def _decoder(info, image_size):
   needs_resize = not fixed or tuple(int(s) for s in info.image_shape[:2]) != (height, width)
 
   def decode(example):
-    image = tf.io.decode_image(example[features.IMAGE], channels=3,
-                               expand_animations=False)
+    image = decode_image(example[features.IMAGE])
     if needs_resize:
-      def resize():
-        resized = tf.image.resize(image, (height, width), antialias=True)
-        return tf.saturate_cast(tf.round(resized), tf.uint8)
       same = tf.reduce_all(tf.equal(tf.shape(image)[:2], [height, width]))
-      image = tf.cond(same, lambda: image, resize)
+      image = tf.cond(same, lambda: image, lambda: resize_pixels(image, (height, width)))
     image = tf.ensure_shape(image, [height, width, 3])
     return image, tf.cast(example[features.LABEL], tf.int32)
 

@@ -100,7 +100,7 @@ def train_and_evaluate(config, strategy):
   test = test_best_weights(strategy, checkpoints, state, model, info, config, caches)
   workdir.write_scalars(writers["test"], int(state.best_epoch),
                         {"loss": test["loss"], "accuracy": test["accuracy"]})
-  workdir.export(model, dirs)
+  workdir.export(model, dirs, info.class_names)
   results = results_record(config, strategy, info, state, test, speeds, first_epoch, started,
                            count_parameters(model.trainable_variables))
   workdir.write_confusion_matrix(dirs, info.class_names, test["confusion"])

@@ -7,7 +7,8 @@ the one reader of every file in it.
   history.csv           HISTORY_FIELDS, one row per epoch
   tensorboard/          train/ and validation/ scalars per epoch, test/ at the end
   model.keras           the best weights, Keras format (takes raw 0-255 pixels)
-  saved_model/          the best weights, TF SavedModel (serving signature takes raw pixels)
+  saved_model/          the best weights, TF SavedModel: image bytes in, class names out
+                        (signatures: trainer/serving.py)
   results.json          RESULTS_FIELDS: test metrics, best epoch, epochs run, throughput, ...
   confusion_matrix.csv  test counts of the best weights: rows true class, columns predicted
 
@@ -32,6 +33,7 @@ import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
 from trainer import config as config_lib
+from trainer import serving
 
 FLAGS_FILE = "flags.txt"
 HISTORY_FILE = "history.csv"
@@ -371,10 +373,52 @@ def write_scalars(writer, step, scalars):
 # --- the exported model --------------------------------------------------------------------
 
 
-def export(model, dirs):
+def export(model, dirs, class_names):
   """model.keras and saved_model/ of the model's current (best) weights. Every worker exports
-  (reading distributed variables may need all of them); non-chiefs into their own directory."""
+  (reading distributed variables may need all of them); non-chiefs into their own directory.
+
+  model.keras is the Keras model as trained: it takes raw 0-255 pixels (float, not divided
+  by 255) at its input size, [N, H, W, 3], and returns probabilities; resizing is the
+  caller's. saved_model/ takes image bytes or pixels of any size and answers with class
+  names (its signatures: trainer/serving.py).
+  """
   tf.io.gfile.makedirs(dirs.write_root)
   model.save(dirs.write_path(KERAS_MODEL))
-  model.export(dirs.write_path(SAVED_MODEL_DIR), verbose=False)
+  serving.export(model, dirs.write_path(SAVED_MODEL_DIR), class_names)
   dirs.remove_worker_dir()
+
+
+def saved_model_dir(path):
+  """The SavedModel of a run: `path`/saved_model/, or `path` itself when it is one (a copy
+  of a run's saved_model/ on its own)."""
+  if tf.io.gfile.exists(join(path, "saved_model.pb")):
+    return path
+  return join(path, SAVED_MODEL_DIR)
+
+
+def load_saved_model(path):
+  """serving.load of a run's SavedModel (`path`: the run, or its saved_model/ alone).
+
+  A run exported before trainer/serving.py's signatures (2026-12-02: `serve` only, no class
+  names) is exported again from its model.keras and results.json's class names into a
+  temporary directory, loaded, and the directory removed (loading reads the weights), so that
+  older runs answer with names too; the run directory is left as it is.
+  """
+  import shutil  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+  try:
+    return serving.load(saved_model_dir(path))
+  except serving.OldSavedModelError as e:
+    results = read_results(path)
+    keras_path = join(path, KERAS_MODEL)
+    if not results or not results.get("class_names") or not tf.io.gfile.exists(keras_path):
+      raise serving.ServingError(f"{e}; and {path} has no model.keras and results.json "
+                                 "class_names to export it again from") from None
+  import keras  # pylint: disable=g-import-not-at-top
+  model = keras.models.load_model(keras_path, compile=False)
+  tmp = tempfile.mkdtemp(prefix="saved_model_")
+  try:
+    serving.export(model, tmp, results["class_names"])
+    return serving.load(tmp)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
