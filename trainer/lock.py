@@ -17,10 +17,14 @@ whole and only if absent:
     (tf.io.gfile has no preconditions, so gs:// locking needs gcsfs, a dependency of the
     Beam job's [gcp] extra; without it the run says so and runs unlocked.)
 
-A lock is stale, and taken over with a warning, when its host is this host and its process
-is gone (or the pid now belongs to a process started at another time). A lock of another host
-is never taken over: the message says to delete the file if that run is gone. A run killed
-with SIGKILL leaves its lock behind; the rerun on the same host takes it over.
+While it runs, the owner refreshes the lock's modification time every HEARTBEAT_S (a daemon
+thread). A lock is stale, and taken over with a warning,
+  * when its host is this host and its process is gone (or the pid now belongs to a process
+    started at another time): a run killed with SIGKILL, rerun on the same machine;
+  * on any host, when its heartbeat is older than STALE_AFTER_S: a chief restarted by a
+    cluster manager on another machine takes over once the lost one's heartbeat has expired
+    (until then it fails with the owner's line, and the restart is retried, or the file
+    deleted by hand).
 
 This module imports no TensorFlow.
 """
@@ -32,10 +36,14 @@ import os
 import socket
 import sys
 import tempfile
+import threading
+import time
 
 from absl import logging
 
 LOCK_FILE = "run.lock"
+HEARTBEAT_S = 60  # how often a running owner refreshes its lock's modification time
+STALE_AFTER_S = 600  # a lock not refreshed for this long is stale, whatever its host
 
 
 class LockError(RuntimeError):
@@ -78,8 +86,11 @@ def describe(owner):
           f"{owner.get('command')}")
 
 
-def stale_reason(owner):
-  """Why the lock of `owner` is stale, or None if it may still be held."""
+def stale_reason(owner, age_s):
+  """Why the lock of `owner`, last refreshed `age_s` seconds ago (None: unknown), is stale, or
+  None if it may still be held."""
+  if age_s is not None and age_s > STALE_AFTER_S:
+    return f"its last heartbeat was {age_s:.0f} s ago (stale after {STALE_AFTER_S} s)"
   if owner.get("host") != socket.gethostname():
     return None  # another machine: its processes cannot be seen from here
   pid = owner.get("pid")
@@ -93,10 +104,24 @@ def stale_reason(owner):
 class Lock:
   """A held lock; `release()` (or leaving a `with` block) removes it if it is still ours."""
 
-  def __init__(self, path, owner, store):
+  def __init__(self, path, owner, store, heartbeat_s=HEARTBEAT_S):
     self.path, self.owner, self._store = path, owner, store
+    self.heartbeat_s = heartbeat_s
+    self._stop = threading.Event()
+    if store is not None:
+      self._heart = threading.Thread(target=self._beat, name="run.lock heartbeat", daemon=True)
+      self._heart.start()
+
+  def _beat(self):
+    while not self._stop.wait(self.heartbeat_s):
+      try:
+        self._store.touch()
+      except Exception as e:  # pylint: disable=broad-except
+        # A missed beat only makes the lock look older; the run itself is fine.
+        logging.warning("%s: could not refresh the lock: %s", self.path, e)
 
   def release(self):
+    self._stop.set()
     if self._store is None:
       return
     current = self._store.read()
@@ -112,9 +137,9 @@ class Lock:
     self.release()
 
 
-def acquire(model_dir):
+def acquire(model_dir, *, heartbeat_s=HEARTBEAT_S):
   """Takes `<model_dir>/run.lock` for this process; LockError naming the owner if another
-  live run holds it. model_dir must exist."""
+  live run holds it. model_dir must exist (locally)."""
   path = model_dir.rstrip("/") + "/" + LOCK_FILE
   store = _GcsStore(path) if path.startswith("gs://") else _LocalStore(path)
   if store.unavailable:
@@ -125,11 +150,11 @@ def acquire(model_dir):
   with store.guard():
     for _ in range(2):
       if store.create(json.dumps(owner) + "\n"):
-        return Lock(path, owner, store)
+        return Lock(path, owner, store, heartbeat_s)
       current = store.read()
       if current is None:
         continue  # released in between: try again
-      reason = stale_reason(current)
+      reason = stale_reason(current, store.age())
       if reason is None:
         raise LockError(
             f"--model_dir={model_dir} is in use by another run ({describe(current)}); wait "
@@ -180,6 +205,15 @@ class _LocalStore:
     except FileNotFoundError:
       pass
 
+  def touch(self):
+    os.utime(self.path)
+
+  def age(self):
+    try:
+      return time.time() - os.stat(self.path).st_mtime
+    except FileNotFoundError:
+      return None
+
 
 class _Flock:
   """An exclusive flock(2) of a directory while the block runs (blocks other acquirers)."""
@@ -223,6 +257,10 @@ class _GcsStore:
     return _NoGuard()  # the preconditions do the guarding
 
   def create(self, text):
+    # The exists() check is for servers that ignore preconditions (the GCS emulator the tests
+    # use); on GCS the precondition alone decides, atomically, between racing creators.
+    if self.fs.exists(self.path):
+      return False
     try:
       self.fs.pipe_file(self.path, text.encode(), mode="create")  # ifGenerationMatch=0
     except FileExistsError:
@@ -245,6 +283,20 @@ class _GcsStore:
     except json.JSONDecodeError:
       owner = None
     return owner if isinstance(owner, dict) else {"command": f"(unreadable lock: {text!r})"}
+
+  def touch(self):
+    # A metadata update: the object's `updated` time moves, its generation (and content) not.
+    self.fs.setxattrs(self.path, heartbeat=str(time.time()))
+
+  def age(self):
+    try:
+      updated = self.fs.info(self.path).get("updated")
+    except FileNotFoundError:
+      return None
+    if not updated:
+      return None
+    stamp = datetime.datetime.fromisoformat(updated.replace("Z", "+00:00"))
+    return time.time() - stamp.timestamp()
 
   def delete(self):
     bucket, key, _ = self.fs.split_path(self.path)
