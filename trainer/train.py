@@ -1,8 +1,12 @@
 """`train_and_evaluate(config, strategy)`: one custom training loop for every tf.distribute strategy.
 
-    verify and load the data -> build model and optimizers under the strategy -> restore the
-    latest checkpoint -> epochs of (train, validate, early-stopping bookkeeping, checkpoint)
-    -> restore the best weights -> test -> export -> results.json
+    verify and load the data -> take model_dir's run.lock (the chief) -> build model and
+    optimizers under the strategy -> restore the newest checkpoint that reads -> flags.txt
+    -> epochs of (train, validate, early-stopping bookkeeping, checkpoint) -> restore the
+    best weights -> test -> export -> results.json
+
+A non-finite training or validation loss stops the run in that step (NonFiniteLossError),
+exporting the best weights so far.
 
 Why not `model.fit`: Keras 3's fit fails under MultiWorkerMirroredStrategy ("Attempt to
 convert a value (PerReplica...)", keras-team/keras#20585), and one loop for all strategies
@@ -152,23 +156,22 @@ def stop_on_non_finite(config, strategy, checkpoints, state, model, dirs, what):
   """Stops the run at a non-finite loss: nothing of this epoch is saved (the last checkpoint
   and best/ stay as they were); the best weights so far, if any, are exported. Raises
   NonFiniteLossError with the one line that says so."""
-  epoch, best = int(state.epoch) + 1, int(state.best_epoch)
+  done, best = int(state.epoch), int(state.best_epoch)
+  saved = f"The checkpoint of epoch {done} is kept" if done else "No epoch was saved"
   if checkpoints.has_best(best):
     steps_lib.barrier(strategy)
     checkpoints.restore_best(best)
     workdir.export(model, dirs)
-    kept = (f"the best weights (epoch {best}, val_loss {float(state.best_val_loss):.4f}) "
-            f"are exported to {config.model_dir}")
+    kept = (f"{saved} and the best weights (epoch {best}, val_loss "
+            f"{float(state.best_val_loss):.4f}) are exported to {config.model_dir}")
   else:
-    kept = "no epoch finished with a finite loss, so nothing is exported"
+    kept = f"{saved}; there are no best weights, so nothing is exported"
   hints = [f"a lower --learning_rate (now {config.learning_rate:g})"]
   if config.head_epochs:
     hints.append(f"a lower --head_learning_rate (now {config.head_learning_rate:g})")
   if config.mixed_precision:
     hints.append("--nomixed_precision")
-  raise NonFiniteLossError(
-      f"epoch {epoch}, {what}; stopped. The checkpoint of epoch {int(state.epoch)} is kept "
-      f"and {kept}. Try {' or '.join(hints)}")
+  raise NonFiniteLossError(f"epoch {done + 1}, {what}; stopped. {kept}. Try {' or '.join(hints)}")
 
 
 # --- data ----------------------------------------------------------------------------------
