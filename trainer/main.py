@@ -15,12 +15,17 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
+import tensorflow as tf
 
 from pipeline import dataset_info
+from trainer import checkpoints
 from trainer import config as config_lib
+from trainer import lock
 from trainer import models
 from trainer import strategy as strategy_lib
 from trainer import train
+from trainer import workdir
 
 _DEFAULTS = config_lib.Config(data_dir="", model_dir="")
 
@@ -151,6 +156,13 @@ def main(argv):
     # A one-line message on stderr and exit status 1, not a traceback: these are the
     # user's settings to fix, not bugs.
     sys.exit(f"trainer.main: error: {e}")
+  except STATE_ERRORS as e:
+    # The run's state or its machine stopped it (another run holds --model_dir, corrupt
+    # checkpoints, a non-finite loss, a full disk): one line, exit status 1; the traceback
+    # only when --verbosity=1 (debug) asks for it.
+    if logging.level_debug():
+      raise
+    sys.exit(f"trainer.main: error: {one_line(e)}")
   except strategy_lib.LOST_WORKER_ERRORS as e:
     if config.strategy != "multi_worker":
       raise
@@ -159,6 +171,20 @@ def main(argv):
     sys.exit(f"trainer.main: error: lost contact with another worker ({' '.join(reason[:2])}); "
              "rerun the same command on every worker to resume from the last checkpoint in "
              f"--model_dir={config.model_dir}")
+
+
+# Errors that stop a run for a reason its message states (see main()).
+STATE_ERRORS = (lock.LockError, checkpoints.CheckpointError, checkpoints.CheckpointWriteError,
+                workdir.WriteError, train.NonFiniteLossError, OSError,
+                # Raised by TensorFlow's file systems, e.g. "...; No space left on device".
+                tf.errors.ResourceExhaustedError, tf.errors.PermissionDeniedError)
+
+
+def one_line(error):
+  text = getattr(error, "message", None) or str(error) or type(error).__name__
+  if isinstance(error, OSError) and error.filename and error.filename not in text:
+    text = f"{error.filename}: {text}"
+  return " ".join(text.split())
 
 
 def run():

@@ -5,6 +5,8 @@ steps, so that means come out exact whatever the number of replicas, workers and
 examples. Steps run STEPS_PER_CALL at a time inside one tf.function call.
 """
 
+import math
+
 import keras
 import tensorflow as tf
 
@@ -30,19 +32,46 @@ def _reduce(strategy, per_replica):
           for k, v in per_replica.items()}
 
 
-def _looped(strategy, step_fn, num_classes=None):
+class NonFiniteLossError(ArithmeticError):
+  """A train step's loss or gradient norm was not finite (inf or nan).
+
+  step: the 1-based step of the run_steps call; loss: that step's mean loss; grad_norm: the
+  sum of the replicas' gradient norms (None when the step did not check them).
+  """
+
+  def __init__(self, step, loss, grad_norm):
+    self.step, self.loss, self.grad_norm = step, loss, grad_norm
+    what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {grad_norm}"
+    super().__init__(f"step {step}: {what}")
+
+
+def _looped(strategy, step_fn, num_classes=None, check_finite=False):
   """fn(iterator, num_steps) running `step_fn` on num_steps batches in one tf.function call,
   returning the {loss, correct, count} sums (and "confusion" [true, predicted] counts when
-  num_classes is given) over all replicas and steps."""
+  num_classes is given) over all replicas and steps.
+
+  check_finite: step_fn also returns "nonfinite" (1 where its loss or gradients were not
+  finite) and "grad_norm"; the loop stops at the first step that any replica found not
+  finite and returns its index ("bad_step", -1 if none), mean loss and gradient norm. The
+  flag is all-reduced, so every replica and worker stops at the same step.
+  """
 
   @tf.function
   def run(iterator, num_steps):
     totals = {"loss": tf.constant(0.0), "correct": tf.constant(0.0), "count": tf.constant(0.0)}
     if num_classes:
       totals["confusion"] = tf.zeros([num_classes, num_classes])
-    for _ in tf.range(num_steps):
+    bad = {"bad_step": tf.constant(-1), "bad_loss": tf.constant(0.0),
+           "bad_grad_norm": tf.constant(0.0)}
+    for i in tf.range(num_steps):
       sums = _reduce(strategy, strategy.run(step_fn, args=next(iterator)))
+      if check_finite and sums["nonfinite"] > 0:
+        bad = {"bad_step": i, "bad_loss": sums["loss"] / sums["count"],
+               "bad_grad_norm": sums["grad_norm"]}
+        break
       totals = {k: totals[k] + sums[k] for k in totals}
+    if check_finite:
+      totals.update(bad)
     return totals
 
   return run
@@ -77,9 +106,17 @@ def make_train_step(model, optimizer, strategy, global_batch_size, *, augment=No
       scaled_loss = optimizer.scale_loss(loss)
     grads = tape.gradient(scaled_loss, model.trainable_variables)
     optimizer.apply(grads, model.trainable_variables)
-    return _sums(per_example, labels, probs, tf.ones_like(per_example))
+    sums = _sums(per_example, labels, probs, tf.ones_like(per_example))
+    # Loss scaling (float16) overflows the scaled gradients now and then by design, and the
+    # LossScaleOptimizer skips those steps itself: there only the loss is checked.
+    grad_norm = tf.constant(0.0) if loss_scaling else tf.linalg.global_norm(grads)
+    finite = tf.math.is_finite(sums["loss"]) & tf.math.is_finite(grad_norm)
+    sums["nonfinite"] = 1.0 - tf.cast(finite, tf.float32)
+    sums["grad_norm"] = tf.cast(grad_norm, tf.float32)
+    return sums
 
-  return _looped(strategy, step_fn)
+  loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+  return _looped(strategy, step_fn, check_finite=True)
 
 
 def make_eval_step(model, strategy, num_classes=None):
@@ -101,11 +138,20 @@ def make_eval_step(model, strategy, num_classes=None):
 
 def run_steps(looped_step, iterator, steps):
   """Runs `steps` steps; returns {"loss": mean loss, "accuracy": ..., "examples": count}
-  (and "confusion" as nested int lists when the step counts it)."""
+  (and "confusion" as nested int lists when the step counts it).
+
+  Raises NonFiniteLossError at the first train step whose loss or gradients were not finite
+  (the steps after it in its call do not run).
+  """
   totals = None
   for start in range(0, steps, STEPS_PER_CALL):
     # A tensor, not an int: a new Python value would trace the function again.
     sums = looped_step(iterator, tf.constant(min(STEPS_PER_CALL, steps - start)))
+    if "bad_step" in sums:
+      bad = {k: sums.pop(k) for k in ("bad_step", "bad_loss", "bad_grad_norm")}
+      if int(bad["bad_step"]) >= 0:
+        raise NonFiniteLossError(start + int(bad["bad_step"]) + 1, float(bad["bad_loss"]),
+                                 float(bad["bad_grad_norm"]))
     totals = sums if totals is None else {k: totals[k] + v for k, v in sums.items()}
   count = float(totals["count"])
   out = {"loss": float(totals["loss"]) / count, "accuracy": float(totals["correct"]) / count,

@@ -1,8 +1,12 @@
 """`train_and_evaluate(config, strategy)`: one custom training loop for every tf.distribute strategy.
 
-    verify and load the data -> build model and optimizers under the strategy -> restore the
-    latest checkpoint -> epochs of (train, validate, early-stopping bookkeeping, checkpoint)
-    -> restore the best weights -> test -> export -> results.json
+    verify and load the data -> take model_dir's run.lock (the chief) -> build model and
+    optimizers under the strategy -> restore the newest checkpoint that reads -> flags.txt
+    -> epochs of (train, validate, early-stopping bookkeeping, checkpoint) -> restore the
+    best weights -> test -> export -> results.json
+
+A non-finite training or validation loss stops the run in that step (NonFiniteLossError),
+exporting the best weights so far.
 
 Why not `model.fit`: Keras 3's fit fails under MultiWorkerMirroredStrategy ("Attempt to
 convert a value (PerReplica...)", keras-team/keras#20585), and one loop for all strategies
@@ -15,6 +19,7 @@ trainer/main.py; `python -m trainer.train` runs it too.
 """
 
 import hashlib
+import math
 import time
 
 from absl import logging
@@ -28,6 +33,7 @@ from trainer import cache as cache_lib
 from trainer import checkpoints as checkpoints_lib
 from trainer import config as config_lib
 from trainer import input_pipeline
+from trainer import lock as lock_lib
 from trainer import models
 from trainer import optimizers as optimizers_lib
 from trainer import seeds
@@ -38,22 +44,40 @@ from trainer import workdir
 
 def train_and_evaluate(config, strategy):
   """Trains `config.model` on `config.data_dir` until early stopping or `config.epochs`,
-  then evaluates the best weights on the test split and exports them. Returns results."""
+  then evaluates the best weights on the test split and exports them. Returns results.
+
+  Holds `<model_dir>/run.lock` while it runs (the chief, for the whole cluster): a second
+  run on the same model_dir fails at once with lock.LockError.
+  """
   started = time.time()
   info = load_data(config, strategy)
   # Before anything is built or written: --cache=memory that cannot fit stops here.
   caches = plan_caches(config, info, strategy)
   dirs = workdir.RunDirs(config.model_dir, chief=strategy_lib.is_chief(strategy),
                          worker_index=strategy_lib.worker_index(strategy))
-  tf.io.gfile.makedirs(config.model_dir)
-  logging.info("this process writes into %s", dirs.write_root)
-  for name, before, after in workdir.write_flags(dirs, config):
-    logging.warning("flags.txt: --%s=%s (previous run: %s)", name, after,
-                    "not set" if before is None else before)
+  try:
+    tf.io.gfile.makedirs(config.model_dir)
+  except (tf.errors.OpError, OSError) as e:
+    raise workdir.WriteError(f"cannot create --model_dir={config.model_dir}: "
+                             f"{getattr(e, 'message', None) or e}") from None
+  run_lock = lock_lib.acquire(config.model_dir) if dirs.chief else None
+  try:
+    return _train_and_evaluate(config, strategy, info, caches, dirs, started)
+  finally:
+    if run_lock is not None:
+      run_lock.release()
 
+
+def _train_and_evaluate(config, strategy, info, caches, dirs, started):
+  logging.info("this process writes into %s", dirs.write_root)
   model, optimizers, state = build(config, info, strategy)
   checkpoints = checkpoints_lib.Checkpoints(dirs, model, optimizers, state)
   resumed_from = checkpoints.restore_latest()
+  # Only now are the flags known to fit this model_dir (its checkpoint restored into the
+  # model they build): a run refused above leaves the previous run's flags.txt as it was.
+  for name, before, after in workdir.write_flags(dirs, config):
+    logging.warning("flags.txt: --%s=%s (previous run: %s)", name, after,
+                    "not set" if before is None else before)
   if config.init_from and not resumed_from:
     copied = models.init_from(model, config.init_from)
     logging.info("--init_from=%s: copied the weights of %d layers (all but the head)",
@@ -80,11 +104,20 @@ def train_and_evaluate(config, strategy):
   while not state.should_stop(config):
     train_step = train_steps.for_epoch(int(state.epoch))
     epoch_start = time.time()
-    train = steps_lib.run_steps(train_step, train_iterator, steps)
+    try:
+      train = steps_lib.run_steps(train_step, train_iterator, steps)
+    except steps_lib.NonFiniteLossError as e:
+      stop_on_non_finite(config, strategy, checkpoints, state, model, dirs,
+                         f"step {e.step}/{steps}: the training "
+                         + (f"loss is {e.loss}" if not math.isfinite(e.loss)
+                            else f"gradient norm is {e.grad_norm} (loss {e.loss:.4g})"))
     speeds.append((train["examples"], time.time() - epoch_start))
     # The validation loss is reduced over all workers, so every worker takes the same
     # early-stopping decision.
     val = steps_lib.run_steps(eval_step, iter(val_data), val_steps)
+    if not math.isfinite(val["loss"]):
+      stop_on_non_finite(config, strategy, checkpoints, state, model, dirs,
+                         f"validation: the loss is {val['loss']}")
     if state.end_epoch(val["loss"]):
       checkpoints.save_best(int(state.epoch))
     row = {"epoch": int(state.epoch), "loss": train["loss"], "accuracy": train["accuracy"],
@@ -112,6 +145,33 @@ def train_and_evaluate(config, strategy):
   logging.info("final weights sha256 %s", weights_digest(model))
   dirs.remove_worker_dir()
   return results
+
+
+class NonFiniteLossError(RuntimeError):
+  """Training stopped at a loss or gradient that was not finite; the message says where,
+  what was kept and exported, and what to change."""
+
+
+def stop_on_non_finite(config, strategy, checkpoints, state, model, dirs, what):
+  """Stops the run at a non-finite loss: nothing of this epoch is saved (the last checkpoint
+  and best/ stay as they were); the best weights so far, if any, are exported. Raises
+  NonFiniteLossError with the one line that says so."""
+  done, best = int(state.epoch), int(state.best_epoch)
+  saved = f"The checkpoint of epoch {done} is kept" if done else "No epoch was saved"
+  if checkpoints.has_best(best):
+    steps_lib.barrier(strategy)
+    checkpoints.restore_best(best)
+    workdir.export(model, dirs)
+    kept = (f"{saved} and the best weights (epoch {best}, val_loss "
+            f"{float(state.best_val_loss):.4f}) are exported to {config.model_dir}")
+  else:
+    kept = f"{saved}; there are no best weights, so nothing is exported"
+  hints = [f"a lower --learning_rate (now {config.learning_rate:g})"]
+  if config.head_epochs:
+    hints.append(f"a lower --head_learning_rate (now {config.head_learning_rate:g})")
+  if config.mixed_precision:
+    hints.append("--nomixed_precision")
+  raise NonFiniteLossError(f"epoch {done + 1}, {what}; stopped. {kept}. Try {' or '.join(hints)}")
 
 
 # --- data ----------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 the one reader of every file in it.
 
   flags.txt             the resolved flags; `--flagfile=<model_dir>/flags.txt` reruns the run
+                        (written once the flags are known to fit the checkpoint there)
+  run.lock              while a run is going: its host and pid (trainer/lock.py)
   checkpoints/          model, optimizer and loop state after every epoch (trainer/checkpoints.py)
   best/                 the weights with the lowest validation loss so far
   history.csv           HISTORY_FIELDS, one row per epoch
@@ -27,6 +29,7 @@ import dataclasses
 import io
 import json
 import math
+import os
 
 import numpy as np
 import tensorflow as tf
@@ -100,12 +103,33 @@ class RunDirs:
 # --- plain files ---------------------------------------------------------------------------
 
 
+class WriteError(RuntimeError):
+  """A run-directory file could not be written (disk full, permissions, ...): the message
+  names the file and the system's reason."""
+
+
 def write_text(path, text):
-  # Write then rename, so that a run killed mid-write never leaves a half file behind.
-  tmp = path + ".tmp"
-  with tf.io.gfile.GFile(tmp, "w") as f:
-    f.write(text)
-  tf.io.gfile.rename(tmp, path, overwrite=True)
+  """Writes `path` whole or not at all: into a temporary file beside it, then renamed over it,
+  so that a run killed (or a disk filling up) mid-write leaves the previous file, never half
+  of one. On gs:// the rename is a copy then a delete, each object written whole.
+
+  Raises WriteError naming the path (and removes the temporary file) if it cannot be written.
+  """
+  # The pid in the name: two processes never write one temporary file.
+  tmp = f"{path}.tmp-{os.getpid()}"
+  try:
+    with tf.io.gfile.GFile(tmp, "w") as f:
+      f.write(text)
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+  except (tf.errors.OpError, OSError) as e:
+    try:
+      if tf.io.gfile.exists(tmp):
+        tf.io.gfile.remove(tmp)
+    except (tf.errors.OpError, OSError):
+      pass
+    reason = (getattr(e, "message", None) or str(e)).strip().splitlines()
+    raise WriteError(f"cannot write {path}: {reason[0] if reason else type(e).__name__}") \
+        from None
 
 
 def read_text(path):
