@@ -107,7 +107,7 @@ def _train_and_evaluate(config, strategy, info, caches, dirs, started):
     try:
       train = steps_lib.run_steps(train_step, train_iterator, steps)
     except steps_lib.NonFiniteLossError as e:
-      stop_on_non_finite(config, strategy, checkpoints, state, model, dirs,
+      stop_on_non_finite(config, strategy, checkpoints, state, model, dirs, info.class_names,
                          f"step {e.step}/{steps}: the training "
                          + (f"loss is {e.loss}" if not math.isfinite(e.loss)
                             else f"gradient norm is {e.grad_norm} (loss {e.loss:.4g})"))
@@ -116,7 +116,7 @@ def _train_and_evaluate(config, strategy, info, caches, dirs, started):
     # early-stopping decision.
     val = steps_lib.run_steps(eval_step, iter(val_data), val_steps)
     if not math.isfinite(val["loss"]):
-      stop_on_non_finite(config, strategy, checkpoints, state, model, dirs,
+      stop_on_non_finite(config, strategy, checkpoints, state, model, dirs, info.class_names,
                          f"validation: the loss is {val['loss']}")
     if state.end_epoch(val["loss"]):
       checkpoints.save_best(int(state.epoch))
@@ -152,7 +152,7 @@ class NonFiniteLossError(RuntimeError):
   what was kept and exported, and what to change."""
 
 
-def stop_on_non_finite(config, strategy, checkpoints, state, model, dirs, what):
+def stop_on_non_finite(config, strategy, checkpoints, state, model, dirs, class_names, what):
   """Stops the run at a non-finite loss: nothing of this epoch is saved (the last checkpoint
   and best/ stay as they were); the best weights so far, if any, are exported. Raises
   NonFiniteLossError with the one line that says so."""
@@ -161,7 +161,7 @@ def stop_on_non_finite(config, strategy, checkpoints, state, model, dirs, what):
   if checkpoints.has_best(best):
     steps_lib.barrier(strategy)
     checkpoints.restore_best(best)
-    workdir.export(model, dirs)
+    workdir.export(model, dirs, class_names)
     kept = (f"{saved} and the best weights (epoch {best}, val_loss "
             f"{float(state.best_val_loss):.4f}) are exported to {config.model_dir}")
   else:
