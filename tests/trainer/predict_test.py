@@ -220,3 +220,26 @@ def test_a_gs_folder_and_a_gs_path_list_are_predicted_like_local_files(run_dir, 
                          capsys)
   local = [line.split("\t") for line in local_out.splitlines()]
   assert [cells[1:] for cells in lines] == [cells[1:] for cells in local + local[1:]]
+
+
+def test_an_exif_rotated_photo_is_predicted_upright_as_the_beam_job_stores_it(
+    run_dir, images, tmp_path):
+  # A phone's portrait JPEG: the pixels stored landscape with EXIF orientation 6 ("rotate
+  # 90 degrees clockwise to show"). predict must see what a viewer (and the Beam job) shows.
+  upright = Image.open(images["jpeg_upscaled"]).convert("RGB").resize((48, 64))
+  exif = Image.Exif()
+  exif[0x0112] = 6  # Orientation
+  rotated = tmp_path / "portrait.jpg"
+  upright.transpose(Image.Transpose.ROTATE_90).save(rotated, quality=95, exif=exif)
+  shown = tmp_path / "shown.png"  # what a viewer shows, lossless
+  Image.open(rotated).transpose(Image.Transpose.ROTATE_270).save(shown)
+  served = serving.load(workdir.saved_model_dir(run_dir))
+  [got] = predict.predict(served, [str(rotated)], batch_size=1, readers=1)
+  assert not got.error
+  np.testing.assert_allclose(got.probabilities, _keras_probabilities(run_dir, str(shown)),
+                             rtol=1e-5, atol=1e-6)
+  # Without the rotation the network would see other pixels (the test can tell them apart).
+  stored = tmp_path / "stored.png"
+  Image.open(rotated).save(stored)
+  assert not np.allclose(got.probabilities, _keras_probabilities(run_dir, str(stored)),
+                         rtol=1e-5, atol=1e-6)
