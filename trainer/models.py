@@ -13,7 +13,8 @@ models (VGG16 ... EfficientNetB0) are Keras applications without their ImageNet 
 
 with `weights` "none" (random), "imagenet" (downloaded by Keras) or a path to a weights file
 of the base network (e.g. the `..._notop.h5` that Keras downloads, copied to an offline
-machine). `set_trainable` freezes all, none or all but the last N layers of the base.
+machine, or torchvision's ImageNet weights converted by tools.import_weights, whose file
+records that the model must normalise its input as torchvision does). `set_trainable` freezes all, none or all but the last N layers of the base.
 """
 
 import contextlib
@@ -95,27 +96,75 @@ APPLICATIONS = {
 MIN_APPLICATION_SIZE = 32  # Keras applications refuse smaller inputs
 
 
+# The input normalisation of torchvision's ImageNet weights, on 0..1 RGB pixels (torchvision
+# trains every classifier with it, whatever the architecture).
+TORCH_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+TORCH_IMAGENET_STD = (0.229, 0.224, 0.225)
+# How an application's input is normalised: "keras" (the family's preprocess_input, which
+# Keras' own ImageNet weights expect) or "torch" (TORCH_IMAGENET_MEAN/STD, for weights
+# imported from torchvision by tools.import_weights).
+NORMALIZATIONS = ("keras", "torch")
+# The attribute of a weights .h5 file's root that names its normalisation (absent: "keras").
+# Written by tools.import_weights through write_weights_normalization, read by build.
+_NORMALIZATION_ATTR = "trainer_input_normalization"
+
+
 @keras.saving.register_keras_serializable(package="trainer")
 class ApplicationPreprocess(layers.Layer):
   """Raw 0..255 RGB pixels -> what Keras application `model_name` expects (its family's
   preprocess_input: BGR mean-subtracted for VGG/ResNet50, [-1, 1] for ResNet50V2 and
-  MobileNetV2, ImageNet mean/std for DenseNet, unchanged for EfficientNet). Part of the
-  model, so the exported model takes the same raw pixels as `simple` and `basic`."""
+  MobileNetV2, ImageNet mean/std for DenseNet, unchanged for EfficientNet), or with
+  normalization="torch" what torchvision's weights expect (0..1, then ImageNet mean/std).
+  Part of the model, so the exported model takes the same raw pixels as `simple` and
+  `basic`, and its export and predict normalise as its training did."""
 
-  def __init__(self, model_name, **kwargs):
+  def __init__(self, model_name, normalization="keras", **kwargs):
     super().__init__(**kwargs)
     if model_name not in APPLICATIONS:
       raise ValueError(f"unknown application {model_name!r}")
+    if normalization not in NORMALIZATIONS:
+      raise ValueError(f"unknown normalization {normalization!r}; known: {NORMALIZATIONS}")
     self.model_name = model_name
+    self.normalization = normalization
 
   def call(self, inputs):
+    if self.normalization == "torch":
+      mean = keras.ops.convert_to_tensor(TORCH_IMAGENET_MEAN, dtype=inputs.dtype)
+      std = keras.ops.convert_to_tensor(TORCH_IMAGENET_STD, dtype=inputs.dtype)
+      return (inputs / 255.0 - mean) / std
     return APPLICATIONS[self.model_name][1](inputs)
 
   def compute_output_shape(self, input_shape):
     return input_shape
 
   def get_config(self):
-    return {**super().get_config(), "model_name": self.model_name}
+    return {**super().get_config(), "model_name": self.model_name,
+            "normalization": self.normalization}
+
+
+def write_weights_normalization(path, normalization):
+  """Records in weights file `path` (an .h5, e.g. a .weights.h5) the input normalisation its
+  weights were trained with, so that build() gives the model that preprocessing."""
+  import h5py  # pylint: disable=g-import-not-at-top
+  if normalization not in NORMALIZATIONS:
+    raise ValueError(f"unknown normalization {normalization!r}; known: {NORMALIZATIONS}")
+  with h5py.File(path, "a") as f:
+    f.attrs[_NORMALIZATION_ATTR] = normalization
+
+
+def weights_normalization(path):
+  """The input normalisation weights file `path` records: "torch" for weights imported by
+  tools.import_weights, "keras" for any other file (Keras' own ..._notop.h5 files)."""
+  import h5py  # pylint: disable=g-import-not-at-top
+  if not h5py.is_hdf5(path):
+    return "keras"
+  with h5py.File(path, "r") as f:
+    value = f.attrs.get(_NORMALIZATION_ATTR, "keras")
+  value = value.decode() if isinstance(value, bytes) else str(value)
+  if value not in NORMALIZATIONS:
+    raise ModelError(f"--weights={path}: records input normalization {value!r}, which this "
+                     f"trainer does not know ({', '.join(NORMALIZATIONS)})")
+  return value
 
 
 def _base_network(name, image_shape, weights):
@@ -167,7 +216,11 @@ def load_base_weights(base, path, name="the model"):
 def _application_builder(name):
   def build_application(num_classes, image_shape, weights="none"):
     inputs = keras.Input(shape=image_shape)
-    x = ApplicationPreprocess(name, name="preprocess")(inputs)
+    # The weights' origin decides the normalisation: a file from tools.import_weights says
+    # "torch"; Keras' own weights (imagenet, ..._notop.h5) and random ones use the family's.
+    normalization = "keras" if weights in ("none", "imagenet") or not os.path.isfile(
+        weights) else weights_normalization(weights)
+    x = ApplicationPreprocess(name, normalization, name="preprocess")(inputs)
     x = _base_network(name, image_shape, weights)(x)
     x = layers.Dropout(0.2, name="head_dropout")(x)
     outputs = layers.Dense(num_classes, activation="softmax", dtype="float32",
