@@ -74,14 +74,14 @@ def _mobilenet_v2_table():
 TABLES = {"MobileNetV2": _mobilenet_v2_table()}
 
 
-def _keras_weights(kind, tensors, prefix):
-  """The Keras layer's weight arrays from the torch tensors under `prefix`, and the names used."""
+def _keras_weights(layer, kind, tensors, prefix):
+  """Keras `layer`'s weight arrays from the torch tensors under `prefix`, and the names used."""
   if kind == "bn":
     names = [f"{prefix}.{n}" for n in ("weight", "bias", "running_mean", "running_var")]
     gamma, beta, mean, var = (tensors[n] for n in names)
-    # Same inference output under Keras' epsilon as under torch's (see the module doc).
-    keras_epsilon = 1e-3
-    gamma = gamma * np.sqrt(var + keras_epsilon) / np.sqrt(var + TORCH_BN_EPSILON)
+    # The same inference output under the layer's epsilon (1e-3 in Keras' applications) as
+    # under torch's (see the module doc).
+    gamma = gamma * np.sqrt(var + layer.epsilon) / np.sqrt(var + TORCH_BN_EPSILON)
     return [gamma, beta, mean, var], names + [f"{prefix}.num_batches_tracked"]
   names = [f"{prefix}.weight"] + ([f"{prefix}.bias"] if f"{prefix}.bias" in tensors else [])
   kernel = tensors[names[0]]
@@ -101,10 +101,11 @@ def fill(model, table, tensors, checkpoint):
   for layer_name, kind, prefix in table:
     layer = model.get_layer(layer_name)
     try:
-      arrays, names = _keras_weights(kind, tensors, prefix)
+      arrays, names = _keras_weights(layer, kind, tensors, prefix)
     except KeyError as e:
       raise cli.ToolError(f"--checkpoint={checkpoint}: no tensor {e.args[0]} for Keras layer "
-                          f"{layer_name}; is it a torchvision {model.name} checkpoint?") from None
+                          f"{layer_name}; is it torchvision's checkpoint of this --model?"
+                          ) from None
     want = [tuple(w.shape) for w in layer.weights]
     got = [tuple(a.shape) for a in arrays]
     if want != got:
@@ -115,15 +116,18 @@ def fill(model, table, tensors, checkpoint):
   return used
 
 
-def _check_complete(model, table, used, tensors, checkpoint, include_top):
+def _check_complete(model, table, used, tensors, checkpoint, unused_prefixes):
+  """Every Keras layer with weights is in `table`, and every tensor is used but those under
+  `unused_prefixes` (the classifier's, when only the base is written)."""
   unfilled = sorted({l.name for l in model.layers if l.weights} - {t[0] for t in table})
   if unfilled:
-    raise cli.ToolError(f"the {model.name} table leaves Keras layers {unfilled[:5]} unset")
-  left = sorted(n for n in set(tensors) - used if include_top or not n.startswith("classifier"))
+    raise cli.ToolError(f"the mapping table leaves Keras layers {unfilled[:5]} unset")
+  left = sorted(n for n in set(tensors) - used
+                if not any(n.startswith(p + ".") for p in unused_prefixes))
   if left:
     raise cli.ToolError(f"--checkpoint={checkpoint}: {len(left)} tensors have no Keras layer "
-                        f"({', '.join(left[:4])}...); is it a torchvision {model.name} "
-                        "checkpoint?")
+                        f"({', '.join(left[:4])}...); is it torchvision's checkpoint of this "
+                        "--model?")
 
 
 def torch_padding(model):
@@ -195,7 +199,8 @@ def import_weights(checkpoint, model_name, output, *, include_top=False):
   else:  # as trainer.models builds the base network
     network = constructor(include_top=False, weights=None, input_shape=shape, pooling="avg")
   used = fill(network, table, tensors, checkpoint)
-  _check_complete(network, table, used, tensors, checkpoint, include_top)
+  _check_complete(network, table, used, tensors, checkpoint,
+                  [] if include_top else [prefix for _, _, prefix in top_table])
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
   if not include_top:
     network.save_weights(output)

@@ -318,6 +318,14 @@ def _weighted_layers(model):
   return out
 
 
+def _normalization(model):
+  """The input normalisation of an application model ("keras" or "torch"), None for others."""
+  try:
+    return model.get_layer("preprocess").normalization
+  except (ValueError, AttributeError):
+    return None
+
+
 def init_from(model, source_dir):
   """Copies the weights of every layer but the classification head from another run's
   exported best model (`<source_dir>/model.keras`) into `model`, layer by layer in order.
@@ -334,6 +342,12 @@ def init_from(model, source_dir):
     source = keras.models.load_model(path, compile=False)
   except Exception as e:  # pylint: disable=broad-except
     raise ModelError(f"--init_from={source_dir}: cannot load {path}: {e}") from None
+  src_norm, dst_norm = _normalization(source), _normalization(model)
+  if src_norm != dst_norm:
+    # The copied weights were trained on inputs normalised the other way.
+    raise ModelError(f"--init_from={source_dir}: {path} normalises its input the {src_norm} "
+                     f"way, this model the {dst_norm} way; pass the --weights file that "
+                     f"run started from (its flags.txt has it), so that both agree")
   src, dst = _weighted_layers(source)[:-1], _weighted_layers(model)[:-1]
   if len(src) != len(dst):
     raise ModelError(f"--init_from={source_dir}: {path} is a {source.name} model with "

@@ -92,6 +92,10 @@ def test_trainer_builds_mobilenet_v2_on_the_imported_weights(checkpoint, base_we
   model.save(tmp_path / "model.keras")
   loaded = keras.models.load_model(tmp_path / "model.keras", compile=False)
   assert loaded.get_layer("preprocess").normalization == "torch"
+  # --init_from that run's model.keras: only into a model that normalises the same way.
+  with pytest.raises(models.ModelError, match=r"normalises its input the torch way, this "
+                     r"model the keras way; pass the --weights file"):
+    models.init_from(models.build("MobileNetV2", 5, (32, 32, 3)), str(tmp_path))
   # Keras' own weights files and random weights keep the family's preprocess_input.
   assert models.build("MobileNetV2", 5, (32, 32, 3)).get_layer(
       "preprocess").normalization == "keras"
