@@ -30,12 +30,11 @@ VGG16 or DenseNet121 are a table each in TABLES.
 Padding: for a stride-2 convolution on an even input, Keras pads asymmetrically (0 before, 1
 after: "same", and MobileNetV2's ZeroPadding2D "..._pad" layers) where torch pads 1 on each
 side, so every feature map is shifted by up to one pixel against the one the weights were
-trained on. The --include_top classifier removes that difference (tools.import_weights
-rebuilds it with torch's padding); the trainer's base network keeps Keras' padding, a small
-difference that fine-tuning absorbs.
+trained on. trainer.models.torch_padded removes that difference: the --include_top
+classifier is rebuilt with it, and so is the trainer's MobileNetV2 base network when its
+--weights file says "torch".
 """
 
-import copy as copy_lib
 import os
 
 from absl import flags
@@ -130,47 +129,6 @@ def _check_complete(model, table, used, tensors, checkpoint, unused_prefixes):
                         "--model?")
 
 
-def torch_padding(model):
-  """A copy of functional `model` whose stride-2 convolutions pad as torch does (k // 2 on
-  each side of a k x k kernel): a "same" stride-2 Conv2D becomes a ZeroPadding2D then a
-  "valid" Conv2D, and the ZeroPadding2D layers pad 1 on each side, which is right for
-  MobileNetV2's (each precedes a 3x3 depthwise convolution); another architecture's would
-  need their own sizes. Weights are copied."""
-  import keras  # pylint: disable=g-import-not-at-top
-  config = model.get_config()
-  extra = []
-  for layer in config["layers"]:
-    cfg = layer["config"]
-    if layer["class_name"] == "ZeroPadding2D":
-      cfg["padding"] = ((1, 1), (1, 1))
-    elif (layer["class_name"] == "Conv2D" and cfg["padding"] == "same"
-          and tuple(cfg["strides"]) == (2, 2)):
-      k = cfg["kernel_size"][0] // 2
-      pad = {"module": "keras.layers", "class_name": "ZeroPadding2D", "registered_name": None,
-             "name": cfg["name"] + "_torch_pad",
-             "config": {"name": cfg["name"] + "_torch_pad", "trainable": True,
-                        "dtype": cfg["dtype"], "data_format": "channels_last",
-                        "padding": ((k, k), (k, k))},
-             "inbound_nodes": layer["inbound_nodes"]}
-      cfg["padding"] = "valid"
-      # The convolution now reads the padding's output: its input node, renamed and grown.
-      node = copy_lib.deepcopy(layer["inbound_nodes"][0])
-      tensor = node["args"][0]["config"]
-      tensor["keras_history"] = [pad["name"], 0, 0]
-      batch, height, width, channels = tensor["shape"]
-      tensor["shape"] = [batch, height + 2 * k, width + 2 * k, channels]
-      layer["inbound_nodes"] = [node]
-      extra.append((layer["name"], pad))
-  for name, pad in extra:
-    index = next(i for i, l in enumerate(config["layers"]) if l["name"] == name)
-    config["layers"].insert(index, pad)
-  copy = model.__class__.from_config(config)
-  for layer in model.layers:
-    if layer.weights:
-      copy.get_layer(layer.name).set_weights(layer.get_weights())
-  return keras.Model(copy.inputs, copy.outputs, name=model.name)
-
-
 def import_weights(checkpoint, model_name, output, *, include_top=False):
   """Reads `checkpoint`, writes `output` (see the module doc); returns the tensors imported."""
   from tools import torch_checkpoint  # pylint: disable=g-import-not-at-top
@@ -206,7 +164,7 @@ def import_weights(checkpoint, model_name, output, *, include_top=False):
     network.save_weights(output)
     models.write_weights_normalization(output, "torch")
     return len(used)
-  network = torch_padding(network)
+  network = models.torch_padded(network)
   inputs = keras.Input(shape=shape)
   x = models.ApplicationPreprocess(model_name, "torch", name="preprocess")(inputs)
   classifier = keras.Model(inputs, network(x), name=f"{model_name}_torchvision_imagenet")

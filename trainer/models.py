@@ -18,6 +18,7 @@ records that the model must normalise its input as torchvision does). `set_train
 """
 
 import contextlib
+import copy
 import os
 
 import keras
@@ -213,6 +214,54 @@ def load_base_weights(base, path, name="the model"):
                      f"{message}") from None
 
 
+# Applications whose torch_padded form is right (their ZeroPadding2D layers all precede 3x3
+# stride-2 convolutions). Others keep Keras' padding with torch weights too.
+TORCH_PADDED = ("MobileNetV2",)
+
+
+def torch_padded(model):
+  """A copy of functional application `model` (weights included) whose stride-2
+  convolutions pad as torch's do, k // 2 on each side of a k x k kernel.
+
+  For a stride-2 convolution on an even input, Keras pads 0 before and 1 after ("same",
+  and MobileNetV2's ZeroPadding2D "..._pad" layers); torch pads 1 on each side, so with
+  torch's weights every feature map would be shifted by up to a pixel against the one they
+  were trained on. Here a "same" stride-2 Conv2D becomes a ZeroPadding2D then a "valid"
+  Conv2D, and the ZeroPadding2D layers pad 1 on each side (right for TORCH_PADDED only).
+  """
+  config = model.get_config()
+  pads = []
+  for layer in config["layers"]:
+    cfg = layer["config"]
+    if layer["class_name"] == "ZeroPadding2D":
+      cfg["padding"] = ((1, 1), (1, 1))
+    elif (layer["class_name"] == "Conv2D" and cfg["padding"] == "same"
+          and tuple(cfg["strides"]) == (2, 2)):
+      k = cfg["kernel_size"][0] // 2
+      name = cfg["name"] + "_torch_pad"
+      pads.append((layer["name"], {
+          "module": "keras.layers", "class_name": "ZeroPadding2D", "registered_name": None,
+          "name": name, "inbound_nodes": layer["inbound_nodes"],
+          "config": {"name": name, "trainable": True, "dtype": cfg["dtype"],
+                     "data_format": "channels_last", "padding": ((k, k), (k, k))}}))
+      cfg["padding"] = "valid"
+      # The convolution now reads the padding's output: its input node, renamed and grown.
+      node = copy.deepcopy(layer["inbound_nodes"][0])
+      tensor = node["args"][0]["config"]
+      tensor["keras_history"] = [name, 0, 0]
+      batch, height, width, channels = tensor["shape"]
+      tensor["shape"] = [batch, height + 2 * k, width + 2 * k, channels]
+      layer["inbound_nodes"] = [node]
+  for conv_name, pad in pads:
+    index = next(i for i, l in enumerate(config["layers"]) if l["name"] == conv_name)
+    config["layers"].insert(index, pad)
+  padded = model.__class__.from_config(config)
+  for layer in model.layers:
+    if layer.weights:
+      padded.get_layer(layer.name).set_weights(layer.get_weights())
+  return padded
+
+
 def _application_builder(name):
   def build_application(num_classes, image_shape, weights="none"):
     inputs = keras.Input(shape=image_shape)
@@ -221,7 +270,11 @@ def _application_builder(name):
     normalization = "keras" if weights in ("none", "imagenet") or not os.path.isfile(
         weights) else weights_normalization(weights)
     x = ApplicationPreprocess(name, normalization, name="preprocess")(inputs)
-    x = _base_network(name, image_shape, weights)(x)
+    base = _base_network(name, image_shape, weights)
+    if normalization == "torch" and name in TORCH_PADDED:
+      base = torch_padded(base)  # as the weights were trained
+      base.name = "base"
+    x = base(x)
     x = layers.Dropout(0.2, name="head_dropout")(x)
     outputs = layers.Dense(num_classes, activation="softmax", dtype="float32",
                            name="predictions")(x)

@@ -55,7 +55,7 @@ def _photo_batch(images):
                    for image in images])
 
 
-def test_imported_classifier_names_real_photos(checkpoint, tmp_path):
+def test_imported_classifier_names_real_photos(checkpoint, base_weights, tmp_path):
   data = pytest.importorskip("skimage.data")
   import keras  # pylint: disable=g-import-not-at-top
   path = str(tmp_path / "mobilenet_v2_imagenet.keras")
@@ -70,6 +70,15 @@ def test_imported_classifier_names_real_photos(checkpoint, tmp_path):
   assert cat & {281, 282, 285}, cat
   assert coffee & {967, 968}, coffee
   assert np.argmax(probabilities[1]) == 967  # espresso, with 0.99 here
+  # The trainer's MobileNetV2 on the base weights file computes the classifier's features:
+  # same weights, same torch normalisation and padding.
+  photos = _photo_batch([data.chelsea()])
+  trained = models.build("MobileNetV2", 3, photos.shape[1:], weights=base_weights)
+  features = trained.get_layer("base")(trained.get_layer("preprocess")(photos))
+  network = classifier.layers[-1]
+  pooled = next(l for l in network.layers if isinstance(l, keras.layers.GlobalAveragePooling2D))
+  reference = keras.Model(network.input, pooled.output)(classifier.get_layer("preprocess")(photos))
+  np.testing.assert_allclose(features, reference, rtol=1e-4, atol=1e-4)
 
 
 def test_trainer_builds_mobilenet_v2_on_the_imported_weights(checkpoint, base_weights,
@@ -78,6 +87,7 @@ def test_trainer_builds_mobilenet_v2_on_the_imported_weights(checkpoint, base_we
   assert models.weights_normalization(base_weights) == "torch"
   model = models.build("MobileNetV2", 5, (32, 32, 3), weights=base_weights)
   assert model.get_layer("preprocess").normalization == "torch"
+  assert "Conv1_torch_pad" in [l.name for l in model.get_layer("base").layers]
   # The base network holds the checkpoint's first convolution, OIHW -> HWIO.
   torch_kernel = torch_checkpoint.read(checkpoint)["features.0.0.weight"]
   np.testing.assert_array_equal(model.get_layer("base").get_layer("Conv1").get_weights()[0],
