@@ -89,7 +89,8 @@ HELP = {
     "weights": (
         "Applications only: initial weights of the base network: none (random), imagenet "
         "(downloaded by Keras), or the path of a weights file (e.g. Keras' ..._notop.h5 "
-        "copied to this machine)."),
+        "copied to this machine, or torchvision's weights converted by "
+        "tools.import_weights: the model then normalises its input as torchvision's)."),
     "trainable_layers": (
         "Which layers of the base network train: all, none (only the new head) or N (the "
         "last N layers). For simple/basic the base is every layer but the last. Frozen "

@@ -13,10 +13,12 @@ models (VGG16 ... EfficientNetB0) are Keras applications without their ImageNet 
 
 with `weights` "none" (random), "imagenet" (downloaded by Keras) or a path to a weights file
 of the base network (e.g. the `..._notop.h5` that Keras downloads, copied to an offline
-machine). `set_trainable` freezes all, none or all but the last N layers of the base.
+machine, or torchvision's ImageNet weights converted by tools.import_weights, whose file
+records that the model must normalise its input as torchvision does). `set_trainable` freezes all, none or all but the last N layers of the base.
 """
 
 import contextlib
+import copy
 import os
 
 import keras
@@ -95,27 +97,75 @@ APPLICATIONS = {
 MIN_APPLICATION_SIZE = 32  # Keras applications refuse smaller inputs
 
 
+# The input normalisation of torchvision's ImageNet weights, on 0..1 RGB pixels (torchvision
+# trains every classifier with it, whatever the architecture).
+TORCH_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+TORCH_IMAGENET_STD = (0.229, 0.224, 0.225)
+# How an application's input is normalised: "keras" (the family's preprocess_input, which
+# Keras' own ImageNet weights expect) or "torch" (TORCH_IMAGENET_MEAN/STD, for weights
+# imported from torchvision by tools.import_weights).
+NORMALIZATIONS = ("keras", "torch")
+# The attribute of a weights .h5 file's root that names its normalisation (absent: "keras").
+# Written by tools.import_weights through write_weights_normalization, read by build.
+_NORMALIZATION_ATTR = "trainer_input_normalization"
+
+
 @keras.saving.register_keras_serializable(package="trainer")
 class ApplicationPreprocess(layers.Layer):
   """Raw 0..255 RGB pixels -> what Keras application `model_name` expects (its family's
   preprocess_input: BGR mean-subtracted for VGG/ResNet50, [-1, 1] for ResNet50V2 and
-  MobileNetV2, ImageNet mean/std for DenseNet, unchanged for EfficientNet). Part of the
-  model, so the exported model takes the same raw pixels as `simple` and `basic`."""
+  MobileNetV2, ImageNet mean/std for DenseNet, unchanged for EfficientNet), or with
+  normalization="torch" what torchvision's weights expect (0..1, then ImageNet mean/std).
+  Part of the model, so the exported model takes the same raw pixels as `simple` and
+  `basic`, and its export and predict normalise as its training did."""
 
-  def __init__(self, model_name, **kwargs):
+  def __init__(self, model_name, normalization="keras", **kwargs):
     super().__init__(**kwargs)
     if model_name not in APPLICATIONS:
       raise ValueError(f"unknown application {model_name!r}")
+    if normalization not in NORMALIZATIONS:
+      raise ValueError(f"unknown normalization {normalization!r}; known: {NORMALIZATIONS}")
     self.model_name = model_name
+    self.normalization = normalization
 
   def call(self, inputs):
+    if self.normalization == "torch":
+      mean = keras.ops.convert_to_tensor(TORCH_IMAGENET_MEAN, dtype=inputs.dtype)
+      std = keras.ops.convert_to_tensor(TORCH_IMAGENET_STD, dtype=inputs.dtype)
+      return (inputs / 255.0 - mean) / std
     return APPLICATIONS[self.model_name][1](inputs)
 
   def compute_output_shape(self, input_shape):
     return input_shape
 
   def get_config(self):
-    return {**super().get_config(), "model_name": self.model_name}
+    return {**super().get_config(), "model_name": self.model_name,
+            "normalization": self.normalization}
+
+
+def write_weights_normalization(path, normalization):
+  """Records in weights file `path` (an .h5, e.g. a .weights.h5) the input normalisation its
+  weights were trained with, so that build() gives the model that preprocessing."""
+  import h5py  # pylint: disable=g-import-not-at-top
+  if normalization not in NORMALIZATIONS:
+    raise ValueError(f"unknown normalization {normalization!r}; known: {NORMALIZATIONS}")
+  with h5py.File(path, "a") as f:
+    f.attrs[_NORMALIZATION_ATTR] = normalization
+
+
+def weights_normalization(path):
+  """The input normalisation weights file `path` records: "torch" for weights imported by
+  tools.import_weights, "keras" for any other file (Keras' own ..._notop.h5 files)."""
+  import h5py  # pylint: disable=g-import-not-at-top
+  if not h5py.is_hdf5(path):
+    return "keras"
+  with h5py.File(path, "r") as f:
+    value = f.attrs.get(_NORMALIZATION_ATTR, "keras")
+  value = value.decode() if isinstance(value, bytes) else str(value)
+  if value not in NORMALIZATIONS:
+    raise ModelError(f"--weights={path}: records input normalization {value!r}, which this "
+                     f"trainer does not know ({', '.join(NORMALIZATIONS)})")
+  return value
 
 
 def _base_network(name, image_shape, weights):
@@ -164,11 +214,67 @@ def load_base_weights(base, path, name="the model"):
                      f"{message}") from None
 
 
+# Applications whose torch_padded form is right (their ZeroPadding2D layers all precede 3x3
+# stride-2 convolutions). Others keep Keras' padding with torch weights too.
+TORCH_PADDED = ("MobileNetV2",)
+
+
+def torch_padded(model):
+  """A copy of functional application `model` (weights included) whose stride-2
+  convolutions pad as torch's do, k // 2 on each side of a k x k kernel.
+
+  For a stride-2 convolution on an even input, Keras pads 0 before and 1 after ("same",
+  and MobileNetV2's ZeroPadding2D "..._pad" layers); torch pads 1 on each side, so with
+  torch's weights every feature map would be shifted by up to a pixel against the one they
+  were trained on. Here a "same" stride-2 Conv2D becomes a ZeroPadding2D then a "valid"
+  Conv2D, and the ZeroPadding2D layers pad 1 on each side (right for TORCH_PADDED only).
+  """
+  config = model.get_config()
+  pads = []
+  for layer in config["layers"]:
+    cfg = layer["config"]
+    if layer["class_name"] == "ZeroPadding2D":
+      cfg["padding"] = ((1, 1), (1, 1))
+    elif (layer["class_name"] == "Conv2D" and cfg["padding"] == "same"
+          and tuple(cfg["strides"]) == (2, 2)):
+      k = cfg["kernel_size"][0] // 2
+      name = cfg["name"] + "_torch_pad"
+      pads.append((layer["name"], {
+          "module": "keras.layers", "class_name": "ZeroPadding2D", "registered_name": None,
+          "name": name, "inbound_nodes": layer["inbound_nodes"],
+          "config": {"name": name, "trainable": True, "dtype": cfg["dtype"],
+                     "data_format": "channels_last", "padding": ((k, k), (k, k))}}))
+      cfg["padding"] = "valid"
+      # The convolution now reads the padding's output: its input node, renamed and grown.
+      node = copy.deepcopy(layer["inbound_nodes"][0])
+      tensor = node["args"][0]["config"]
+      tensor["keras_history"] = [name, 0, 0]
+      batch, height, width, channels = tensor["shape"]
+      tensor["shape"] = [batch, height + 2 * k, width + 2 * k, channels]
+      layer["inbound_nodes"] = [node]
+  for conv_name, pad in pads:
+    index = next(i for i, l in enumerate(config["layers"]) if l["name"] == conv_name)
+    config["layers"].insert(index, pad)
+  padded = model.__class__.from_config(config)
+  for layer in model.layers:
+    if layer.weights:
+      padded.get_layer(layer.name).set_weights(layer.get_weights())
+  return padded
+
+
 def _application_builder(name):
   def build_application(num_classes, image_shape, weights="none"):
     inputs = keras.Input(shape=image_shape)
-    x = ApplicationPreprocess(name, name="preprocess")(inputs)
-    x = _base_network(name, image_shape, weights)(x)
+    # The weights' origin decides the normalisation: a file from tools.import_weights says
+    # "torch"; Keras' own weights (imagenet, ..._notop.h5) and random ones use the family's.
+    normalization = "keras" if weights in ("none", "imagenet") or not os.path.isfile(
+        weights) else weights_normalization(weights)
+    x = ApplicationPreprocess(name, normalization, name="preprocess")(inputs)
+    base = _base_network(name, image_shape, weights)
+    if normalization == "torch" and name in TORCH_PADDED:
+      base = torch_padded(base)  # as the weights were trained
+      base.name = "base"
+    x = base(x)
     x = layers.Dropout(0.2, name="head_dropout")(x)
     outputs = layers.Dense(num_classes, activation="softmax", dtype="float32",
                            name="predictions")(x)
@@ -265,6 +371,14 @@ def _weighted_layers(model):
   return out
 
 
+def _normalization(model):
+  """The input normalisation of an application model ("keras" or "torch"), None for others."""
+  try:
+    return model.get_layer("preprocess").normalization
+  except (ValueError, AttributeError):
+    return None
+
+
 def init_from(model, source_dir):
   """Copies the weights of every layer but the classification head from another run's
   exported best model (`<source_dir>/model.keras`) into `model`, layer by layer in order.
@@ -281,6 +395,12 @@ def init_from(model, source_dir):
     source = keras.models.load_model(path, compile=False)
   except Exception as e:  # pylint: disable=broad-except
     raise ModelError(f"--init_from={source_dir}: cannot load {path}: {e}") from None
+  src_norm, dst_norm = _normalization(source), _normalization(model)
+  if src_norm != dst_norm:
+    # The copied weights were trained on inputs normalised the other way.
+    raise ModelError(f"--init_from={source_dir}: {path} normalises its input the {src_norm} "
+                     f"way, this model the {dst_norm} way; pass the --weights file that "
+                     f"run started from (its flags.txt has it), so that both agree")
   src, dst = _weighted_layers(source)[:-1], _weighted_layers(model)[:-1]
   if len(src) != len(dst):
     raise ModelError(f"--init_from={source_dir}: {path} is a {source.name} model with "
