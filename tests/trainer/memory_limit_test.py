@@ -1,16 +1,20 @@
 """Data bigger than memory under a real memory limit: the real Beam job and the real trainer,
 with default flags, each in a memory cgroup the decoded data cannot fit in.
 
-3,600 real CIFAR-10 JPEGs stored at 224 px by the Beam job: the train split is 428 MiB
-decoded. When the trainer plans its caches its cgroup holds about 250 MiB (TensorFlow
-imported, the data verified); streaming at 224 px it then grows to 800-900 MiB (the model's
-11M parameters with Adam, the steps' activations, buffers). Scaled down to stay fast (the
-full-size figures are in BENCHMARKS.md); the limits are set so that each outcome is clear:
-  TIGHT (800 MiB): the decoded train and validation splits (475 MiB) cannot fit beside the
-      trainer. Default flags trained at 32 px cache the resized images (10 MiB) and finish;
+5,100 real CIFAR-10 JPEGs stored at 224 px by the Beam job: the train split is about 620 MiB
+decoded. When the trainer plans its caches its cgroup holds about 250-280 MiB (TensorFlow
+imported, the data verified); streaming at 224 px it then needs 800-900 MiB or more (the
+model's 11M parameters with Adam, the steps' activations, the shuffle buffer, and the page
+cache of the checkpoints and exports it writes, which the cgroup is charged for). Scaled
+down to stay fast (the full-size figures are in BENCHMARKS.md); the limits are set so that
+each outcome is clear:
+  TIGHT (800 MiB): the decoded train and validation splits (~690 MiB) cannot fit beside the
+      trainer. Default flags trained at 32 px cache the resized images (~14 MiB) and finish;
       --cache=memory stops before training with the sizes, not with the kernel's exit 137.
-  ROOMY (1,100 MiB): default flags at the stored 224 px stream the train split from its shards
-      (the budget, half of what is left, is too small for it) and finish.
+  ROOMY (1,350 MiB): default flags at the stored 224 px stream the train split from its
+      shards (the budget, half of what is left, is too small for it) and finish. (At 3,600
+      images and 1,100 MiB this run was killed once in CI beside the other xdist worker's
+      tests: too little headroom.)
 Skipped without root or a writable memory cgroup, and without the CIFAR-10 tarball of
 ../shared/data.
 """
@@ -31,7 +35,7 @@ from tools import cgroups
 
 MIB = 2**20
 TIGHT = 800 * MIB
-ROOMY = 1100 * MIB
+ROOMY = 1350 * MIB
 BEAM_LIMIT = 1300 * MIB
 # Few steps: what is tested is memory, not learning. Evaluation still reads every
 # validation and test image.
@@ -70,7 +74,7 @@ def _finish(started, timeout=600):
 def data_dir(tmp_path_factory):
   """The Beam job, default flags but --image_size=224, inside BEAM_LIMIT."""
   tmp = tmp_path_factory.mktemp("big")
-  images = testdata.extract_cifar10(tmp / "jpegs", train_per_class=330, test_per_class=30)
+  images = testdata.extract_cifar10(tmp / "jpegs", train_per_class=480, test_per_class=30)
   out = str(tmp / "tfr")
   code, output, _ = _finish(_run_in(BEAM_LIMIT, "pipeline.build_tfrecords",
                                     "--source=image_dir", f"--image_dir={images}",
@@ -106,7 +110,7 @@ def test_the_decoded_data_cannot_fit_in_the_limits(data_dir):
 def test_default_flags_trained_smaller_cache_the_resized_images_and_finish(runs):
   code, output, _, model_dir = runs["small"]
   assert code == 0, output[-3000:]
-  assert re.search(r"--cache=auto: train \d MiB decoded -> memory", output), output[-3000:]
+  assert re.search(r"--cache=auto: train \d+ MiB decoded -> memory", output), output[-3000:]
   assert json.loads((model_dir / "results.json").read_text())["epochs_run"] == 1
 
 
@@ -114,7 +118,7 @@ def test_cache_memory_that_cannot_fit_stops_before_training_with_the_sizes(runs)
   code, output, _, model_dir = runs["memory"]
   assert code == 1, (code, output[-3000:])  # not -9 / 137: the kernel did not have to kill it
   assert re.search(r"trainer.main: error: --cache=memory: the decoded train and validation "
-                   r"splits need 47\d MiB \(at 224x224 px\), more than the cache budget of "
+                   r"splits need \d+ MiB \(at 224x224 px\), more than the cache budget of "
                    r"\d+ MiB: 50% of the \d+ MiB this process can use \(limit 800 MiB from "
                    r"cgroup v", output), output[-3000:]
   assert "use --cache=auto or --cache=none" in output and "Traceback" not in output
@@ -124,6 +128,6 @@ def test_cache_memory_that_cannot_fit_stops_before_training_with_the_sizes(runs)
 def test_default_flags_stream_what_does_not_fit_and_finish(runs):
   code, output, _, model_dir = runs["stream"]
   assert code == 0, output[-3000:]
-  assert "--cache=auto: train 428 MiB decoded -> streams" in output, output[-3000:]
+  assert re.search(r"--cache=auto: train \d+ MiB decoded -> streams", output), output[-3000:]
   results = json.loads((model_dir / "results.json").read_text())
   assert results["epochs_run"] == 1 and results["test_examples"] == 300
