@@ -1,6 +1,7 @@
 """Test-wide set-up: quiet TensorFlow, and the repository root on sys.path."""
 
 import os
+import subprocess
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -38,3 +39,21 @@ def make_data_dir(tmp_path_factory):
 def data_dir(make_data_dir):
   """The default test data directory (3 classes of the shipped sample, 2 shards a split)."""
   return make_data_dir()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 1 MiB tmpfs at tmp_path/disk, unmounted afterwards: a disk that fills up for real
+  (root only; skipped with the reason elsewhere)."""
+  if os.geteuid() != 0:
+    pytest.skip("mounting a tmpfs needs root")
+  disk = tmp_path / "disk"
+  disk.mkdir()
+  mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
+                           capture_output=True, text=True)
+  if mounted.returncode:
+    pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+  try:
+    yield disk
+  finally:
+    subprocess.run(["umount", "-l", str(disk)], check=True)

@@ -20,23 +20,6 @@ from pipeline import output_files
 from tests import testdata
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-  """A 1 MiB tmpfs at tmp_path/disk, unmounted afterwards."""
-  if os.geteuid() != 0:
-    pytest.skip("mounting a tmpfs needs root")
-  disk = tmp_path / "disk"
-  disk.mkdir()
-  mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
-                           capture_output=True, text=True)
-  if mounted.returncode:
-    pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-  try:
-    yield disk
-  finally:
-    subprocess.run(["umount", "-l", str(disk)], check=True)
-
-
 def fill(disk, leave=0):
   """Fills the file system of `disk` (adding to one file) until `leave` bytes are free."""
   with open(disk / "filler", "ab") as f:

@@ -258,21 +258,6 @@ def test_a_lock_left_by_a_killed_run_refuses_then_is_taken_over(data_dir, strate
 # --- a full disk ---------------------------------------------------------------------------
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-  """A 1 MiB tmpfs (root only): a disk that fills up for real."""
-  if os.geteuid() != 0:
-    pytest.skip("mounting a small tmpfs to fill up needs root")
-  mount_point = tmp_path / "disk"
-  mount_point.mkdir()
-  subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
-                 check=True)
-  try:
-    yield mount_point
-  finally:
-    subprocess.run(["umount", str(mount_point)], check=True)
-
-
 def _fill(directory):
   """Fills the file system of `directory` up to its last byte."""
   with open(directory / "filler", "wb", buffering=0) as f:
