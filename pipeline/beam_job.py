@@ -43,6 +43,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.tfrecordio import _TFRecordUtil  # TFRecord framing, as WriteToTFRecord
 from apache_beam.metrics import Metrics
 
+from pipeline import archives
 from pipeline import dataset_info
 from pipeline import features
 from pipeline import images
@@ -375,7 +376,7 @@ def ReadShardPlans(pipeline, shard_plans, excluded):
 def ReadArchives(pipeline, reads):
   """Archive reads (CIFAR-100, tfds) -> their elements, pixels included."""
   return (pipeline | "ArchiveReads" >> beam.Create(reads)
-          | "Read" >> beam.FlatMap(sources.run_read))
+          | "Read" >> beam.FlatMap(archives.run_read))
 
 
 @beam.ptransform_fn

@@ -24,6 +24,7 @@ from typing import Optional
 from absl import app
 from absl import flags
 
+from pipeline import archives
 from pipeline import output_files
 from pipeline import sources
 from pipeline import splits
@@ -42,7 +43,7 @@ def define_flags():
                       "(a local folder or gs://bucket/path).")
   flags.DEFINE_string("cifar100_archive", "", "cifar-100-python.tar.gz (local or gs://); "
                       "empty: download the official archive into --download_dir.")
-  flags.DEFINE_string("archive_md5", sources.CIFAR100_MD5,
+  flags.DEFINE_string("archive_md5", archives.CIFAR100_MD5,
                       "Expected md5 of the CIFAR-100 archive (the official one by default); "
                       "empty skips the check.")
   flags.DEFINE_string("download_dir", "~/.cache/tfrecord_pipeline", "Download cache.")
@@ -81,7 +82,7 @@ class JobConfig:
   source: str
   output_dir: str
   cifar100_archive: str = ""
-  archive_md5: str = sources.CIFAR100_MD5
+  archive_md5: str = archives.CIFAR100_MD5
   download_dir: str = "~/.cache/tfrecord_pipeline"
   path_list: str = ""
   class_names_file: str = ""
@@ -119,10 +120,10 @@ class JobResult:
 def make_plan(config):
   source = config.source
   if source == "cifar100":
-    plan = sources.plan_cifar100(config.cifar100_archive, md5=config.archive_md5,
+    plan = archives.plan_cifar100(config.cifar100_archive, md5=config.archive_md5,
                                  cache_dir=config.download_dir)
     if not config.archive_md5:  # Unverified archive: refuse bad contents before the job.
-      sources.check_cifar100(plan)
+      archives.check_cifar100(plan)
     return plan
   if source == "path_list":
     if not config.path_list:
@@ -133,7 +134,7 @@ def make_plan(config):
       raise sources.SourceError("--source=image_dir needs --image_dir=<root>")
     return sources.plan_image_dir(config.image_dir)
   if source and source.startswith("tfds:"):
-    return sources.plan_tfds(source[len("tfds:"):], data_dir=config.tfds_data_dir,
+    return archives.plan_tfds(source[len("tfds:"):], data_dir=config.tfds_data_dir,
                              manual_dir=config.tfds_manual_dir)
   raise sources.SourceError(f"--source={source!r}: expected cifar100, path_list, image_dir or "
                             "tfds:<name>")

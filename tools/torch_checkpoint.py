@@ -13,7 +13,7 @@ checkpoint torchvision published before 2020) is five pickles followed by raw da
 A checkpoint is untrusted input: the state dict is read with an unpickler that reaches no
 global except an OrderedDict, torch's tensor-rebuild function and the storage types, all of
 them replaced here by plain stand-ins (nothing of torch is imported, nothing can run), as
-pipeline/sources.py reads the CIFAR-100 pickles. Only CPU little-endian storages of the dtypes
+pipeline/archives.py reads the CIFAR-100 pickles. Only CPU little-endian storages of the dtypes
 in _STORAGE_DTYPES are read.
 """
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from pipeline import archives
 from pipeline import build_tfrecords
 from pipeline import dataset_info
 from pipeline import features
@@ -92,10 +93,9 @@ def test_path_list_job_resizes_to_png(tmp_path):
 
 @pytest.mark.skipif(not testdata.CIFAR100_META.exists(), reason="needs ../shared/data meta")
 def test_cifar100_job_is_lossless_and_keeps_coarse_labels(tmp_path):
-  from pipeline import sources
   path, train, fine, test = cifar_archive.build(str(tmp_path / "c.tar.gz"), 12, 6)
   out, result = run(tmp_path, source="cifar100", cifar100_archive=path,
-                    archive_md5=sources.file_md5(path), validation_fraction=0.0)
+                    archive_md5=archives.file_md5(path), validation_fraction=0.0)
   info = result.info
   assert len(info["class_names"]) == 100 and len(info["coarse_class_names"]) == 20
   assert info["splits"]["train"]["num_examples"] == 12

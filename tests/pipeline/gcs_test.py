@@ -18,6 +18,7 @@ from tests import gcs_emulator  # Before anything imports gcsfs (it reads an env
 import pytest
 import tensorflow as tf
 
+from pipeline import archives
 from pipeline import build_tfrecords
 from pipeline import dataset_info
 from pipeline import features
@@ -121,7 +122,7 @@ def test_image_dir_and_archive_planning_on_gs(gcs):
   with pytest.raises(sources.SourceError, match="no such file"):
     sources.plan_path_list(gcs.url("absent.csv"))
   with pytest.raises(sources.SourceError, match="no such file"):
-    sources.plan_cifar100(gcs.url("absent.tar.gz"))
+    archives.plan_cifar100(gcs.url("absent.tar.gz"))
 
 
 def test_trainer_gs_reads_go_through_tensorflow_file_system():

@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
+from pipeline import archives
 from pipeline import sources
 from tests import testdata
 from tests.pipeline import cifar_archive
@@ -18,11 +19,11 @@ needs_meta = pytest.mark.skipif(not testdata.CIFAR100_META.exists(),
 @needs_meta
 def test_cifar100_archive_reads_real_meta_and_exact_pixels(tmp_path):
   path, train, fine, _ = cifar_archive.build(str(tmp_path / "c.tar.gz"))
-  plan = sources.plan_cifar100(path, md5=sources.file_md5(path))
+  plan = archives.plan_cifar100(path, md5=archives.file_md5(path))
   assert len(plan.class_names) == 100 and len(plan.coarse_class_names) == 20
   assert plan.class_names[:3] == ["apple", "aquarium_fish", "baby"]
   assert plan.has_test and [r[1]["split"] for r in plan.reads] == ["train", "test"]
-  got = list(sources.run_read(plan.reads[0]))
+  got = list(archives.run_read(plan.reads[0]))
   assert [e["label"] for e in got] == fine
   assert [e["coarse_label"] for e in got] == [f // 5 for f in fine]
   np.testing.assert_array_equal(np.stack([e["pixels"] for e in got]), train)
@@ -33,12 +34,12 @@ def test_cifar100_archive_reads_real_meta_and_exact_pixels(tmp_path):
 def test_cifar100_wrong_md5_truncated_archive_and_unsafe_pickle_are_refused(tmp_path):
   path, *_ = cifar_archive.build(str(tmp_path / "c.tar.gz"))
   with pytest.raises(sources.SourceError, match="md5 is .* expected 0123"):
-    sources.plan_cifar100(path, md5="0123")
+    archives.plan_cifar100(path, md5="0123")
   truncated = str(tmp_path / "t.tar.gz")
   with open(path, "rb") as f, open(truncated, "wb") as g:
     g.write(f.read()[: os.path.getsize(path) // 2])
   with pytest.raises(sources.SourceError, match="truncated"):
-    sources.plan_cifar100(truncated, md5="")
+    archives.plan_cifar100(truncated, md5="")
 
   class Exploit:
     def __reduce__(self):
@@ -47,15 +48,15 @@ def test_cifar100_wrong_md5_truncated_archive_and_unsafe_pickle_are_refused(tmp_
   evil = cifar_archive.write_archive(str(tmp_path / "e.tar.gz"), {
       "meta": testdata.CIFAR100_META.read_bytes(),
       "train": pickle.dumps({b"data": Exploit()}, protocol=2), "test": b""})
-  plan = sources.plan_cifar100(evil, md5="")
+  plan = archives.plan_cifar100(evil, md5="")
   with pytest.raises(sources.SourceError, match="refusing to load .*system.*plain data only"):
-    list(sources.run_read(plan.reads[0]))
+    list(archives.run_read(plan.reads[0]))
   assert not (tmp_path / "pwned").exists()
 
 
 def test_cifar100_missing_archive_names_it(tmp_path):
   with pytest.raises(sources.SourceError, match="no such file"):
-    sources.plan_cifar100(str(tmp_path / "absent.tar.gz"))
+    archives.plan_cifar100(str(tmp_path / "absent.tar.gz"))
 
 
 def test_image_dir_with_and_without_split_folders(tmp_path):
