@@ -6,6 +6,7 @@ that `--flagfile=` reads back. This module imports no TensorFlow: it is plain da
 """
 
 import dataclasses
+import urllib.parse
 
 from pipeline import splits
 
@@ -71,6 +72,9 @@ class Config:
   # Start from another run's exported best weights (its model.keras): every layer but the
   # classification head. Ignored when --model_dir already holds a checkpoint to resume.
   init_from: str = ""
+  # grpc://HOST:PORT of a tf.data service dispatcher: the train input pipeline runs on its
+  # workers (trainer/data_service.py); "" = on this host.
+  data_service: str = ""
 
   def image_shape(self, stored_shape):
     """The model's input shape given the data's stored (H, W, C), or None if unknown."""
@@ -110,9 +114,28 @@ def validate(config, *, model_names=None):
                       "to all or N, or --head_epochs=0")
   if c.classes.strip().isdigit() and int(c.classes) < 2:
     raise ConfigError(f"--classes={c.classes}: need at least 2 classes to classify")
+  if c.data_service:
+    try:
+      data_service_address(c.data_service)
+    except ValueError as e:
+      raise ConfigError(f"--data_service: {e}") from None
   for name in ("image_size", "steps_per_epoch", "worker_timeout", "head_epochs"):
     if getattr(c, name) < 0:
       raise ConfigError(f"--{name}={getattr(c, name)}: must be >= 0 (0 = off)")
+
+
+def data_service_address(address):
+  """grpc://HOST:PORT -> (host, port); ValueError naming the address if malformed.
+  (trainer/data_service.py uses it too; here because this module imports no TensorFlow.)"""
+  parsed = urllib.parse.urlparse(address)
+  try:
+    port = parsed.port
+  except ValueError:
+    port = None
+  if parsed.scheme != "grpc" or not parsed.hostname or not port or parsed.path not in ("", "/"):
+    raise ValueError(f"{address!r} is not a tf.data service dispatcher address; use "
+                     "grpc://HOST:PORT (what tools.launch_data_service prints)")
+  return parsed.hostname, port
 
 
 def trainable_layers(config):
@@ -159,7 +182,7 @@ def check_against_data(config, info, num_replicas, num_workers=1):
   c = config
   train = info.split("train").num_examples
   shards = len(info.split("train").shards)
-  if num_workers > 1 and shards < num_workers:
+  if num_workers > 1 and shards < num_workers and not c.data_service:
     # Each worker reads whole train files (files[worker::num_workers]).
     raise ConfigError(f"--data_dir={c.data_dir} has {shards} train shard file(s) for "
                       f"{num_workers} workers; each worker reads its own files, so rebuild "

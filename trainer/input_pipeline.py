@@ -213,8 +213,9 @@ def _options(deterministic):
 
 
 def train_dataset(info, *, batch_size, input_context=None, seed=0, augment=None, cache=MEMORY,
-                  image_size=None, shuffle_buffer=DEFAULT_SHUFFLE_BUFFER, deterministic=False):
-  """Endless training batches for one input pipeline.
+                  image_size=None, shuffle_buffer=DEFAULT_SHUFFLE_BUFFER, deterministic=False,
+                  service_job=False):
+  """Endless training batches for one input pipeline, or for a tf.data service job.
 
   Args:
     info: pipeline.dataset_info.DatasetInfo of the data directory.
@@ -232,6 +233,9 @@ def train_dataset(info, *, batch_size, input_context=None, seed=0, augment=None,
       they are ready (so a batch of the next epoch may come before the last of this one).
       True fixes the order, so that one seed gives the same batches every run; in steady
       state it is as fast (BENCHMARKS.md, `tools.bench_input --deterministic`).
+    service_job: bool; the dataset that trainer/data_service.py sends to tf.data service
+      workers: the same for every input pipeline (all the train files, one seed), as the
+      pipelines share one job; never cached (`cache` must be None).
 
   Yields (images uint8 [batch_size, H, W, 3], labels int32 [batch_size]).
   """
@@ -241,6 +245,12 @@ def train_dataset(info, *, batch_size, input_context=None, seed=0, augment=None,
   if not files:
     raise ValueError(f"The train split of {info.data_dir} has no shard files.")
   num_pipelines, pipeline_id, _ = _pipeline_position(input_context)
+  if service_job:
+    if cache is not None:
+      raise ValueError("a tf.data service job is not cached: its workers are dealt different "
+                       "files each pass (pass cache=None)")
+    # One dataset for all pipelines: the service deals the job's batches out among them.
+    num_pipelines, pipeline_id = 1, 0
   if num_pipelines > 1:
     if len(files) < num_pipelines:
       raise ValueError(
@@ -274,9 +284,16 @@ def train_dataset(info, *, batch_size, input_context=None, seed=0, augment=None,
       images, labels = batch
       batch_seed = tf.random.experimental.stateless_fold_in(base_seed, step,
                                                             alg=augment_lib.RNG_ALG)
+      # And by its first image: tf.data service workers (service_job) each number their
+      # batches from 0, and must not share one set of draws. Done here too, so that one
+      # seed gives the same batches with the service as without it.
+      first = tf.bitcast(tf.fingerprint(images[:1])[0], tf.int64)
+      batch_seed = tf.random.experimental.stateless_fold_in(batch_seed, first,
+                                                            alg=augment_lib.RNG_ALG)
       return augment_lib.augment_batch(images, augment, seed=batch_seed), labels
 
-    # Each batch's draws depend only on (seed, pipeline, batch number): reproducible.
+    # Each batch's draws depend only on (seed, pipeline, batch number, its first image):
+    # reproducible.
     ds = ds.enumerate().map(augment_with_seed, num_parallel_calls=AUTOTUNE)
   ds = ds.prefetch(AUTOTUNE)
   return ds.with_options(_options(deterministic=deterministic))

@@ -21,6 +21,7 @@ import tensorflow as tf
 from pipeline import dataset_info
 from trainer import checkpoints
 from trainer import config as config_lib
+from trainer import data_service
 from trainer import lock
 from trainer import models
 from trainer import strategy as strategy_lib
@@ -73,7 +74,8 @@ HELP = {
     "steps_per_epoch": "Cap on training steps per epoch (smoke runs); 0 = one pass over train.",
     "worker_timeout": (
         "--strategy=multi_worker: seconds a worker waits for the others, to connect and "
-        "in each all-reduce, before it fails with an error; 0 waits forever."),
+        "in each all-reduce, before it fails with an error; --data_service: seconds to wait "
+        "at start for the dispatcher and a worker to serve; 0 waits forever."),
     "verify_data": (
         "Read every shard once before training, 8 at a time (CRCs, record counts, labels) "
         "so that a corrupt or mismatched --data_dir fails by name. It costs about 15 s per "
@@ -103,6 +105,12 @@ HELP = {
     "init_from": (
         "A finished run's --model_dir: start from its best weights (model.keras), all "
         "layers but the classification head. Same --model; the classes may differ."),
+    "data_service": (
+        "grpc://HOST:PORT of a tf.data service dispatcher (python -m "
+        "tools.launch_data_service prints one): the train input (read, decode, shuffle, "
+        "augment, batch) runs on its workers, one shared job per run, each example once per "
+        "pass (distributed_epoch); validation and test stay here. Empty: all input on this "
+        "host."),
 }
 
 
@@ -153,7 +161,7 @@ def main(argv):
                                           worker_timeout=config.worker_timeout)
     train.train_and_evaluate(config, strategy)
   except (config_lib.ConfigError, dataset_info.DatasetInfoError,
-          strategy_lib.StrategyError) as e:
+          strategy_lib.StrategyError, data_service.DataServiceError) as e:
     # A one-line message on stderr and exit status 1, not a traceback: these are the
     # user's settings to fix, not bugs.
     sys.exit(f"trainer.main: error: {e}")

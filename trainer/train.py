@@ -18,6 +18,7 @@ steps), trainer/checkpoints.py (checkpoints and early-stopping state), trainer/w
 trainer/main.py; `python -m trainer.train` runs it too.
 """
 
+import dataclasses
 import hashlib
 import math
 import time
@@ -32,6 +33,7 @@ from trainer import augment as augment_lib
 from trainer import cache as cache_lib
 from trainer import checkpoints as checkpoints_lib
 from trainer import config as config_lib
+from trainer import data_service
 from trainer import input_pipeline
 from trainer import lock as lock_lib
 from trainer import models
@@ -53,6 +55,9 @@ def train_and_evaluate(config, strategy):
   info = load_data(config, strategy)
   # Before anything is built or written: --cache=memory that cannot fit stops here.
   caches = plan_caches(config, info, strategy)
+  if config.data_service:
+    # Fails within --worker_timeout, instead of the first step waiting for ever.
+    data_service.check(config.data_service, config.worker_timeout)
   dirs = workdir.RunDirs(config.model_dir, chief=strategy_lib.is_chief(strategy),
                          worker_index=strategy_lib.worker_index(strategy))
   try:
@@ -196,9 +201,16 @@ def load_data(config, strategy):
 
 
 def plan_caches(config, info, strategy):
-  """The cache.CachePlan of this process (what --cache means here, with this host's memory)."""
-  return cache_lib.plan(config, info, num_workers=strategy_lib.num_workers(strategy),
+  """The cache.CachePlan of this process (what --cache means here, with this host's memory).
+  With --data_service the train split is never cached (trainer/data_service.py says why)."""
+  plan = cache_lib.plan(config, info, num_workers=strategy_lib.num_workers(strategy),
                         workers_on_host=strategy_lib.workers_on_this_host(strategy))
+  if config.data_service:
+    if plan.train is not None:
+      logging.info("--data_service: the train split streams on the service's workers, "
+                   "not cached (--cache=%s applies to validation only)", config.cache)
+    plan = dataclasses.replace(plan, train=None)
+  return plan
 
 
 def distributed_train_data(strategy, info, config, first_epoch, caches):
@@ -210,18 +222,29 @@ def distributed_train_data(strategy, info, config, first_epoch, caches):
   """
   augment = augment_lib.AugmentConfig() if host_augmentation(config) else None
   seed = seeds.derive(config.seed, seeds.TRAIN_DATA, first_epoch)
+  service_job = data_service.job_name(config.model_dir, first_epoch) \
+      if config.data_service else None
 
   def dataset_fn(input_context):
-    # The files input_pipeline.train_dataset reads (files[id::n]), said once per worker so
-    # that a cluster's logs show who reads what.
     pipeline, pipelines = input_context.input_pipeline_id, input_context.num_input_pipelines
-    logging.info("input pipeline %d of %d reads train shards %s", pipeline, pipelines,
-                 list(info.split("train").shards[pipeline::pipelines]))
-    return input_pipeline.train_dataset(
+    if service_job:
+      logging.info("input pipeline %d of %d reads its train batches from the tf.data "
+                   "service at %s (job %s, %s)", pipeline, pipelines, config.data_service,
+                   service_job, data_service.PROCESSING_MODE)
+    else:
+      # The files input_pipeline.train_dataset reads (files[id::n]), said once per worker
+      # so that a cluster's logs show who reads what.
+      logging.info("input pipeline %d of %d reads train shards %s", pipeline, pipelines,
+                   list(info.split("train").shards[pipeline::pipelines]))
+    ds = input_pipeline.train_dataset(
         info, batch_size=input_context.get_per_replica_batch_size(config.batch_size),
         input_context=input_context, seed=seed, augment=augment, cache=caches.train,
         image_size=config.image_size or None, deterministic=config.deterministic,
-        shuffle_buffer=caches.shuffle_buffer)
+        shuffle_buffer=caches.shuffle_buffer, service_job=bool(service_job))
+    if service_job:
+      ds = data_service.distribute(ds, config.data_service, service_job)
+      ds = ds.prefetch(input_pipeline.AUTOTUNE)
+    return ds
 
   return strategy.distribute_datasets_from_function(dataset_fn)
 
