@@ -324,7 +324,13 @@ def parse_flags(argv):
     sys.exit(1)
 
 
-if __name__ == "__main__":
+def run():
+  """The command line (`python -m pipeline.build_tfrecords`, or `build-tfrecords` once the
+  package is installed): defines the flags, parses ours and runs the job."""
   define_flags()
   flags.mark_flags_as_required(["source", "output_dir"])
   app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+  run()
