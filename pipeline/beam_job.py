@@ -1,8 +1,8 @@
 """The Beam job: planned elements -> checked, encoded records -> sharded TFRecords + metadata.
 
-    file sources:    ReadShardPlans ----------------------------> WriteShards -> <split>-*.tfrecord
+    file sources:    ReadShardPlans ----------------------------> WriteShards -> images-<split>.tfrecord-*
     archive sources: ReadArchives -> AssignSplits -> GroupByShard -/            -> WriteRejections (rejected.csv)
-                                                                              -> WriteMetadata (dataset_info.json)
+                                                                              -> WriteMetadata (tfrecords_info.json, TFDS's files)
 
 No image is held beyond the one being written, and for file sources (image folders, path
 lists) nothing goes through a grouping. Before the job, the launcher gives every planned path
@@ -50,6 +50,7 @@ from pipeline import images
 from pipeline import output_files
 from pipeline import sources
 from pipeline import splits
+from pipeline import tfds_metadata
 
 NAMESPACE = "build_tfrecords"
 REJECTED = "rejected"
@@ -57,7 +58,8 @@ SHARD_FILES = "shard_files"
 TEMP_PREFIX = output_files.TEMP_PREFIX  # + a unique id + the final name: a shard being written
 PLAN_PREFIX = TEMP_PREFIX + "plan-"  # + ids + ".jsonl": one shard's planned paths (write_shard_plans)
 EXAMPLES_PER_SHARD = 5000  # ~10 MB of CIFAR-size JPEG/PNG per shard (TF guidance: >= 10 MB).
-FAILED_INFO_FILE = "dataset_info.failed.json"
+FAILED_INFO_FILE = "tfrecords_info.failed.json"
+LEGACY_FAILED_INFO_FILE = "dataset_info.failed.json"  # its name before 2026-12-02
 
 
 def write_shard_plans(output_dir, elements, *, kept, validation_fraction, test_fraction,
@@ -141,21 +143,27 @@ class AssignSplitAndClass(beam.DoFn):
 
 
 class Summary:
-  """What dataset_info.json needs from the written examples: counts per (split, label), the
-  image shapes and conversions."""
+  """What the metadata needs from the written examples: counts per (split, label) and per
+  (split, shard), bytes per split, the image shapes and conversions."""
 
   def __init__(self):
     self.counts = collections.Counter()  # (split, label) -> examples
+    self.shard_counts = collections.Counter()  # (split, shard index) -> examples
+    self.bytes = collections.Counter()  # split -> bytes of its serialized examples
     self.shapes = set()  # (height, width)
     self.converted = collections.Counter()  # kind -> images (an image may have two kinds)
 
   def add(self, example):
     self.counts[(example["split"], example["label"])] += 1
+    self.shard_counts[(example["split"], example["shard"])] += 1
+    self.bytes[example["split"]] += example["bytes"]
     self.shapes.add(example["shape"])
     self.converted.update(example["converted"])
 
   def merge(self, other):
     self.counts.update(other.counts)
+    self.shard_counts.update(other.shard_counts)
+    self.bytes.update(other.bytes)
     self.shapes |= other.shapes
     self.converted.update(other.converted)
     return self
@@ -269,7 +277,9 @@ class WriteShard(beam.DoFn):
               REJECTED, (element.get("path") or element["key"], e.reason, e.detail))
           continue
         _TFRecordUtil.write_record(out, record)  # the framing WriteToTFRecord writes
-        yield example
+        # bytes: of the serialized example, as TFDS counts a split's num_bytes (the file
+        # adds 16 a record of framing: length, its CRC, the data's CRC).
+        yield dict(example, shard=index, bytes=len(record))
         self._log_progress()
       out.close()
     except BaseException:
@@ -329,9 +339,10 @@ def _count_excluded(n):
 
 def write_info(summary, *, output_dir, meta, split_names, files, rejected,
                max_reject_fraction):
-  """Assembles dataset_info.json from the job's Summary and side outputs and writes it.
-  Returns the name written: dataset_info.json, or the failed variant when too much was
-  rejected."""
+  """Assembles tfrecords_info.json from the job's Summary and side outputs and writes it,
+  after TFDS's metadata (tfds_metadata.py), so that a directory with tfrecords_info.json
+  is complete. Returns the name written: tfrecords_info.json, or the failed variant (and no
+  TFDS metadata) when too much was rejected."""
   num_classes = len(meta["class_names"])
   shard_names = sorted(f.rsplit("/", 1)[-1] for f in files)
   split_infos = {}
@@ -340,7 +351,7 @@ def write_info(summary, *, output_dir, meta, split_names, files, rejected,
     for (s, label), n in summary.counts.items():
       if s == split:
         per_class[label] = n
-    shards = [f for f in shard_names if f.startswith(split + "-")]
+    shards = [f for f in shard_names if f.startswith(features.shard_prefix(split))]
     split_infos[split] = dataset_info.split_info(output_dir, shards, per_class)
   shapes = sorted(summary.shapes)
   written = sum(s.num_examples for s in split_infos.values())
@@ -350,6 +361,14 @@ def write_info(summary, *, output_dir, meta, split_names, files, rejected,
       rejected=dataset_info.rejected_summary(dict(rejected), written),
       converted=dict(sorted(summary.converted.items())), **meta)
   ok = info.rejected["fraction"] <= max_reject_fraction
+  if ok:
+    lengths = {split: [summary.shard_counts[(split, i)] for i in range(len(s.shards))]
+               for split, s in split_infos.items()}
+    tfds_metadata.write(
+        output_dir, info.class_names, info.image_shape,
+        {split: (lengths[split], summary.bytes[split]) for split in split_infos},
+        description=f"Written by `{info.command}` from {info.source}." if info.command
+        else f"Written by pipeline.build_tfrecords from {info.source}.", beam=True)
   name = features.INFO_FILE if ok else FAILED_INFO_FILE
   dataset_info.write(info, name=name, beam=True)
   return name
@@ -397,7 +416,7 @@ def AssignSplits(elements, kept, validation_fraction, test_fraction, has_test):
 @beam.ptransform_fn
 def GroupByShard(elements, num_shards):
   """Elements -> ((split, shard index), elements) for every shard of every split, the empty
-  ones too (so that every shard file exists, as dataset_info.json lists them).
+  ones too (so that every shard file exists, as tfrecords_info.json lists them).
 
   The one grouping of the job: elements of file sources are metadata (key, path, label,
   split), a few hundred bytes each, so what a runner buffers here stays small; the images
@@ -436,8 +455,8 @@ def WriteRejections(rejection_lists, output_dir):
 @beam.ptransform_fn
 def WriteMetadata(examples, files, reason_counts, *, output_dir, meta, split_names,
                   max_reject_fraction):
-  """Examples, shard files and rejection counts -> dataset_info.json (or the failed variant);
-  returns the name written."""
+  """Examples, shard files and rejection counts -> tfrecords_info.json and TFDS's metadata
+  (or the failed variant); returns the name written."""
   # CombineGlobally yields one Summary even of no examples, so the file is always written.
   return (examples
           | "Summarize" >> beam.CombineGlobally(SummarizeExamples())

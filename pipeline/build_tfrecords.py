@@ -1,5 +1,6 @@
-r"""Builds sharded TFRecords and dataset_info.json from CIFAR-100, a path list, an image folder
-or a TensorFlow Datasets dataset, as an Apache Beam job.
+r"""Builds sharded TFRecords and tfrecords_info.json (plus TensorFlow Datasets' metadata, so
+that tfds.builder_from_directory reads the output) from CIFAR-100, a path list, an image
+folder or a TensorFlow Datasets dataset, as an Apache Beam job.
 
   python -m pipeline.build_tfrecords --source=image_dir \
       --image_dir=pipeline/sample_data/cifar10 --output_dir=/tmp/cifar10_sample
@@ -39,7 +40,7 @@ def define_flags():
   flags.DEFINE_string(
       "source", None, "What to read: cifar100, path_list, image_dir or tfds:<name> "
       "(any TensorFlow Datasets image-classification dataset).")
-  flags.DEFINE_string("output_dir", None, "Where the shards and dataset_info.json go "
+  flags.DEFINE_string("output_dir", None, "Where the shards and tfrecords_info.json go "
                       "(a local folder or gs://bucket/path).")
   flags.DEFINE_string("cifar100_archive", "", "cifar-100-python.tar.gz (local or gs://); "
                       "empty: download the official archive into --download_dir.")
@@ -113,7 +114,7 @@ class JobConfig:
 @dataclasses.dataclass
 class JobResult:
   exit_code: int
-  info: dict  # dataset_info.json (or the failed variant), as DatasetInfo.to_json gives it
+  info: dict  # tfrecords_info.json (or the failed variant), as DatasetInfo.to_json gives it
   counters: dict  # "examples/train" -> count, from Beam's metrics
 
 
@@ -154,12 +155,14 @@ def split_sizes(plan, config):
 
 
 def remove_stale_outputs(output_dir):
-  """An earlier run's metadata must not describe this run's shards, and what a killed run
-  left half-written (`.temp-*` files, Beam's `beam-temp-*` folders) goes."""
+  """An earlier run's metadata (ours, under its old name too, and TFDS's) must not describe
+  this run's shards, and what a killed run left half-written (`.temp-*` files, Beam's
+  `beam-temp-*` folders) goes."""
   from apache_beam.io.filesystems import FileSystems
-  from pipeline import beam_job, dataset_info, features
-  stale = [dataset_info.join(output_dir, n)
-           for n in (features.INFO_FILE, beam_job.FAILED_INFO_FILE, features.REJECTED_FILE)]
+  from pipeline import beam_job, dataset_info, features, tfds_metadata
+  names = (features.INFO_FILE, beam_job.FAILED_INFO_FILE, features.REJECTED_FILE,
+           beam_job.LEGACY_FAILED_INFO_FILE) + tfds_metadata.FILES
+  stale = [dataset_info.join(output_dir, n) for n in names]
   stale = [s for s in stale if FileSystems.exists(s)]
   if stale:
     FileSystems.delete(stale)
@@ -324,7 +327,13 @@ def parse_flags(argv):
     sys.exit(1)
 
 
-if __name__ == "__main__":
+def run():
+  """The command line (`python -m pipeline.build_tfrecords`, or `build-tfrecords` once the
+  package is installed): defines the flags, parses ours and runs the job."""
   define_flags()
   flags.mark_flags_as_required(["source", "output_dir"])
   app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+  run()

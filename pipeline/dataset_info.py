@@ -1,4 +1,7 @@
-"""`dataset_info.json`: what a data directory holds. Its one writer and its one reader.
+"""`tfrecords_info.json`: what a data directory holds. Its one writer and its one reader.
+
+(Directories written before 2026-12-02 have it as `dataset_info.json`, which `load` still
+reads; that name is TensorFlow Datasets' metadata now, written beside it: tfds_metadata.py.)
 
 Written by the Beam job (through Beam's FileSystems, so gs:// works), by the test helpers and
 the benchmarks (through tf.io.gfile), all with `write`, atomically (a temporary file renamed
@@ -13,7 +16,7 @@ trainer and the tools with `load`. Every field that is written:
       "image_shape": [32, 32, 3],                 # null when images differ in size
       "splits": {
         "train": {"num_examples": 45000,
-                  "shards": ["train-00000-of-00008.tfrecord", ...],   # relative to the dir
+                  "shards": ["images-train.tfrecord-00000-of-00008", ...],  # relative
                   "per_class": [4500, ...]},      # examples of each label
         "validation": {...}, "test": {...}
       },
@@ -44,7 +47,7 @@ FORMAT_VERSION = 1
 
 
 class DatasetInfoError(ValueError):
-  """The data directory or its dataset_info.json is missing or inconsistent."""
+  """The data directory or its tfrecords_info.json is missing or inconsistent."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +125,7 @@ class DatasetInfo:
     return len(self.stored_class_names or self.class_names)
 
   def to_json(self):
-    """The dict that dataset_info.json holds (shard paths relative to data_dir)."""
+    """The dict that tfrecords_info.json holds (shard paths relative to data_dir)."""
     if self.label_map is not None:
       raise DatasetInfoError("a class subset is a view of a data directory, not one to write")
     prefix = join(self.data_dir, "")
@@ -174,9 +177,13 @@ def write(info, *, name=features.INFO_FILE, beam=False):
 
 
 def load(data_dir, *, check_files=True):
-  """Reads and validates `<data_dir>/dataset_info.json` (local or gs://, via tf.io.gfile)."""
+  """Reads and validates `<data_dir>/tfrecords_info.json`, or in a directory written before
+  2026-12-02 `<data_dir>/dataset_info.json` (local or gs://, via tf.io.gfile)."""
   import tensorflow as tf  # The reader side runs in the trainer, which has TensorFlow.
   path = join(data_dir, features.INFO_FILE)
+  name = features.INFO_FILE
+  if not tf.io.gfile.exists(path) and _is_legacy(join(data_dir, features.LEGACY_INFO_FILE)):
+    path, name = join(data_dir, features.LEGACY_INFO_FILE), features.LEGACY_INFO_FILE
   if not tf.io.gfile.exists(path):
     hint = ""
     if tf.io.gfile.isdir(data_dir):
@@ -186,7 +193,7 @@ def load(data_dir, *, check_files=True):
     raise DatasetInfoError(f"--data_dir={data_dir}: {path} not found{hint}")
   with tf.io.gfile.GFile(path, "r") as f:
     text = f.read()
-  info = from_json(data_dir, text)
+  info = from_json(data_dir, text, name=name)
   if check_files:
     for name, split in info.splits.items():
       missing = [s for s in split.shards if not tf.io.gfile.exists(s)]
@@ -197,8 +204,22 @@ def load(data_dir, *, check_files=True):
   return info
 
 
-def from_json(data_dir, text):
-  path = join(data_dir, features.INFO_FILE)
+def _is_legacy(path):
+  """Whether path is this project's metadata under its old name (not TFDS's file, which has
+  that name now: it has no format_version)."""
+  import tensorflow as tf
+  if not tf.io.gfile.exists(path):
+    return False
+  with tf.io.gfile.GFile(path, "r") as f:
+    try:
+      return "format_version" in json.loads(f.read())
+    except json.JSONDecodeError:
+      return True  # Let from_json name what is wrong with it.
+
+
+def from_json(data_dir, text, *, name=features.INFO_FILE):
+  """The DatasetInfo of `text`, the contents of `<data_dir>/<name>`."""
+  path = join(data_dir, name)
   try:
     raw = json.loads(text)
   except json.JSONDecodeError as e:

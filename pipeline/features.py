@@ -8,7 +8,7 @@ Every record in a shard is a serialized `tf.train.Example` with these features:
   image/format        bytes   "png" or "jpeg"
   image/height        int64   pixels
   image/width         int64   pixels
-  label               int64   0..num_classes-1, index into dataset_info.json class_names
+  label               int64   0..num_classes-1, index into tfrecords_info.json class_names
   coarse_label        int64   CIFAR-100 superclass index, or -1 where the source has none
 
 The writer side (`encode_example`) is pure Python so that Beam workers never import
@@ -29,14 +29,29 @@ COARSE_LABEL = "coarse_label"
 NO_COARSE_LABEL = -1
 
 # File names inside a data directory.
-INFO_FILE = "dataset_info.json"
+INFO_FILE = "tfrecords_info.json"  # this project's metadata (dataset_info.py)
+# Its name in directories written before 2026-12-02, still read; TFDS's own metadata has
+# that name now (tfds_metadata.py).
+LEGACY_INFO_FILE = "dataset_info.json"
 REJECTED_FILE = "rejected.csv"
 SPLITS = ("train", "validation", "test")
 
+# Shards are named as TensorFlow Datasets names them, so that tfds.builder_from_directory
+# reads a data directory as it is: `<name>-<split>.tfrecord-NNNNN-of-MMMMM`.
+TFDS_NAME = "images"
+TFDS_FILENAME_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
+
+
+def shard_prefix(split):
+  """`images-train.tfrecord-`: what every shard name of `split` starts with."""
+  return f"{TFDS_NAME}-{split}.tfrecord-"
+
 
 def shard_name(split, index, num_shards):
-  """`train-00003-of-00016.tfrecord`: the one place shard names are spelled."""
-  return f"{split}-{index:05d}-of-{num_shards:05d}.tfrecord"
+  """`images-train.tfrecord-00003-of-00016`: the one place shard names are spelled
+  (directories written before 2026-12-02 have `train-00003-of-00016.tfrecord`; readers take
+  the names their metadata lists)."""
+  return f"{shard_prefix(split)}{index:05d}-of-{num_shards:05d}"
 
 
 # --- writer: protobuf wire format by hand -------------------------------------------------

@@ -1,4 +1,4 @@
-"""Reads a data directory back and checks it against its dataset_info.json.
+"""Reads a data directory back and checks it against its tfrecords_info.json.
 
     report = verify.verify_data_dir("/data/cifar100")        # every record, every image
     report = verify.verify_data_dir(d, decode=False)           # CRCs, counts, labels only
@@ -7,16 +7,16 @@
 Checked, each problem named by shard and record index (and key, once it parses):
   * every record's CRC (a flipped byte or a cut shard is a DataLossError in TFRecordDataset);
   * every record parses with the schema in pipeline/features.py;
-  * record counts per split and per class equal dataset_info.json's;
+  * record counts per split and per class equal tfrecords_info.json's;
   * labels are in 0..num_classes-1, coarse labels in range (or -1 without coarse classes);
   * keys are unique across the checked splits (no example twice);
   * with decode=True, every image decodes to 3 channels at its recorded height and width,
-    and at dataset_info.json's image_shape when it has one.
+    and at tfrecords_info.json's image_shape when it has one.
 
 `tools/verify_tfrecords.py` is the command line around it; the trainer calls `check_data_dir`
 with decode=False before training (a pass over the bytes: ~1 s for CIFAR's 150 MB locally), so a
 corrupt shard is reported by name up front rather than as a DataLossError deep inside tf.data.
-A missing or invalid dataset_info.json, or a listed shard that is missing, raises
+A missing or invalid tfrecords_info.json, or a listed shard that is missing, raises
 dataset_info.DatasetInfoError from `dataset_info.load`.
 """
 
@@ -37,13 +37,13 @@ PARALLEL_SHARDS = 8
 
 
 class DataError(dataset_info.DatasetInfoError):
-  """The data directory's records do not match its dataset_info.json, or are corrupt."""
+  """The data directory's records do not match its tfrecords_info.json, or are corrupt."""
 
 
 @dataclasses.dataclass
 class SplitReport:
   name: str
-  expected: int  # num_examples in dataset_info.json
+  expected: int  # num_examples in tfrecords_info.json
   num_records: int = 0  # records read before the end of the split (or its first corrupt one)
   per_class: list = dataclasses.field(default_factory=list)
   unreadable: bool = False  # a shard could not be read to its end
@@ -69,7 +69,7 @@ class Report:
     lines = [f"{self.data_dir}: {'OK' if self.ok else 'FAILED'} ({self.bytes_read / 1e6:,.0f} "
              f"MB of shards in {self.seconds:.1f} s{rate})"]
     for s in self.splits.values():
-      lines.append(f"  {s.name:<10} {s.num_records:>8} records (dataset_info.json: "
+      lines.append(f"  {s.name:<10} {s.num_records:>8} records (tfrecords_info.json: "
                    f"{s.expected})")
     lines += [f"  ERROR {e}" for e in self.errors]
     if self.truncated:
@@ -90,9 +90,9 @@ class _Errors:
 
 def verify_data_dir(data_dir, splits=None, decode=True, max_errors=20,
                     parallel_shards=PARALLEL_SHARDS):
-  """Reads every record of `splits` (default: all in dataset_info.json), `parallel_shards`
+  """Reads every record of `splits` (default: all in tfrecords_info.json), `parallel_shards`
   shards at a time. Returns a Report; raises dataset_info.DatasetInfoError when
-  dataset_info.json or a listed shard is missing."""
+  tfrecords_info.json or a listed shard is missing."""
   import tensorflow as tf
   started = time.time()
   info = _load(data_dir)
@@ -121,9 +121,9 @@ def verify_data_dir(data_dir, splits=None, decode=True, max_errors=20,
       pass  # The count is short because of the corrupt shard reported above.
     elif r.num_records != split.num_examples:
       errors.add(f"split {name}: {r.num_records} records in {len(split.shards)} shards, but "
-                 f"dataset_info.json says num_examples={split.num_examples}")
+                 f"tfrecords_info.json says num_examples={split.num_examples}")
     elif split.per_class and list(split.per_class) != r.per_class:
-      errors.add(f"split {name}: records per class {r.per_class}, but dataset_info.json says "
+      errors.add(f"split {name}: records per class {r.per_class}, but tfrecords_info.json says "
                  f"per_class={list(split.per_class)}")
   report.seconds = time.time() - started
   return report

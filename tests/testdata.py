@@ -1,7 +1,7 @@
 """Small real inputs for tests: the shipped CIFAR-10 JPEG sample, written into TFRecords.
 
 `write_data_dir` writes a data directory in the exact format the Beam job writes (same schema
-module, same dataset_info.json), from real JPEG bytes, without running Beam, so that trainer
+module, same tfrecords_info.json), from real JPEG bytes, without running Beam, so that trainer
 tests do not pay Beam's start-up. The Beam job itself is tested in tests/pipeline/.
 """
 
@@ -33,7 +33,7 @@ def sample_files(split="train", classes=None, per_class=None):
 
 def write_data_dir(out_dir, *, classes=("airplane", "automobile", "bird"),
                    per_class=None, num_shards=2, validation_every=5, image_size=None):
-  """Writes TFRecords + dataset_info.json from the sample's real JPEGs.
+  """Writes TFRecords + tfrecords_info.json from the sample's real JPEGs.
 
   Train images go to `train`, except every `validation_every`-th one, which goes to
   `validation`; the sample's test images go to `test`. image_size: px to store them at,

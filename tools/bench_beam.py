@@ -14,7 +14,7 @@
   beam_2_workers the same job with --direct_running_mode=multi_processing
                  --direct_num_workers=2: two worker processes (one per core here).
 
-Each time is the wall time of the whole job: planning, the run, dataset_info.json and
+Each time is the wall time of the whole job: planning, the run, tfrecords_info.json and
 rejected.csv, from the call to the last file closed; images/s = input images / wall time.
 The three run in turn within each repeat, each into a fresh output directory; min / median /
 max over `--repeats`. With `--limit=N`, N images drawn by a hash of their key (a mix of every

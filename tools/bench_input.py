@@ -93,7 +93,7 @@ def list_images(image_dir, num_images):
 
 
 def write_tfrecords(files, class_names, out_dir, image_shape, num_shards=4, resize=False):
-  """A data directory (shards + dataset_info.json) as the Beam job writes it, one schema
+  """A data directory (shards + tfrecords_info.json) as the Beam job writes it, one schema
   (pipeline.features). Returns its DatasetInfo.
 
   resize=False: the original file bytes, which must be images of `image_shape`. True: each

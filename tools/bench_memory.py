@@ -212,7 +212,8 @@ def build_data(image_dir, num_images, image_size, build_dir, log=None):
   the Beam job, under build_dir (reused if it is already there)."""
   name = f"{os.path.basename(os.path.normpath(image_dir))}_{num_images}_{image_size}px"
   data_dir = os.path.join(build_dir, name)
-  if os.path.exists(os.path.join(data_dir, "dataset_info.json")):
+  from pipeline import features
+  if os.path.exists(os.path.join(data_dir, features.INFO_FILE)):
     return data_dir
   images = link_images(image_dir, num_images, tempfile.mkdtemp(prefix="images_", dir=build_dir))
   command = [sys.executable, "-m", "pipeline.build_tfrecords", "--source=image_dir",

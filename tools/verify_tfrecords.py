@@ -1,4 +1,4 @@
-r"""Reads every record of a data directory and checks it against its dataset_info.json.
+r"""Reads every record of a data directory and checks it against its tfrecords_info.json.
 
   python -m tools.verify_tfrecords /tmp/cifar10_sample
   python -m tools.verify_tfrecords gs://bucket/cifar100 --splits=train,validation --nodecode
@@ -8,8 +8,8 @@ Checks CRCs, record counts per split and class, label ranges, unique keys and (u
 --parallel_shards shards at once. Prints how many MB it read in how long, one line per split
 and one per problem, naming the shard and record index.
 
-Exit status: 0 all good; 1 the records do not match dataset_info.json or are corrupt;
-2 there is no readable dataset_info.json, or a shard it lists is missing. A usage mistake
+Exit status: 0 all good; 1 the records do not match tfrecords_info.json or are corrupt;
+2 there is no readable tfrecords_info.json, or a shard it lists is missing. A usage mistake
 (no data directory, a bad flag) is one line `tools.verify_tfrecords: error: ...`, exit 1.
 """
 
@@ -23,7 +23,7 @@ from tools import cli
 def define_flags(flag_values):
   fv = {"flag_values": flag_values}
   flags.DEFINE_list("splits", None, "Splits to check (default: every split in "
-                    "dataset_info.json).", **fv)
+                    "tfrecords_info.json).", **fv)
   flags.DEFINE_bool("decode", True, "Decode every image (slower); --nodecode checks bytes, "
                     "counts and labels only.", **fv)
   flags.DEFINE_integer("max_errors", 20, "List at most this many problems.", lower_bound=1,

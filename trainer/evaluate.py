@@ -105,7 +105,7 @@ def report_lines(metrics, split, results=None):
 def define_flags(flag_values=flags.FLAGS):
   flags.DEFINE_string("model_dir", None, "A finished run's --model_dir (or its saved_model/ "
                       "directory), local or gs://.", flag_values=flag_values)
-  flags.DEFINE_string("data_dir", None, "Data directory with dataset_info.json (local or "
+  flags.DEFINE_string("data_dir", None, "Data directory with tfrecords_info.json (local or "
                       "gs://), e.g. the run's own --data_dir.", flag_values=flag_values)
   flags.DEFINE_enum("split", "test", list(features.SPLITS), "Split to evaluate.",
                     flag_values=flag_values)

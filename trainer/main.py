@@ -33,7 +33,7 @@ _DEFAULTS = config_lib.Config(data_dir="", model_dir="")
 
 # Each Config field's flag help, in Config's order (trainer/config.py has the units).
 HELP = {
-    "data_dir": "Data directory with dataset_info.json (local or gs://).",
+    "data_dir": "Data directory with tfrecords_info.json (local or gs://).",
     "model_dir": (
         "Where checkpoints, results and the exported model go. Rerunning with the same "
         "--model_dir resumes."),

@@ -25,6 +25,7 @@ from pipeline import build_tfrecords
 from pipeline import features
 from pipeline import images
 from pipeline import sources
+from pipeline import tfds_metadata
 from pipeline import verify
 from tests import testdata
 from tests.pipeline import cifar_archive
@@ -192,7 +193,7 @@ def test_path_list_with_every_kind_of_bad_input(tmp_path, capsys):
   assert details[f"{csv_path}:36"].startswith("not valid UTF-8: caf")
   assert details["/dev/zero"] == "a character device"
 
-  # The counters, dataset_info.json and the printed summary agree.
+  # The counters, tfrecords_info.json and the printed summary agree.
   by_reason = {}
   for reason in rejected.values():
     by_reason[reason] = by_reason.get(reason, 0) + 1
@@ -227,14 +228,17 @@ def test_image_folder_with_bad_files_fails_the_job_over_max_reject_fraction(tmp_
   expected[f"{root}/stray.jpg"] = "not_in_class_folder"
   out = tmp_path / "out"
   out.mkdir()
-  (out / features.INFO_FILE).write_text("{}")  # A previous run's: must not survive.
+  (out / features.INFO_FILE).write_text("{}")  # A previous run's: must not survive,
+  (out / features.LEGACY_INFO_FILE).write_text("{}")  # nor TFDS's, nor one of before the rename.
   caplog.set_level(logging.ERROR)
   result = build_tfrecords.run_job(build_tfrecords.JobConfig(
       source="image_dir", image_dir=str(root), output_dir=str(out), num_shards=1))
   assert result.exit_code == 1
   assert {s: r for s, r, _ in read_rejected(str(out))} == expected
-  # No dataset_info.json, so the trainer cannot use it; the metadata says why.
+  # No tfrecords_info.json, so the trainer cannot use it, and no TFDS metadata, so tfds
+  # cannot either; the metadata says why.
   assert not (out / features.INFO_FILE).exists()
+  assert not any((out / name).exists() for name in tfds_metadata.FILES)
   failed = json.load(open(out / beam_job.FAILED_INFO_FILE))
   assert failed["rejected"]["total"] == len(expected) == 8
   assert failed["rejected"]["fraction"] == pytest.approx(8 / 14, abs=1e-6)

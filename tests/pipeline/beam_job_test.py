@@ -20,7 +20,7 @@ from tests import testdata
 def shard_files(out):
   """Files under a final shard name (the temporary ones start with beam_job.TEMP_PREFIX)."""
   return sorted(n for n in os.listdir(out)
-                if n.endswith(".tfrecord") and not n.startswith(beam_job.TEMP_PREFIX))
+                if n.startswith(features.TFDS_NAME + "-") and ".tfrecord-" in n)
 
 
 def test_shards_are_a_hash_of_the_key_mixed_and_the_same_for_any_worker_count(tmp_path):

@@ -1,4 +1,4 @@
-"""The Beam job end to end on the DirectRunner: files, dataset_info.json, counters, records."""
+"""The Beam job end to end on the DirectRunner: files, tfrecords_info.json, counters, records."""
 
 import collections
 import glob
@@ -15,6 +15,7 @@ from pipeline import archives
 from pipeline import build_tfrecords
 from pipeline import dataset_info
 from pipeline import features
+from pipeline import tfds_metadata
 from tests import testdata
 from tests.pipeline import cifar_archive
 
@@ -44,7 +45,7 @@ def test_image_dir_job_writes_counted_shards_and_metadata(tmp_path):
   assert info["class_names"] == ["cat", "dog", "ship"]
   assert info["image_shape"] == [32, 32, 3]
   assert sorted(os.listdir(out)) == sorted(
-      [features.INFO_FILE, features.REJECTED_FILE]
+      [features.INFO_FILE, features.REJECTED_FILE, *tfds_metadata.FILES]
       + [features.shard_name(s, i, 2) for s in ("train", "validation", "test") for i in (0, 1)])
   splits = info["splits"]
   assert splits["train"]["num_examples"] + splits["validation"]["num_examples"] == 120
@@ -134,7 +135,7 @@ def test_cli_passes_beam_options_through_and_names_bad_input(tmp_path):
   bad = subprocess.run(cmd[:4] + [f"--image_dir={tmp_path}/nope", f"--output_dir={out}"],
                        capture_output=True, text=True, cwd=testdata.REPO, timeout=120)
   assert bad.returncode == 2 and f"--image_dir={tmp_path}/nope: no such directory" in bad.stderr
-  assert glob.glob(str(out / "*.tfrecord"))  # A refused run leaves the last good output.
+  assert glob.glob(str(out / "*.tfrecord-*"))  # A refused run leaves the last good output.
   unset = subprocess.run(cmd[:3], capture_output=True, text=True, cwd=testdata.REPO, timeout=120)
   assert unset.returncode == 1 and "--source must have a value" in unset.stderr
   assert "Traceback" not in unset.stderr

@@ -1,5 +1,7 @@
-"""dataset_info.json: the one writer and the one reader agree, and older files still load."""
+"""tfrecords_info.json: the one writer and the one reader agree, and older files (also under
+their old name, dataset_info.json) still load."""
 
+import dataclasses
 import json
 
 import pytest
@@ -37,6 +39,26 @@ def test_what_is_written_is_what_is_read(tmp_path):
                                  "fraction": 0.25}
   for field in written:
     assert field in dataset_info.__doc__, f"{field} is written but not in the schema"
+
+
+def test_directories_written_before_the_rename_load_from_dataset_info_json(tmp_path):
+  info = make_info(tmp_path)
+  path = dataset_info.write(info, name=features.LEGACY_INFO_FILE)
+  assert path == str(tmp_path / "dataset_info.json")
+  assert dataset_info.load(str(tmp_path), check_files=False) == info
+  # Both present (a directory rebuilt in place would not be: the job deletes the old one):
+  # the new name wins.
+  dataset_info.write(dataclasses.replace(info, source="new"))
+  assert dataset_info.load(str(tmp_path), check_files=False).source == "new"
+
+
+def test_tfds_dataset_info_json_is_not_taken_for_ours(tmp_path):
+  """A directory with only TFDS's dataset_info.json (no format_version) has no metadata of
+  ours: the error names the file that is missing."""
+  (tmp_path / "dataset_info.json").write_text(json.dumps({"name": "images", "splits": []}))
+  with pytest.raises(dataset_info.DatasetInfoError,
+                     match=f"{tmp_path}/tfrecords_info.json not found"):
+    dataset_info.load(str(tmp_path))
 
 
 def test_older_files_load_and_their_pixel_statistics_are_ignored(tmp_path):

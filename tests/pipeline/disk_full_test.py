@@ -1,6 +1,6 @@
 """A full disk (issue 15, finding 7): a real 1 MiB tmpfs, mounted for the test (root only).
 
-Before: a 0-byte dataset_info.json when the disk filled while it was written, and a ~110-line
+Before: a 0-byte tfrecords_info.json when the disk filled while it was written, and a ~110-line
 traceback from the job. Now: the previous file or none, and one line naming the place and the
 error, exit status 3, no temporary files left.
 """
@@ -59,7 +59,7 @@ def test_dataset_info_on_a_full_disk_is_the_previous_file_or_none_never_empty(sm
   fill(small_disk)  # (the removed file's page was free again)
   with pytest.raises(Exception):
     dataset_info.write(info_of(out, ["cat", "dog"]), beam=beam)
-  assert os.listdir(out) == []  # no 0-byte dataset_info.json, no temporary file
+  assert os.listdir(out) == []  # no 0-byte tfrecords_info.json, no temporary file
 
 
 def test_the_job_on_a_full_disk_says_so_in_one_line_and_leaves_no_temporary_files(

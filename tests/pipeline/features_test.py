@@ -34,5 +34,6 @@ def test_matches_tensorflow_serializer_and_handles_large_and_negative_ints():
   assert ex.features.feature[features.COARSE_LABEL].int64_list.value[0] == -1
 
 
-def test_shard_name():
-  assert features.shard_name("train", 3, 16) == "train-00003-of-00016.tfrecord"
+def test_shard_name_is_tfds_convention():
+  assert features.shard_name("train", 3, 16) == "images-train.tfrecord-00003-of-00016"
+  assert features.shard_name("train", 3, 16).startswith(features.shard_prefix("train"))

@@ -1,7 +1,8 @@
 """gs:// for real: the Beam job against `gcp-storage-emulator` on 127.0.0.1.
 
 Images and the path list live in a bucket; the job reads them through gcsfs (fsspec) and writes
-shards, dataset_info.json and rejected.csv to gs:// through Beam's GCS file system. The output
+shards, tfrecords_info.json, TFDS's metadata and rejected.csv to gs:// through Beam's GCS file
+system. The output
 is read back through gcsfs and parsed with pipeline.features.
 
 TensorFlow's own gs:// (tf.io.gfile, TFRecordDataset: what the trainer reads with) has
@@ -22,6 +23,7 @@ from pipeline import archives
 from pipeline import build_tfrecords
 from pipeline import dataset_info
 from pipeline import features
+from pipeline import tfds_metadata
 from pipeline import sources
 from pipeline import verify
 from tests import testdata
@@ -79,8 +81,15 @@ def test_beam_job_reads_and_writes_gs(gcs, tmp_path):
   assert info["source"] == f"path_list:{csv_url}"
   listed = {name for s in info["splits"].values() for name in s["shards"]}
   assert listed == {features.shard_name(s, i, 2) for s in ("train", "validation") for i in (0, 1)}
-  assert {p.rsplit("/", 1)[-1] for p in fs.ls(out)} == listed | {features.INFO_FILE,
-                                                                 features.REJECTED_FILE}
+  assert {p.rsplit("/", 1)[-1] for p in fs.ls(out)} == listed | {
+      features.INFO_FILE, features.REJECTED_FILE, *tfds_metadata.FILES}
+  # TFDS's metadata went to gs:// too (TensorFlow's own gs:// cannot reach the emulator, so
+  # tfds cannot load it here; tfds_metadata_test loads the same files locally).
+  tfds_info = json.loads(fs.cat(f"{out}/dataset_info.json"))
+  assert tfds_info["name"] == features.TFDS_NAME
+  assert {s["name"]: sum(map(int, s["shardLengths"])) for s in tfds_info["splits"]} == {
+      name: s["num_examples"] for name, s in info["splits"].items()}
+  assert fs.cat(f"{out}/label.labels.txt").decode().split() == list(CLASSES)
   keys = []
   for split, s in info["splits"].items():
     records = [r for shard in s["shards"] for r in read_records(fs, f"{out}/{shard}", tmp_path)]

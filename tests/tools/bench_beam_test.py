@@ -32,11 +32,11 @@ def test_plain_loop_writes_readable_tfrecords(tmp_path):
   from pipeline import features
   counts = bench_beam.plain_loop(str(testdata.SAMPLE_DIR), str(tmp_path))
   records = [r.numpy() for r in tf.data.TFRecordDataset(sorted(map(str, tmp_path.glob(
-      "*.tfrecord"))))]
+      "*.tfrecord-*"))))]
   assert len(records) == sum(counts.values()) == 500
   example = features.parse_single(records[0])
   assert int(example[features.HEIGHT]) == 32
-  # Its dataset_info.json is the job's (one writer), describing what it wrote.
+  # Its tfrecords_info.json is the job's (one writer), describing what it wrote.
   info = dataset_info.load(str(tmp_path))
   assert {s: info.split(s).num_examples for s in info.splits} == counts
   assert info.num_classes == 10 and info.image_shape == (32, 32, 3)

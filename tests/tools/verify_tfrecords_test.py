@@ -1,6 +1,6 @@
 """pipeline.verify and `python -m tools.verify_tfrecords` on real TFRecords, each made bad in
 one way: a flipped byte (CRC), a count that disagrees, a label out of range, an image that
-does not decode, a missing dataset_info.json."""
+does not decode, a missing tfrecords_info.json."""
 
 import json
 import os
@@ -104,7 +104,7 @@ def test_counts_that_disagree_with_dataset_info(fresh_data_dir):
     info["splits"]["test"]["num_examples"] += 1
   edit_info(data_dir, more_test)
   report = verify.verify_data_dir(data_dir, decode=False)
-  assert report.errors == ["split test: 15 records in 2 shards, but dataset_info.json says "
+  assert report.errors == ["split test: 15 records in 2 shards, but tfrecords_info.json says "
                            "num_examples=16"]
 
   def swap_classes(info):
@@ -112,7 +112,7 @@ def test_counts_that_disagree_with_dataset_info(fresh_data_dir):
     info["splits"]["test"]["per_class"] = [6, 4, 5]
   edit_info(data_dir, swap_classes)
   report = verify.verify_data_dir(data_dir, decode=False)
-  assert report.errors == ["split test: records per class [5, 5, 5], but dataset_info.json "
+  assert report.errors == ["split test: records per class [5, 5, 5], but tfrecords_info.json "
                            "says per_class=[6, 4, 5]"]
 
 
@@ -123,7 +123,7 @@ def test_a_label_out_of_range_is_named(fresh_data_dir):
   report = verify.verify_data_dir(data_dir, decode=False)
   [error] = [e for e in report.errors if "label 7" in e]
   assert error.startswith(f"{path}: record 2 (key 'train/")
-  assert "label 7 is outside 0..2 (3 classes in dataset_info.json)" in error
+  assert "label 7 is outside 0..2 (3 classes in tfrecords_info.json)" in error
   # The per-class count of train is now short by one, and says so.
   assert any(e.startswith("split train: records per class") for e in report.errors)
 
@@ -179,7 +179,7 @@ def test_cli_exit_codes_and_messages(fresh_data_dir, tmp_path, capsys):
   empty = tmp_path / "empty"
   empty.mkdir()
   assert verify_tfrecords.run(str(empty)) == 2
-  assert f"--data_dir={empty}: {empty}/dataset_info.json not found" in capsys.readouterr().err
+  assert f"--data_dir={empty}: {empty}/tfrecords_info.json not found" in capsys.readouterr().err
   os.remove(path)
   testdata.write_data_dir(data_dir, per_class=5)
   assert verify_tfrecords.run(data_dir, splits=["train"]) == 0

@@ -155,7 +155,7 @@ def test_a_run_killed_mid_epoch_resumes_and_ends_as_an_uninterrupted_run(data_di
     shards = {}
     for worker, files in re.findall(r"^\[worker (\d)\] .*input pipeline \d of 2 reads "
                                     r"train shards \[(.*)\]$", log, re.M):
-      shards[worker] = set(re.findall(r"train-\d+-of-00004", files))
+      shards[worker] = set(re.findall(r"train\.tfrecord-\d+-of-00004", files))
     assert shards["0"] and shards["1"] and not shards["0"] & shards["1"]
     assert len(shards["0"] | shards["1"]) == 4
     # Only the chief wrote into model_dir; worker 1's scratch directory is gone.

@@ -25,7 +25,7 @@ CLI_ERRORS = [
     (["--model=resnet"], "flag --model=resnet: value should be one of <simple|basic|VGG16"),
     (["--batch_size=1000"], "--batch_size=1000 is larger than the train split (96 examples"),
     (["--data_dir=/nonexistent/data"], "--data_dir=/nonexistent/data: "
-     "/nonexistent/data/dataset_info.json not found (no such directory)"),
+     "/nonexistent/data/tfrecords_info.json not found (no such directory)"),
     (["--strategy=multi_worker"], "--strategy=multi_worker needs the TF_CONFIG"),
 ]
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from pipeline import dataset_info
 from trainer import config as config_lib
 from trainer import train
 from trainer import models
@@ -171,9 +172,8 @@ def _run(data_dir, model_dir, strategy, **overrides):
 
 
 def _per_class(data_dir, split):
-  with open(os.path.join(data_dir, "dataset_info.json")) as f:
-    info = json.load(f)
-  return dict(zip(info["class_names"], info["splits"][split]["per_class"]))
+  info = dataset_info.load(data_dir)
+  return dict(zip(info.class_names, info.split(split).per_class))
 
 
 def _confusion(model_dir):
