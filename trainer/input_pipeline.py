@@ -56,7 +56,7 @@ def output_size(info, image_size=None):
   if info.image_shape:
     return tuple(int(s) for s in info.image_shape[:2])
   raise ValueError(
-      f"The images in {info.data_dir} differ in size (dataset_info.json has no image_shape); "
+      f"The images in {info.data_dir} differ in size (tfrecords_info.json has no image_shape); "
       "pass --image_size to resize them to one size.")
 
 
@@ -339,11 +339,11 @@ def eval_dataset(info, split, *, batch_size, input_context=None, image_size=None
   share = len(range(pipeline_id, split_info.num_examples, num_pipelines))
 
   def weight_one(index, example):
-    # More records than dataset_info.json counts would be cut by `take` below: fail instead.
+    # More records than the metadata counts would be cut by `take` below: fail instead.
     check = tf.debugging.assert_less(
         index, tf.constant(share, tf.int64),
         message=f"the {split} shards hold more records than the {split_info.num_examples} "
-                f"that {info.data_dir}/dataset_info.json says")
+                f"that the metadata of {info.data_dir} (tfrecords_info.json) says")
     with tf.control_dependencies([check]):
       return example[0], example[1], tf.constant(1.0)
 
@@ -352,7 +352,7 @@ def eval_dataset(info, split, *, batch_size, input_context=None, image_size=None
   padding = tf.data.Dataset.from_tensors(
       (tf.zeros([height, width, 3], tf.uint8), tf.constant(0, tf.int32), tf.constant(0.0)))
   # Endless padding then `take`: the count is exact even if the shards hold a different
-  # number of records than dataset_info.json says (more would be cut, so check below).
+  # number of records than the metadata says (more would be cut, so check below).
   ds = ds.concatenate(padding.repeat()).take(total)
   ds = ds.batch(batch_size, drop_remainder=True)
   resize = _resize_batch_fn(info, image_size)
@@ -367,7 +367,7 @@ def steps_per_epoch(info, global_batch_size):
   """Train steps in one pass over the train split (at least 1)."""
   num_examples = info.split("train").num_examples
   if num_examples <= 0:
-    raise ValueError(f"The train split of {info.data_dir} is empty (dataset_info.json "
+    raise ValueError(f"The train split of {info.data_dir} is empty (tfrecords_info.json "
                      "says 0 examples); nothing to train on.")
   if global_batch_size < 1:
     raise ValueError(f"global batch size must be >= 1, got {global_batch_size}")
