@@ -1,8 +1,11 @@
 """Starting the project's commands as real child processes, as a user's shell would."""
 
 import os
+import re
 import subprocess
 import sys
+import threading
+import time
 
 from tests import testdata
 
@@ -48,3 +51,47 @@ def finish(process, timeout):
       process.kill()
       process.communicate()
   return process.returncode, out
+
+
+class Lines:
+  """A child started with merged text output (merge_stderr=True), whose lines a thread
+  collects, so that a test can wait for a line without blocking on the pipe."""
+
+  def __init__(self, process):
+    self.process, self.lines = process, []
+    self.changed = threading.Condition()
+    self.reader = threading.Thread(target=self._read, daemon=True)
+    self.reader.start()
+
+  def _read(self):
+    for line in self.process.stdout:
+      with self.changed:
+        self.lines.append(line)
+        self.changed.notify_all()
+
+  def wait_for(self, pattern, timeout):
+    """The first output line matching `pattern`; fails if none within `timeout` s."""
+    regex = re.compile(pattern)
+    deadline = time.monotonic() + timeout
+    with self.changed:
+      while True:
+        found = next((l for l in self.lines if regex.search(l)), None)
+        if found:
+          return found
+        left = deadline - time.monotonic()
+        assert left > 0 and self.process.poll() is None, (
+            f"no line matching {pattern!r} (exit code {self.process.poll()}):\n"
+            + "".join(self.lines[-40:]))
+        self.changed.wait(min(left, 1.0))
+
+  def finish(self, timeout):
+    """(exit status, all its output); kills it if it outlives `timeout` s (a hung child must
+    not outlive its test)."""
+    try:
+      self.process.wait(timeout=timeout)
+    finally:
+      if self.process.poll() is None:
+        self.process.kill()
+        self.process.wait()
+    self.reader.join(timeout=10)
+    return self.process.returncode, "".join(self.lines)

@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -114,49 +113,9 @@ def test_the_trainer_fails_in_one_line_when_no_dispatcher_answers(data_dir, tmp_
   assert not os.path.exists(tmp_path / "run" / "flags.txt")  # stopped before the run began
 
 
-class _Lines:
-  """A child process whose merged output a thread collects, to wait for a line."""
-
-  def __init__(self, process):
-    self.process, self.lines = process, []
-    self.changed = threading.Condition()
-    self.reader = threading.Thread(target=self._read, daemon=True)
-    self.reader.start()
-
-  def _read(self):
-    for line in self.process.stdout:
-      with self.changed:
-        self.lines.append(line)
-        self.changed.notify_all()
-
-  def wait_for(self, pattern, timeout):
-    regex = re.compile(pattern)
-    deadline = time.monotonic() + timeout
-    with self.changed:
-      while True:
-        found = next((l for l in self.lines if regex.search(l)), None)
-        if found:
-          return found
-        left = deadline - time.monotonic()
-        assert left > 0 and self.process.poll() is None, (
-            f"no line matching {pattern!r} (exit code {self.process.poll()}):\n"
-            + "".join(self.lines[-40:]))
-        self.changed.wait(min(left, 1.0))
-
-  def finish(self, timeout):
-    try:
-      self.process.wait(timeout=timeout)
-    finally:
-      if self.process.poll() is None:
-        self.process.kill()  # a hung child must not outlive the test
-        self.process.wait()
-    self.reader.join(timeout=10)
-    return self.process.returncode, "".join(self.lines)
-
-
 def test_training_goes_on_when_a_service_worker_dies_and_resumes_when_the_trainer_dies(
     data_dir, tmp_path):
-  launcher = _Lines(processes.start(
+  launcher = processes.Lines(processes.start(
       "tools.launch_data_service", "--workers=2", "--heartbeat_seconds=0.5",
       "--worker_timeout_seconds=3", "--grace_seconds=5", merge_stderr=True))
   try:
@@ -168,7 +127,7 @@ def test_training_goes_on_when_a_service_worker_dies_and_resumes_when_the_traine
     flags = [f"--data_dir={data_dir}", f"--model_dir={model_dir}", "--batch_size=4",
              "--epochs=6", "--patience=50", "--learning_rate=1e-3", "--strategy=one_device",
              f"--data_service={address}", "--worker_timeout=60"]
-    trainer = _Lines(processes.start_trainer(*flags, merge_stderr=True))
+    trainer = processes.Lines(processes.start_trainer(*flags, merge_stderr=True))
     trainer.wait_for(r"epoch 1/6: loss", 180)
     os.kill(pids[0], signal.SIGKILL)  # a lost input machine
     launcher.wait_for(r"^\[data_service\] worker 0 was killed by SIGKILL; 1 of 2 still serve",
@@ -183,7 +142,7 @@ def test_training_goes_on_when_a_service_worker_dies_and_resumes_when_the_traine
     steps = re.findall(r"(\d+) steps of 4 examples per epoch", log)
     assert steps == ["24"], log[-3000:]  # 96 train images, as without the service
 
-    again = _Lines(processes.start_trainer(*flags, merge_stderr=True))  # the same command
+    again = processes.Lines(processes.start_trainer(*flags, merge_stderr=True))  # the same command
     code, log = again.finish(180)
     assert code == 0, log[-4000:]
     assert f"{done} epochs done" in log

@@ -16,13 +16,12 @@ import os
 import re
 import signal
 import socket
-import threading
-import time
 
 import pytest
 
 from tests import processes
 from tests import testdata
+
 PATIENCE = 3
 UNINTERRUPTED_EPOCHS = 1 + PATIENCE  # best epoch 1, then PATIENCE epochs without improvement
 
@@ -32,61 +31,22 @@ def data_dir(make_data_dir):
   return make_data_dir(num_shards=4)  # 2 train shards per worker
 
 
-class Job:
-  """A training job in subprocesses: the trainer itself (workers=1) or tools.launch_local.
-
-  A thread collects its output lines (stdout and stderr merged), so the test can wait for
-  a line without blocking on the pipe.
-  """
+class Job(processes.Lines):
+  """A training job in subprocesses: the trainer itself (workers=1) or tools.launch_local."""
 
   def __init__(self, workers, flags):
     if workers == 1:
-      self.process = processes.start_trainer("--strategy=one_device", *flags,
-                                             merge_stderr=True)
+      process = processes.start_trainer("--strategy=one_device", *flags, merge_stderr=True)
     else:
-      self.process = processes.start("tools.launch_local", f"--workers={workers}",
-                                     "--grace_seconds=5", "--", *flags, merge_stderr=True)
+      process = processes.start("tools.launch_local", f"--workers={workers}",
+                                "--grace_seconds=5", "--", *flags, merge_stderr=True)
+    super().__init__(process)
     self.workers = workers
-    self.lines = []
-    self.changed = threading.Condition()
-    self.reader = threading.Thread(target=self._read, daemon=True)
-    self.reader.start()
-
-  def _read(self):
-    for line in self.process.stdout:
-      with self.changed:
-        self.lines.append(line)
-        self.changed.notify_all()
-
-  def wait_for(self, pattern, timeout):
-    """The first output line matching `pattern`; fails if none within `timeout` s."""
-    regex = re.compile(pattern)
-    deadline = time.monotonic() + timeout
-    with self.changed:
-      while True:
-        found = next((l for l in self.lines if regex.search(l)), None)
-        if found:
-          return found
-        left = deadline - time.monotonic()
-        assert left > 0 and self.process.poll() is None, (
-            f"no line matching {pattern!r} (exit code {self.process.poll()}):\n"
-            + "".join(self.lines[-40:]))
-        self.changed.wait(min(left, 1.0))
 
   def pid(self, worker):
     if self.workers == 1:
       return self.process.pid
     return int(self.wait_for(rf"^\[launch\] worker {worker} pid \d+", 30).split()[-1])
-
-  def finish(self, timeout):
-    try:
-      self.process.wait(timeout=timeout)
-    finally:
-      if self.process.poll() is None:
-        self.process.kill()  # a hung job must not outlive the test
-        self.process.wait()
-    self.reader.join(timeout=10)
-    return self.process.returncode, "".join(self.lines)
 
 
 def _history(model_dir):
