@@ -102,7 +102,9 @@ def last_step_rate(learning_rate, iterations):
   """The rate of the step that brought an optimizer built with `learning_rate` (a float or
   a LearningRate) to `iterations` steps: the epoch's rate in history.csv."""
   if isinstance(learning_rate, LearningRate):
-    rate = float(learning_rate(max(int(iterations) - 1, 0)))
+    # convert_to_numpy: int() fails on the MirroredVariable inside it under MirroredStrategy.
+    done = int(keras.ops.convert_to_numpy(iterations))
+    rate = float(learning_rate(max(done - 1, 0)))
     return float(f"{rate:.7g}")  # float32 has 7 significant digits: 0.00055, not 0.000549999997
   return float(learning_rate)
 
