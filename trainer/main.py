@@ -109,7 +109,8 @@ HELP = {
         "--lr_final_fraction of it at the last of --epochs); step (times --lr_step_factor "
         "every --lr_step_epochs epochs); plateau (times --lr_plateau_factor after "
         "--lr_plateau_patience epochs without a lower validation loss). Resumed runs "
-        "continue it; history.csv's learning_rate column has each epoch's rate."),
+        "continue it; history.csv's learning_rate column has the rate of each epoch's "
+        "last step."),
     "warmup_epochs": (
         "Epochs (fractions allowed) over which the rate ramps up linearly, per step, at "
         "the start of the main stage; 0 = none."),
@@ -124,7 +125,8 @@ HELP = {
         "reduced (below --patience)."),
     "summary_steps": (
         "TensorBoard: write train loss, accuracy, learning rate and examples/s every this "
-        "many train steps (chief only), besides the per-epoch scalars; 0 = per epoch only."),
+        "many train steps (counted over the whole run, both stages; chief only), besides "
+        "the per-epoch scalars; 0 = per epoch only."),
     "summary_images": (
         "TensorBoard: this many images of the first train batch, after augmentation, when "
         "a run starts (that batch is then not trained on); 0 = none."),
