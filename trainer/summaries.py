@@ -2,7 +2,8 @@
 
   train/       per epoch (step = epoch): loss, accuracy, examples_per_s, learning_rate;
                every --summary_steps train steps (step = train steps since the run began,
-               over both stages): steps/loss, steps/accuracy (means over those steps),
+               over both stages): steps/loss, steps/accuracy (means over the steps since
+               the previous report, within the epoch: validation is not among them),
                steps/learning_rate (of the last of them), steps/examples_per_s (wall clock
                between two reports); images/augmented (step 0): --summary_images images of
                the first train batch, after augmentation
