@@ -53,8 +53,9 @@ RUN_MARKERS = (HISTORY_FILE, RESULTS_FILE)
 
 # history.csv: one row per epoch. `time` is the epoch's seconds (train + validation);
 # `learning_rate` the rate of the epoch's last train step (trainer/schedules.py).
-HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "time",
-                  "learning_rate")
+# (learning_rate came in 2026-12 before time, which stays last as positional readers expect.)
+HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate",
+                  "time")
 # Columns that older runs' history.csv lack: read_history leaves them out of those rows.
 _LATER_HISTORY_FIELDS = ("time", "learning_rate")
 # results.json, in the order it is written.
