@@ -143,8 +143,8 @@ def _train_and_evaluate(config, strategy, info, caches, dirs, started):
     if config.lr_schedule == "plateau" and stage == "main":
       reduced = state.reduce_on_plateau(improved, config)
       if reduced is not None:
-        logging.info("--lr_schedule=plateau: %d epochs without a lower val_loss; learning "
-                     "rate now %g (x%g)", config.lr_plateau_patience,
+        logging.info("--lr_schedule=plateau: no lower val_loss for --lr_plateau_patience=%d "
+                     "epochs; learning rate now %g (x%g)", config.lr_plateau_patience,
                      config.learning_rate * reduced, reduced)
     row = {"epoch": int(state.epoch), "loss": train["loss"], "accuracy": train["accuracy"],
            "val_loss": val["loss"], "val_accuracy": val["accuracy"],

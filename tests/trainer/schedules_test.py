@@ -8,6 +8,7 @@ stopped after 3 epochs and rerun, whose reduced rate survives the restart.
 
 import math
 
+import keras
 import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
@@ -66,6 +67,22 @@ def test_plateau_reduces_after_patience_epochs_without_a_new_low():
   assert factors == [1, 1, 1, 0.5, 0.5, 0.5, 0.5, 0.25]
   rate = schedules.LearningRate(_schedule("plateau"), state.lr_factor)
   assert float(rate(0)) == pytest.approx(BASE / 4)  # the optimizer's rate follows the factor
+
+
+def test_the_optimizer_steps_by_the_schedules_rate():
+  # SGD moves a variable by rate x gradient: with a gradient of 1, each step's move is the
+  # rate the schedule gives that step (warmup over 4 steps: 1/4, 2/4, 3/4, 1 of the rate).
+  config = config_lib.Config(data_dir="d", model_dir="m", learning_rate=BASE, epochs=5,
+                             warmup_epochs=2)
+  optimizer = keras.optimizers.SGD(learning_rate=schedules.for_optimizer(config, 2))
+  variable = keras.Variable(0.0)
+  moves = []
+  for _ in range(5):
+    before = float(variable.numpy())
+    optimizer.apply([tf.constant(1.0)], [variable])
+    moves.append(before - float(variable.numpy()))
+  assert moves == pytest.approx([BASE / 4, BASE / 2, 3 * BASE / 4, BASE, BASE], rel=1e-4)
+  assert schedules.for_optimizer(config_lib.Config(data_dir="d", model_dir="m"), 2) == 1e-4
 
 
 @pytest.mark.parametrize("settings, message", [
