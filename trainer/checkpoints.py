@@ -25,19 +25,30 @@ BEST_TO_KEEP = 2
 
 
 class LoopState:
-  """Early-stopping state, in tf.Variables so that it is saved in the checkpoint."""
+  """Early-stopping state, and --lr_schedule=plateau's, in tf.Variables so that it is saved
+  in the checkpoint."""
 
-  def __init__(self):
+  def __init__(self, plateau=False):
     self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
     self.best_val_loss = tf.Variable(float("inf"), dtype=tf.float64, trainable=False,
                                      name="best_val_loss")
     self.best_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="best_epoch")
     self.epochs_since_best = tf.Variable(0, dtype=tf.int64, trainable=False,
                                          name="epochs_since_best")
+    # plateau only (so that the checkpoints of other schedules are as before): the factor
+    # on --learning_rate that trainer/schedules.py multiplies in, and the main-stage epochs
+    # since the validation loss last reached a new low or the factor was last reduced.
+    self.lr_factor = self.lr_wait = None
+    if plateau:
+      self.lr_factor = tf.Variable(1.0, dtype=tf.float32, trainable=False, name="lr_factor")
+      self.lr_wait = tf.Variable(0, dtype=tf.int64, trainable=False, name="lr_wait")
 
   def variables(self):
-    return {"epoch": self.epoch, "best_val_loss": self.best_val_loss,
-            "best_epoch": self.best_epoch, "epochs_since_best": self.epochs_since_best}
+    out = {"epoch": self.epoch, "best_val_loss": self.best_val_loss,
+           "best_epoch": self.best_epoch, "epochs_since_best": self.epochs_since_best}
+    if self.lr_factor is not None:
+      out.update(lr_factor=self.lr_factor, lr_wait=self.lr_wait)
+    return out
 
   def should_stop(self, config):
     return (int(self.epoch) >= config.epochs
@@ -56,6 +67,20 @@ class LoopState:
       return True
     self.epochs_since_best.assign_add(1)
     return False
+
+  def reduce_on_plateau(self, improved, config):
+    """After a main-stage epoch under --lr_schedule=plateau (`improved`: end_epoch's answer,
+    from the all-reduced validation loss, so alike on every worker): returns the new factor
+    when this epoch reduces it, else None."""
+    if improved:
+      self.lr_wait.assign(0)
+      return None
+    self.lr_wait.assign_add(1)
+    if int(self.lr_wait) < config.lr_plateau_patience:
+      return None
+    self.lr_wait.assign(0)
+    self.lr_factor.assign(float(self.lr_factor) * config.lr_plateau_factor)
+    return float(self.lr_factor)
 
 
 class CheckpointError(RuntimeError):

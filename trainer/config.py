@@ -12,6 +12,7 @@ from pipeline import splits
 
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
 AUGMENT_ON = ("host", "device")
+LR_SCHEDULES = ("constant", "cosine", "step", "plateau")  # trainer/schedules.py
 
 
 class ConfigError(ValueError):
@@ -72,6 +73,23 @@ class Config:
   # Start from another run's exported best weights (its model.keras): every layer but the
   # classification head. Ignored when --model_dir already holds a checkpoint to resume.
   init_from: str = ""
+  # Learning-rate schedule of the main stage (trainer/schedules.py; the --head_epochs stage
+  # stays at head_learning_rate): constant | cosine (per step, down to lr_final_fraction of
+  # learning_rate at the last of the main stage's epochs) | step (times lr_step_factor every
+  # lr_step_epochs epochs) | plateau (times lr_plateau_factor after lr_plateau_patience epochs
+  # without a lower validation loss).
+  lr_schedule: str = "constant"
+  warmup_epochs: float = 0.0  # epochs (fractions allowed) of linear ramp from ~0 to the rate
+  lr_final_fraction: float = 0.0  # cosine: the last step's rate, as a fraction of learning_rate
+  lr_step_epochs: int = 30  # step: epochs between drops
+  lr_step_factor: float = 0.1  # step: multiplier at each drop
+  lr_plateau_factor: float = 0.1  # plateau: multiplier at each reduction
+  lr_plateau_patience: int = 10  # plateau: epochs without a lower val_loss before reducing
+  # TensorBoard (trainer/summaries.py): train loss, accuracy, learning rate and examples/s
+  # every summary_steps train steps (0 = only per epoch), and summary_images augmented
+  # images of the first train batch when a run starts (0 = none; that batch is not trained on).
+  summary_steps: int = 100
+  summary_images: int = 8
   # grpc://HOST:PORT of a tf.data service dispatcher: the train input pipeline runs on its
   # workers (trainer/data_service.py); "" = on this host.
   data_service: str = ""
@@ -119,9 +137,37 @@ def validate(config, *, model_names=None):
       data_service_address(c.data_service)
     except ValueError as e:
       raise ConfigError(f"--data_service: {e}") from None
-  for name in ("image_size", "steps_per_epoch", "worker_timeout", "head_epochs"):
+  for name in ("image_size", "steps_per_epoch", "worker_timeout", "head_epochs",
+               "summary_steps", "summary_images"):
     if getattr(c, name) < 0:
       raise ConfigError(f"--{name}={getattr(c, name)}: must be >= 0 (0 = off)")
+  validate_schedule(c)
+
+
+def validate_schedule(config):
+  """Checks the --lr_schedule settings; raises ConfigError naming the flag."""
+  c = config
+  if c.lr_schedule not in LR_SCHEDULES:
+    raise ConfigError(f"--lr_schedule={c.lr_schedule}: choose one of {', '.join(LR_SCHEDULES)}")
+  if not 0 <= c.warmup_epochs < float("inf"):
+    raise ConfigError(f"--warmup_epochs={c.warmup_epochs}: must be >= 0 (0 = no warmup)")
+  if not 0 <= c.lr_final_fraction <= 1:
+    raise ConfigError(f"--lr_final_fraction={c.lr_final_fraction}: must be in [0, 1]")
+  for name in ("lr_step_factor", "lr_plateau_factor"):
+    if not 0 < getattr(c, name) <= 1:
+      raise ConfigError(f"--{name}={getattr(c, name)}: must be in (0, 1]")
+  for name in ("lr_step_epochs", "lr_plateau_patience"):
+    if getattr(c, name) < 1:
+      raise ConfigError(f"--{name}={getattr(c, name)}: must be at least 1")
+  main_epochs = c.epochs - c.head_epochs
+  if c.lr_schedule == "cosine" and c.warmup_epochs >= main_epochs:
+    raise ConfigError(f"--warmup_epochs={c.warmup_epochs:g}: --lr_schedule=cosine needs "
+                      f"epochs after the warmup, but the main stage has {main_epochs} "
+                      "(--epochs minus --head_epochs)")
+  if c.lr_schedule == "plateau" and c.lr_plateau_patience >= c.patience:
+    raise ConfigError(f"--lr_plateau_patience={c.lr_plateau_patience} must be below "
+                      f"--patience={c.patience}: early stopping would end the run before "
+                      "the rate is reduced")
 
 
 def data_service_address(address):

@@ -105,6 +105,33 @@ HELP = {
     "init_from": (
         "A finished run's --model_dir: start from its best weights (model.keras), all "
         "layers but the classification head. Same --model; the classes may differ."),
+    "lr_schedule": (
+        "Learning-rate schedule of the main stage (after any --head_epochs, which stay at "
+        "--head_learning_rate): constant; cosine (per step, from --learning_rate to "
+        "--lr_final_fraction of it at the last of --epochs); step (times --lr_step_factor "
+        "every --lr_step_epochs epochs); plateau (times --lr_plateau_factor after "
+        "--lr_plateau_patience epochs without a lower validation loss). Resumed runs "
+        "continue it; history.csv's learning_rate column has the rate of each epoch's "
+        "last step."),
+    "warmup_epochs": (
+        "Epochs (fractions allowed) over which the rate ramps up linearly, per step, at "
+        "the start of the main stage; 0 = none."),
+    "lr_final_fraction": "--lr_schedule=cosine: the last step's rate, as a fraction of "
+                         "--learning_rate (0-1).",
+    "lr_step_epochs": "--lr_schedule=step: epochs between drops.",
+    "lr_step_factor": "--lr_schedule=step: multiplier of the rate at each drop (0-1].",
+    "lr_plateau_factor": "--lr_schedule=plateau: multiplier of the rate at each reduction "
+                         "(0-1].",
+    "lr_plateau_patience": (
+        "--lr_schedule=plateau: epochs without a lower validation loss before the rate is "
+        "reduced (below --patience)."),
+    "summary_steps": (
+        "TensorBoard: write train loss, accuracy, learning rate and examples/s every this "
+        "many train steps (counted over the whole run, both stages; chief only), besides "
+        "the per-epoch scalars; 0 = per epoch only."),
+    "summary_images": (
+        "TensorBoard: this many images of the first train batch, after augmentation, when "
+        "a run starts (that batch is then not trained on); 0 = none."),
     "data_service": (
         "grpc://HOST:PORT of a tf.data service dispatcher (python -m "
         "tools.launch_data_service prints one): the train input (read, decode, shuffle, "
@@ -119,6 +146,7 @@ CHOICES = {
     "model": list(models.MODELS),
     "optimizer": list(config_lib.OPTIMIZERS),
     "augment_on": list(config_lib.AUGMENT_ON),
+    "lr_schedule": list(config_lib.LR_SCHEDULES),
     "strategy": list(strategy_lib.STRATEGIES),
 }
 CASE_INSENSITIVE = ("model",)  # --model=resnet50 means ResNet50

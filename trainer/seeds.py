@@ -11,6 +11,7 @@ import numpy as np
 TRAIN_DATA = 1  # file order, shuffle and host augmentation of the train input; (epoch, pipeline)
 DEVICE_AUGMENT = 2  # --augment_on=device draws; (stage,)
 INPUT_PIPELINE = 3  # one input pipeline's share of TRAIN_DATA's seed; (pipeline,)
+SUMMARY_IMAGES = 4  # --augment_on=device: the draws of the first batch shown in TensorBoard; ()
 
 _UINT64 = 2**64
 

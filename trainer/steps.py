@@ -136,23 +136,40 @@ def make_eval_step(model, strategy, num_classes=None):
   return _looped(strategy, step_fn, num_classes)
 
 
-def run_steps(looped_step, iterator, steps):
+def run_steps(looped_step, iterator, steps, *, report=None, report_every=0, first_step=0):
   """Runs `steps` steps; returns {"loss": mean loss, "accuracy": ..., "examples": count}
   (and "confusion" as nested int lists when the step counts it).
+
+  report: fn(step, sums) called after every step that is a multiple of report_every, step
+  counted from first_step (the steps done before this call), with the host-side {loss,
+  correct, count} sums of the steps since the previous report. Calls then end at those
+  steps too; the numbers are the ones each call returns anyway (the device is synced once
+  per call, as without reports, not per step).
 
   Raises NonFiniteLossError at the first train step whose loss or gradients were not finite
   (the steps after it in its call do not run).
   """
   totals = None
-  for start in range(0, steps, STEPS_PER_CALL):
+  since = None  # sums since the last report
+  done = 0
+  while done < steps:
+    size = min(STEPS_PER_CALL, steps - done)
+    if report is not None and report_every:
+      size = min(size, report_every - (first_step + done) % report_every)
     # A tensor, not an int: a new Python value would trace the function again.
-    sums = looped_step(iterator, tf.constant(min(STEPS_PER_CALL, steps - start)))
+    sums = looped_step(iterator, tf.constant(size))
     if "bad_step" in sums:
       bad = {k: sums.pop(k) for k in ("bad_step", "bad_loss", "bad_grad_norm")}
       if int(bad["bad_step"]) >= 0:
-        raise NonFiniteLossError(start + int(bad["bad_step"]) + 1, float(bad["bad_loss"]),
+        raise NonFiniteLossError(done + int(bad["bad_step"]) + 1, float(bad["bad_loss"]),
                                  float(bad["bad_grad_norm"]))
+    done += size
     totals = sums if totals is None else {k: totals[k] + v for k, v in sums.items()}
+    if report is not None and report_every:
+      since = sums if since is None else {k: since[k] + v for k, v in sums.items()}
+      if (first_step + done) % report_every == 0:
+        report(first_step + done, {k: float(since[k]) for k in ("loss", "correct", "count")})
+        since = None
   count = float(totals["count"])
   out = {"loss": float(totals["loss"]) / count, "accuracy": float(totals["correct"]) / count,
          "examples": count}

@@ -19,6 +19,7 @@ trainer/main.py; `python -m trainer.train` runs it too.
 """
 
 import dataclasses
+import functools
 import hashlib
 import math
 import time
@@ -38,9 +39,11 @@ from trainer import input_pipeline
 from trainer import lock as lock_lib
 from trainer import models
 from trainer import optimizers as optimizers_lib
+from trainer import schedules
 from trainer import seeds
 from trainer import steps as steps_lib
 from trainer import strategy as strategy_lib
+from trainer import summaries
 from trainer import workdir
 
 
@@ -100,6 +103,14 @@ def _train_and_evaluate(config, strategy, info, caches, dirs, started):
   train_steps = TrainSteps(model, optimizers, strategy, config)
   eval_step = steps_lib.make_eval_step(model, strategy)
   writers = workdir.summary_writers(dirs)
+  # Every worker reports (into no-op writers but the chief's), so that all of them split
+  # their steps into calls alike.
+  reports = summaries.StepReports(writers["train"], config.summary_steps)
+  # The learning_rate each stage's optimizer was built with, to tell the rate of its steps.
+  rates = {"head": config.head_learning_rate,
+           "main": schedules.for_optimizer(config, steps, state.lr_factor)}
+  if first_epoch == 0 and config.summary_images:
+    write_first_batch(writers["train"], strategy, train_iterator, config)
   logging.info("training %s (%d parameters) on %d replica(s) with %s: %d steps of %d "
                "examples per epoch, %d validation steps", config.model, model.count_params(),
                strategy.num_replicas_in_sync, strategy_lib.name_of(strategy), steps,
@@ -107,27 +118,42 @@ def _train_and_evaluate(config, strategy, info, caches, dirs, started):
 
   speeds = []  # (train examples, train seconds) of each epoch this process trains
   while not state.should_stop(config):
+    stage = stage_of(config, int(state.epoch))
     train_step = train_steps.for_epoch(int(state.epoch))
     epoch_start = time.time()
+    # fn() -> the rate of the stage's last step so far (read from its optimizer's counter).
+    rate_now = functools.partial(schedules.last_step_rate, rates[stage],
+                                 optimizers[stage].iterations)
+    reports.start_epoch(rate_now)
     try:
-      train = steps_lib.run_steps(train_step, train_iterator, steps)
+      train = steps_lib.run_steps(train_step, train_iterator, steps, report=reports,
+                                  report_every=config.summary_steps,
+                                  first_step=int(state.epoch) * steps)
     except steps_lib.NonFiniteLossError as e:
       stop_on_non_finite(config, strategy, checkpoints, state, model, dirs, info.class_names,
                          f"step {e.step}/{steps}: the training "
                          + (f"loss is {e.loss}" if not math.isfinite(e.loss)
                             else f"gradient norm is {e.grad_norm} (loss {e.loss:.4g})"))
     speeds.append((train["examples"], time.time() - epoch_start))
+    learning_rate = rate_now()  # this epoch's last step's, before plateau changes it
     # The validation loss is reduced over all workers, so every worker takes the same
     # early-stopping decision.
     val = steps_lib.run_steps(eval_step, iter(val_data), val_steps)
     if not math.isfinite(val["loss"]):
       stop_on_non_finite(config, strategy, checkpoints, state, model, dirs, info.class_names,
                          f"validation: the loss is {val['loss']}")
-    if state.end_epoch(val["loss"]):
+    improved = state.end_epoch(val["loss"])
+    if improved:
       checkpoints.save_best(int(state.epoch))
+    if config.lr_schedule == "plateau" and stage == "main":
+      reduced = state.reduce_on_plateau(improved, config)
+      if reduced is not None:
+        logging.info("--lr_schedule=plateau: no lower val_loss for --lr_plateau_patience=%d "
+                     "epochs; learning rate now %g (x%g)", config.lr_plateau_patience,
+                     config.learning_rate * reduced, reduced)
     row = {"epoch": int(state.epoch), "loss": train["loss"], "accuracy": train["accuracy"],
            "val_loss": val["loss"], "val_accuracy": val["accuracy"],
-           "time": round(time.time() - epoch_start, 3)}
+           "time": round(time.time() - epoch_start, 3), "learning_rate": learning_rate}
     history.append(row)
     # history.csv before the checkpoint: a restart drops rows past the restored epoch, so
     # the file always ends at the checkpoint's epoch.
@@ -136,8 +162,7 @@ def _train_and_evaluate(config, strategy, info, caches, dirs, started):
     report_epoch(writers, row, speeds[-1][0] / speeds[-1][1], config, state)
 
   test = test_best_weights(strategy, checkpoints, state, model, info, config, caches)
-  workdir.write_scalars(writers["test"], int(state.best_epoch),
-                        {"loss": test["loss"], "accuracy": test["accuracy"]})
+  summaries.write_test(writers["test"], test, int(state.best_epoch), int(state.epoch))
   workdir.export(model, dirs, info.class_names)
   results = results_record(config, strategy, info, state, test, speeds, first_epoch, started,
                            count_parameters(model.trainable_variables))
@@ -300,6 +325,10 @@ def build(config, info, strategy):
   policy = optimizers_lib.dtype_policy(config.mixed_precision, strategy)
   loss_scaling = optimizers_lib.needs_loss_scaling(policy)
   optimizers = {}
+  # Plain host variables, outside the scope: every worker updates its own copy from the same
+  # all-reduced numbers, so the copies agree without mirroring. (First: plateau's factor is
+  # part of the main optimizer's learning rate.)
+  state = checkpoints_lib.LoopState(plateau=config.lr_schedule == "plateau")
   with strategy.scope():
     model = models.build(config.model, info.num_classes, config.image_shape(info.image_shape),
                          dtype_policy=policy, weights=config.weights)
@@ -312,11 +341,10 @@ def build(config, info, strategy):
       optimizers["head"].build(model.trainable_variables)
     models.set_trainable(model, config_lib.trainable_layers(config))
     optimizers["main"] = optimizers_lib.make_optimizer(
-        config.optimizer, config.learning_rate, loss_scaling=loss_scaling)
+        config.optimizer,
+        schedules.for_optimizer(config, train_steps_per_epoch(info, config), state.lr_factor),
+        loss_scaling=loss_scaling)
     optimizers["main"].build(model.trainable_variables)
-  # Outside the scope: plain host variables. Every worker updates its own copy from the
-  # same all-reduced numbers, so the copies agree without mirroring.
-  state = checkpoints_lib.LoopState()
   return model, optimizers, state
 
 
@@ -372,17 +400,33 @@ def weights_digest(model):
 # --- reporting -----------------------------------------------------------------------------
 
 
+def write_first_batch(writer, strategy, train_iterator, config):
+  """TensorBoard images of the first train batch (this worker's first replica's), after
+  augmentation. Every worker takes the batch, so that all skip it alike; the chief writes.
+  With --augment_on=device the step would augment it: it is augmented here the same way
+  (other draws)."""
+  images, _ = next(train_iterator)
+  images = strategy.experimental_local_results(images)[0][:config.summary_images]
+  augment = device_augmentation(config)
+  if augment is not None:
+    seed = seeds.derive(config.seed, seeds.SUMMARY_IMAGES)
+    images = augment_lib.augment_batch(images, augment, seed=tf.constant([seed, 0], tf.int64))
+  summaries.write_images(writer, images, config.summary_images)
+
+
 def report_epoch(writers, row, examples_per_s, config, state):
   """TensorBoard scalars and the console line of one epoch."""
   workdir.write_scalars(writers["train"], row["epoch"], {
-      "loss": row["loss"], "accuracy": row["accuracy"], "examples_per_s": examples_per_s})
+      "loss": row["loss"], "accuracy": row["accuracy"], "examples_per_s": examples_per_s,
+      "learning_rate": row["learning_rate"]})
   workdir.write_scalars(writers["validation"], row["epoch"],
                         {"loss": row["val_loss"], "accuracy": row["val_accuracy"]})
   logging.info(
       "epoch %d/%d: loss %.4f accuracy %.4f | val_loss %.4f val_accuracy %.4f | %.1f s, "
-      "%.0f examples/s | best epoch %d, %d/%d epochs without improvement",
-      row["epoch"], config.epochs, row["loss"], row["accuracy"], row["val_loss"],
-      row["val_accuracy"], row["time"], examples_per_s, int(state.best_epoch),
+      "%.0f examples/s | learning rate %.3g | best epoch %d, %d/%d epochs without "
+      "improvement", row["epoch"], config.epochs, row["loss"], row["accuracy"],
+      row["val_loss"], row["val_accuracy"], row["time"], examples_per_s,
+      row["learning_rate"], int(state.best_epoch),
       int(state.epochs_since_best), config.patience)
 
 

@@ -7,7 +7,8 @@ the one reader of every file in it.
   checkpoints/          model, optimizer and loop state after every epoch (trainer/checkpoints.py)
   best/                 the weights with the lowest validation loss so far
   history.csv           HISTORY_FIELDS, one row per epoch
-  tensorboard/          train/ and validation/ scalars per epoch, test/ at the end
+  tensorboard/          train/ and validation/ scalars per epoch and every --summary_steps,
+                        images of the first batch, test/ at the end (trainer/summaries.py)
   model.keras           the best weights, Keras format (takes raw 0-255 pixels)
   saved_model/          the best weights, TF SavedModel: image bytes in, class names out
                         (signatures: trainer/serving.py)
@@ -50,8 +51,13 @@ SAVED_MODEL_DIR = "saved_model"
 # A directory is a run once the trainer has written either of these.
 RUN_MARKERS = (HISTORY_FILE, RESULTS_FILE)
 
-# history.csv: one row per epoch. `time` is the epoch's seconds (train + validation).
-HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "time")
+# history.csv: one row per epoch. `time` is the epoch's seconds (train + validation);
+# `learning_rate` the rate of the epoch's last train step (trainer/schedules.py).
+# (learning_rate came in 2026-12 before time, which stays last as positional readers expect.)
+HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate",
+                  "time")
+# Columns that older runs' history.csv lack: read_history leaves them out of those rows.
+_LATER_HISTORY_FIELDS = ("time", "learning_rate")
 # results.json, in the order it is written.
 RESULTS_FIELDS = (
     "test_loss", "test_accuracy", "test_examples", "best_epoch", "best_val_loss",
@@ -252,7 +258,8 @@ def read_history(run_dir, *, up_to_epoch=None):
   """history.csv -> [{"epoch": int, "loss": float, ..., "time": float}]; [] if absent.
 
   up_to_epoch: keep only rows of epochs up to it (a resumed run drops the rows of epochs
-  whose checkpoint was never written). A missing `time` (older runs) is left out of a row.
+  whose checkpoint was never written). A missing `time` or `learning_rate` (older runs) is
+  left out of a row.
   """
   path = join(run_dir, HISTORY_FILE)
   text = read_text(path)
@@ -261,7 +268,8 @@ def read_history(run_dir, *, up_to_epoch=None):
   reader = csv.DictReader(io.StringIO(text))
   if not reader.fieldnames:
     raise RunDirError(f"{path}: empty, expected the header {','.join(HISTORY_FIELDS)}")
-  missing = [c for c in HISTORY_FIELDS if c != "time" and c not in reader.fieldnames]
+  missing = [c for c in HISTORY_FIELDS
+             if c not in _LATER_HISTORY_FIELDS and c not in reader.fieldnames]
   if missing:
     raise RunDirError(f"{path}: missing column(s) {', '.join(missing)} "
                       f"(header: {','.join(reader.fieldnames)})")
@@ -270,7 +278,7 @@ def read_history(run_dir, *, up_to_epoch=None):
     row = {}
     for column in HISTORY_FIELDS:
       value = raw.get(column)
-      if column == "time" and not value:
+      if column in _LATER_HISTORY_FIELDS and not value:
         continue
       try:
         row[column] = int(value) if column == "epoch" else float(value)

@@ -49,12 +49,15 @@ def _test_split(data_dir):
 
 
 def _scalars(event_dir):
-  """{tag: {step: value}} from the TensorBoard event files in `event_dir`."""
+  """{tag: {step: value}} of the scalars in the TensorBoard event files in `event_dir` (the
+  images and text beside them are schedules_test.py's)."""
   out = {}
   for name in tf.io.gfile.listdir(event_dir):
     for event in tf.compat.v1.train.summary_iterator(os.path.join(event_dir, name)):
       for value in event.summary.value:
-        out.setdefault(value.tag, {})[event.step] = float(tf.make_ndarray(value.tensor))
+        array = tf.make_ndarray(value.tensor)
+        if array.ndim == 0 and array.dtype.kind == "f":
+          out.setdefault(value.tag, {})[event.step] = float(array)
   return out
 
 

@@ -52,7 +52,8 @@ def test_flag_differences_pair_lines_by_flag():
 
 def test_history_reads_back_and_stops_at_an_epoch(dirs):
   rows = [{"epoch": e, "loss": 1.0 / e, "accuracy": 0.1 * e, "val_loss": 2.0 / e,
-           "val_accuracy": 0.05 * e, "time": 1.25} for e in (1, 2, 3)]
+           "val_accuracy": 0.05 * e, "time": 1.25, "learning_rate": 1e-3 / e}
+          for e in (1, 2, 3)]
   workdir.write_history(dirs, rows)
   assert workdir.read_history(dirs.model_dir) == rows
   assert workdir.read_history(dirs.model_dir, up_to_epoch=2) == rows[:2]
@@ -60,6 +61,18 @@ def test_history_reads_back_and_stops_at_an_epoch(dirs):
   text = (open(dirs.file(workdir.HISTORY_FILE)).read())
   assert workdir.history_text(workdir.read_history(dirs.model_dir)) == text
   assert workdir.read_history(dirs.model_dir + "/nothing") == []
+
+
+def test_a_history_from_before_learning_rate_still_reads_and_extends(dirs):
+  # Runs before --lr_schedule wrote no learning_rate column (and older ones no time).
+  with open(dirs.file(workdir.HISTORY_FILE), "w") as f:
+    f.write("epoch,loss,accuracy,val_loss,val_accuracy,time\n1,0.5,0.5,0.6,0.4,2.5\n")
+  [old] = workdir.read_history(dirs.model_dir)
+  assert old == {"epoch": 1, "loss": 0.5, "accuracy": 0.5, "val_loss": 0.6,
+                 "val_accuracy": 0.4, "time": 2.5}
+  new = {**old, "epoch": 2, "learning_rate": 1e-4}
+  workdir.write_history(dirs, [old, new])  # a resumed run: the old row's rate left empty
+  assert workdir.read_history(dirs.model_dir) == [old, new]
 
 
 def test_a_malformed_history_names_the_file_and_line(dirs):
