@@ -87,7 +87,8 @@ class Config:
   lr_plateau_patience: int = 10  # plateau: epochs without a lower val_loss before reducing
   # TensorBoard (trainer/summaries.py): train loss, accuracy, learning rate and examples/s
   # every summary_steps train steps (0 = only per epoch), and summary_images augmented
-  # images of the first train batch when a run starts (0 = none; that batch is not trained on).
+  # images of a first train batch when a run starts (0 = none; read apart from the training
+  # stream, which it does not change).
   summary_steps: int = 100
   summary_images: int = 8
   # grpc://HOST:PORT of a tf.data service dispatcher: the train input pipeline runs on its

@@ -130,8 +130,8 @@ HELP = {
         "many train steps (counted over the whole run, both stages; chief only), besides "
         "the per-epoch scalars; 0 = per epoch only."),
     "summary_images": (
-        "TensorBoard: this many images of the first train batch, after augmentation, when "
-        "a run starts (that batch is then not trained on); 0 = none."),
+        "TensorBoard: this many training images, after augmentation, when "
+        "a run starts (read apart from the training stream); 0 = none."),
     "data_service": (
         "grpc://HOST:PORT of a tf.data service dispatcher (python -m "
         "tools.launch_data_service prints one): the train input (read, decode, shuffle, "

@@ -58,7 +58,8 @@ def write_images(writer, images, max_images):
   """`max_images` of a batch of uint8 images [B, H, W, 3], at step 0."""
   with writer.as_default(step=0):
     tf.summary.image("images/augmented", images, max_outputs=max_images,
-                     description="The first train batch, after augmentation (not trained on)")
+                     description="Training images, after augmentation (read apart from the "
+                                 "training stream)")
   writer.flush()
 
 

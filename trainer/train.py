@@ -109,8 +109,8 @@ def _train_and_evaluate(config, strategy, info, caches, dirs, started):
   # The learning_rate each stage's optimizer was built with, to tell the rate of its steps.
   rates = {"head": config.head_learning_rate,
            "main": schedules.for_optimizer(config, steps, state.lr_factor)}
-  if first_epoch == 0 and config.summary_images:
-    write_first_batch(writers["train"], strategy, train_iterator, config)
+  if first_epoch == 0 and config.summary_images and dirs.chief:
+    write_first_batch(writers["train"], info, config)
   logging.info("training %s (%d parameters) on %d replica(s) with %s: %d steps of %d "
                "examples per epoch, %d validation steps", config.model, model.count_params(),
                strategy.num_replicas_in_sync, strategy_lib.name_of(strategy), steps,
@@ -400,18 +400,21 @@ def weights_digest(model):
 # --- reporting -----------------------------------------------------------------------------
 
 
-def write_first_batch(writer, strategy, train_iterator, config):
-  """TensorBoard images of the first train batch (this worker's first replica's), after
-  augmentation. Every worker takes the batch, so that all skip it alike; the chief writes.
-  With --augment_on=device the step would augment it: it is augmented here the same way
-  (other draws)."""
-  images, _ = next(train_iterator)
-  images = strategy.experimental_local_results(images)[0][:config.summary_images]
+def write_first_batch(writer, info, config):
+  """TensorBoard images of a first train batch, augmented as training augments them, from a
+  pipeline of its own (the chief's; the training stream is not touched, so the run trains
+  on the same batches with or without images)."""
+  count = config.summary_images
+  host = augment_lib.AugmentConfig() if host_augmentation(config) else None
+  ds = input_pipeline.train_dataset(info, batch_size=count, seed=config.seed, augment=host,
+                                    cache=None, image_size=config.image_size or None,
+                                    shuffle_buffer=1)  # no buffer to fill: the first files'
+  images, _ = next(iter(ds))
   augment = device_augmentation(config)
   if augment is not None:
     seed = seeds.derive(config.seed, seeds.SUMMARY_IMAGES)
     images = augment_lib.augment_batch(images, augment, seed=tf.constant([seed, 0], tf.int64))
-  summaries.write_images(writer, images, config.summary_images)
+  summaries.write_images(writer, images, count)
 
 
 def report_epoch(writers, row, examples_per_s, config, state):
