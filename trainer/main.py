@@ -22,6 +22,7 @@ from pipeline import dataset_info
 from trainer import checkpoints
 from trainer import config as config_lib
 from trainer import data_service
+from trainer import interrupts
 from trainer import lock
 from trainer import models
 from trainer import strategy as strategy_lib
@@ -187,12 +188,18 @@ def main(argv):
     # The first TensorFlow call: splitting the CPU into replicas must precede every op.
     strategy = strategy_lib.make_strategy(config.strategy, config.cpu_replicas,
                                           worker_timeout=config.worker_timeout)
-    train.train_and_evaluate(config, strategy)
+    # After the strategy (its flag is a TensorFlow variable): from here SIGINT and SIGTERM
+    # stop the run at the next train step, with the line below.
+    stop = interrupts.StopRequest().install()
+    train.train_and_evaluate(config, strategy, stop=stop)
   except (config_lib.ConfigError, dataset_info.DatasetInfoError,
           strategy_lib.StrategyError, data_service.DataServiceError) as e:
     # A one-line message on stderr and exit status 1, not a traceback: these are the
     # user's settings to fix, not bugs.
     sys.exit(f"trainer.main: error: {e}")
+  except interrupts.Interrupted as e:
+    print(f"trainer.main: {e}", file=sys.stderr, flush=True)
+    sys.exit(e.exit_status)
   except STATE_ERRORS as e:
     # The run's state or its machine stopped it (another run holds --model_dir, corrupt
     # checkpoints, a non-finite loss, a full disk): one line, exit status 1; the traceback

@@ -45,7 +45,7 @@ class NonFiniteLossError(ArithmeticError):
     super().__init__(f"step {step}: {what}")
 
 
-def _looped(strategy, step_fn, num_classes=None, check_finite=False):
+def _looped(strategy, step_fn, num_classes=None, check_finite=False, stoppable=False):
   """fn(iterator, num_steps) running `step_fn` on num_steps batches in one tf.function call,
   returning the {loss, correct, count} sums (and "confusion" [true, predicted] counts when
   num_classes is given) over all replicas and steps.
@@ -54,6 +54,10 @@ def _looped(strategy, step_fn, num_classes=None, check_finite=False):
   finite) and "grad_norm"; the loop stops at the first step that any replica found not
   finite and returns its index ("bad_step", -1 if none), mean loss and gradient norm. The
   flag is all-reduced, so every replica and worker stops at the same step.
+
+  stoppable: step_fn also returns "stop" (1 once a stop was requested: trainer/interrupts.py);
+  the loop ends after the first step at which any replica of any worker saw it (all-reduced
+  too) and returns the steps it ran ("stopped_after", -1 if it ran them all).
   """
 
   @tf.function
@@ -63,6 +67,7 @@ def _looped(strategy, step_fn, num_classes=None, check_finite=False):
       totals["confusion"] = tf.zeros([num_classes, num_classes])
     bad = {"bad_step": tf.constant(-1), "bad_loss": tf.constant(0.0),
            "bad_grad_norm": tf.constant(0.0)}
+    stopped_after = tf.constant(-1)
     for i in tf.range(num_steps):
       sums = _reduce(strategy, strategy.run(step_fn, args=next(iterator)))
       if check_finite and sums["nonfinite"] > 0:
@@ -70,15 +75,24 @@ def _looped(strategy, step_fn, num_classes=None, check_finite=False):
                "bad_grad_norm": sums["grad_norm"]}
         break
       totals = {k: totals[k] + sums[k] for k in totals}
+      if stoppable and sums["stop"] > 0:
+        stopped_after = i + 1
+        break
     if check_finite:
       totals.update(bad)
+    if stoppable:
+      totals["stopped_after"] = stopped_after
     return totals
 
   return run
 
 
-def make_train_step(model, optimizer, strategy, global_batch_size, *, augment=None, seed=0):
+def make_train_step(model, optimizer, strategy, global_batch_size, *, augment=None, seed=0,
+                    stop_flag=None):
   """Returns train_steps(iterator, n) -> summed {loss, correct, count} of n global batches.
+
+  stop_flag: a bool tf.Variable (interrupts.StopRequest.flag); once it is True the call ends
+  after the step that is running, on every replica and worker alike.
 
   augment: an AugmentConfig to apply inside the step (--augment_on=device). Its draws are
   seeded by (seed, optimizer step, replica), so they differ per batch and replica and a
@@ -113,10 +127,15 @@ def make_train_step(model, optimizer, strategy, global_batch_size, *, augment=No
     finite = tf.math.is_finite(sums["loss"]) & tf.math.is_finite(grad_norm)
     sums["nonfinite"] = 1.0 - tf.cast(finite, tf.float32)
     sums["grad_norm"] = tf.cast(grad_norm, tf.float32)
+    if stop_flag is not None:
+      # Read once this step's gradients exist: a read with no inputs could run as soon as
+      # the loop starts the iteration, several steps ahead of the one that is computing.
+      with tf.control_dependencies([sums["loss"], grad_norm]):
+        sums["stop"] = tf.cast(stop_flag.read_value(), tf.float32)
     return sums
 
   loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-  return _looped(strategy, step_fn, check_finite=True)
+  return _looped(strategy, step_fn, check_finite=True, stoppable=stop_flag is not None)
 
 
 def make_eval_step(model, strategy, num_classes=None):
@@ -147,7 +166,8 @@ def run_steps(looped_step, iterator, steps, *, report=None, report_every=0, firs
   per call, as without reports, not per step).
 
   Raises NonFiniteLossError at the first train step whose loss or gradients were not finite
-  (the steps after it in its call do not run).
+  (the steps after it in its call do not run). A train step made with a stop_flag that was
+  set ends the run early: the result then has "stopped": the steps that ran.
   """
   totals = None
   since = None  # sums since the last report
@@ -163,16 +183,21 @@ def run_steps(looped_step, iterator, steps, *, report=None, report_every=0, firs
       if int(bad["bad_step"]) >= 0:
         raise NonFiniteLossError(done + int(bad["bad_step"]) + 1, float(bad["bad_loss"]),
                                  float(bad["bad_grad_norm"]))
-    done += size
+    stopped_after = int(sums.pop("stopped_after", -1))
+    done += size if stopped_after < 0 else stopped_after
     totals = sums if totals is None else {k: totals[k] + v for k, v in sums.items()}
     if report is not None and report_every:
       since = sums if since is None else {k: since[k] + v for k, v in sums.items()}
       if (first_step + done) % report_every == 0:
         report(first_step + done, {k: float(since[k]) for k in ("loss", "correct", "count")})
         since = None
+    if stopped_after >= 0:
+      break
   count = float(totals["count"])
   out = {"loss": float(totals["loss"]) / count, "accuracy": float(totals["correct"]) / count,
          "examples": count}
+  if stopped_after >= 0:
+    out["stopped"] = done
   if "confusion" in totals:
     out["confusion"] = totals["confusion"].numpy().round().astype(int).tolist()
   return out

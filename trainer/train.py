@@ -22,6 +22,7 @@ import dataclasses
 import functools
 import hashlib
 import math
+import signal
 import time
 
 from absl import logging
@@ -36,6 +37,7 @@ from trainer import checkpoints as checkpoints_lib
 from trainer import config as config_lib
 from trainer import data_service
 from trainer import input_pipeline
+from trainer import interrupts
 from trainer import lock as lock_lib
 from trainer import models
 from trainer import optimizers as optimizers_lib
@@ -47,12 +49,14 @@ from trainer import summaries
 from trainer import workdir
 
 
-def train_and_evaluate(config, strategy):
+def train_and_evaluate(config, strategy, stop=None):
   """Trains `config.model` on `config.data_dir` until early stopping or `config.epochs`,
   then evaluates the best weights on the test split and exports them. Returns results.
 
   Holds `<model_dir>/run.lock` while it runs (the chief, for the whole cluster): a second
-  run on the same model_dir fails at once with lock.LockError.
+  run on the same model_dir fails at once with lock.LockError. `stop`: an
+  interrupts.StopRequest whose signal ends the run after the train step that is running,
+  with interrupts.Interrupted (trainer/main.py installs one; default: one no signal sets).
   """
   started = time.time()
   info = load_data(config, strategy)
@@ -70,13 +74,14 @@ def train_and_evaluate(config, strategy):
                              f"{getattr(e, 'message', None) or e}") from None
   run_lock = lock_lib.acquire(config.model_dir) if dirs.chief else None
   try:
-    return _train_and_evaluate(config, strategy, info, caches, dirs, started)
+    return _train_and_evaluate(config, strategy, info, caches, dirs, started,
+                               stop or interrupts.StopRequest())
   finally:
     if run_lock is not None:
       run_lock.release()
 
 
-def _train_and_evaluate(config, strategy, info, caches, dirs, started):
+def _train_and_evaluate(config, strategy, info, caches, dirs, started, stop):
   logging.info("this process writes into %s", dirs.write_root)
   model, optimizers, state = build(config, info, strategy)
   checkpoints = checkpoints_lib.Checkpoints(dirs, model, optimizers, state)
@@ -100,7 +105,7 @@ def _train_and_evaluate(config, strategy, info, caches, dirs, started):
   steps = train_steps_per_epoch(info, config)
   train_iterator = iter(distributed_train_data(strategy, info, config, first_epoch, caches))
   val_data, val_steps = distributed_eval_data(strategy, info, "validation", config, caches)
-  train_steps = TrainSteps(model, optimizers, strategy, config)
+  train_steps = TrainSteps(model, optimizers, strategy, config, stop.flag)
   eval_step = steps_lib.make_eval_step(model, strategy)
   writers = workdir.summary_writers(dirs)
   # Every worker reports (into no-op writers but the chief's), so that all of them split
@@ -134,6 +139,8 @@ def _train_and_evaluate(config, strategy, info, caches, dirs, started):
                          f"step {e.step}/{steps}: the training "
                          + (f"loss is {e.loss}" if not math.isfinite(e.loss)
                             else f"gradient norm is {e.grad_norm} (loss {e.loss:.4g})"))
+    if "stopped" in train:
+      raise interrupted(config, stop, int(state.epoch), train["stopped"], steps)
     speeds.append((train["examples"], time.time() - epoch_start))
     learning_rate = rate_now()  # this epoch's last step's, before plateau changes it
     # The validation loss is reduced over all workers, so every worker takes the same
@@ -175,6 +182,23 @@ def _train_and_evaluate(config, strategy, info, caches, dirs, started):
   logging.info("final weights sha256 %s", weights_digest(model))
   dirs.remove_worker_dir()
   return results
+
+
+def interrupted(config, stop, epochs_done, step, steps):
+  """The interrupts.Interrupted of a run stopped after `step` of `steps` of epoch
+  epochs_done + 1: that epoch is abandoned, the last checkpoint (epoch epochs_done) kept."""
+  where = f"in epoch {epochs_done + 1}, after step {step} of {steps}"
+  if epochs_done:
+    kept = (f"that epoch is abandoned and the checkpoint of epoch {epochs_done} kept; rerun "
+            f"the same command to resume from epoch {epochs_done} (--model_dir="
+            f"{config.model_dir})")
+  else:
+    kept = "no epoch had finished, so nothing was saved; the same command starts over"
+  if stop.signum is None:  # another worker's signal stopped the all-reduced step
+    return interrupts.Interrupted(None, f"stopped with the other workers {where} (a signal "
+                                  f"reached another worker): {kept}")
+  return interrupts.Interrupted(stop.signum, f"{signal.Signals(stop.signum).name} {where}: "
+                                f"{kept}")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -360,8 +384,9 @@ class TrainSteps:
   """The train step of each stage, made when first needed; switching stage sets which
   layers train (the two stages' steps update different variables)."""
 
-  def __init__(self, model, optimizers, strategy, config):
+  def __init__(self, model, optimizers, strategy, config, stop_flag=None):
     self.model, self.optimizers, self.strategy, self.config = model, optimizers, strategy, config
+    self.stop_flag = stop_flag
     self.steps = {}
     self.stage = None
 
@@ -379,7 +404,7 @@ class TrainSteps:
     if stage not in self.steps:
       self.steps[stage] = steps_lib.make_train_step(
           self.model, self.optimizers[stage], self.strategy, self.config.batch_size,
-          augment=device_augmentation(self.config),
+          augment=device_augmentation(self.config), stop_flag=self.stop_flag,
           # Each stage's optimizer counts its steps from 0: a stream of its own per stage.
           seed=seeds.derive(self.config.seed, seeds.DEVICE_AUGMENT, STAGES.index(stage)))
     return self.steps[stage]
