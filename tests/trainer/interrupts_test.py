@@ -1,6 +1,7 @@
 """SIGINT and SIGTERM stop a run at the next train step, keep the last checkpoint, say how to
 resume, and exit 130 / 143 (trainer/interrupts.py): real signals to real trainer processes."""
 
+import json
 import os
 import re
 import signal
@@ -72,7 +73,7 @@ def test_sigint_stops_inside_a_long_call_of_steps_and_keeps_the_last_checkpoint(
   assert not os.path.exists(model_dir / "results.json")
 
 
-def test_sigterm_exits_143_and_the_same_command_resumes(data_dir, tmp_path):
+def test_sigterm_exits_143_and_the_runs_flags_txt_resumes_it(data_dir, tmp_path):
   model_dir = tmp_path / "run"
   run = _start(model_dir, data_dir, "--batch_size=16")
   run.wait_for(r"epoch 2/50: loss", 180)
@@ -83,9 +84,12 @@ def test_sigterm_exits_143_and_the_same_command_resumes(data_dir, tmp_path):
   assert done >= 2
   assert re.search(rf"^trainer\.main: SIGTERM in epoch {done + 1}, after step \d+ of 6: .*"
                    rf"resume from epoch {done} ", log, re.M), log[-3000:]
-  result = processes.run_trainer(f"--data_dir={data_dir}", f"--model_dir={model_dir}",
-                                 "--batch_size=16", f"--epochs={done + 1}",
-                                 "--strategy=one_device")
+  # Resumed from the run's own flags.txt, allowing one more epoch.
+  result = processes.run_trainer(f"--flagfile={model_dir}/flags.txt", f"--epochs={done + 1}")
   assert result.returncode == 0, result.stderr[-3000:]
   assert f"{done} epochs done" in result.stderr
-  assert os.path.exists(model_dir / "results.json")
+  results = json.loads((model_dir / "results.json").read_text())
+  assert (results["resumed_from_epoch"], results["epochs_run"]) == (done, done + 1)
+  history = (model_dir / "history.csv").read_text().splitlines()
+  assert [row.split(",")[0] for row in history[1:]] == [str(e) for e in range(1, done + 2)]
+  assert f"--epochs={done + 1}\n" in (model_dir / "flags.txt").read_text()
