@@ -13,6 +13,9 @@ Exit status: 0 written; 1 more than --max_reject_fraction rejected (see rejected
 source cannot be read at all (one line naming it, before the job starts); 3 an OS error while
 reading or writing (a full disk, permissions): one line naming the path and the error, the
 job's temporary files removed, and no traceback unless --verbosity=1 asks for it.
+
+It prints its own lines and a summary; Beam's and TensorFlow's INFO lines only with
+--verbosity=1, which shows debug lines too (pipeline/logs.py).
 """
 
 import dataclasses
@@ -26,6 +29,7 @@ from absl import app
 from absl import flags
 
 from pipeline import archives
+from pipeline import logs
 from pipeline import output_files
 from pipeline import sources
 from pipeline import splits
@@ -297,10 +301,13 @@ class _NoBeamTracebacks(logging.Filter):
 def main(argv):
   logging.getLogger().setLevel(logging.INFO)
   verbose = FLAGS.verbosity >= 1
+  logs.configure(verbose)  # Beam's own INFO lines only with --verbosity=1
   if not verbose:
     for handler in logging.getLogger().handlers:
       handler.addFilter(_NoBeamTracebacks())
   config = JobConfig.from_flags()
+  if config.source and config.source.startswith("tfds:"):
+    logs.import_tensorflow(verbose)  # tensorflow_datasets imports it: without its notices
   try:
     result = run_job(config, argv[1:])
   except (sources.SourceError, splits.ClassSubsetError) as e:

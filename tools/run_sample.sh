@@ -6,6 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-runs/sample}
 ./setup.sh
+# The commands hold TensorFlow's C++ INFO back themselves (pipeline/logs.py); 2 hides its C++
+# warnings too, of which a smoke run gets one that is not news ("Input of
+# GeneratorDatasetOp::Dataset will not be optimized", from tf.distribute's input).
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
 .venv/bin/python -m pipeline.build_tfrecords --source=image_dir \
     --image_dir=pipeline/sample_data/cifar10 --output_dir="$out/data"

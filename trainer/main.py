@@ -8,6 +8,10 @@ Rerunning the same command resumes from the last checkpoint in --model_dir. Resu
 --model_dir (results.json, history.csv, model.keras, saved_model/, tensorboard/; see
 trainer/workdir.py). This is the only module that defines flags; it builds the strategy and
 calls trainer.train.train_and_evaluate. `python -m trainer.train` is the same command.
+
+It prints its own lines (the cache decision, each epoch, the test result, where the results
+and the model went); TensorFlow's and absl's internal INFO lines only with --verbosity=1,
+which shows debug lines too (pipeline/logs.py). Warnings and errors always show.
 """
 
 import dataclasses
@@ -16,7 +20,11 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
-import tensorflow as tf
+
+from pipeline import logs
+# Before TensorFlow loads: its C++ start-up notices are held back unless --verbosity=1.
+logs.import_tensorflow(logs.verbose_in_argv(sys.argv))
+import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from pipeline import dataset_info
 from trainer import checkpoints
@@ -182,6 +190,7 @@ def config_from_flags(flag_values=flags.FLAGS):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  logs.configure(verbose=logging.level_debug())
   config = config_from_flags()
   try:
     config_lib.validate(config, model_names=models.MODELS)
@@ -192,6 +201,7 @@ def main(argv):
     # stop the run at the next train step, with the line below.
     stop = interrupts.StopRequest().install()
     train.train_and_evaluate(config, strategy, stop=stop)
+    report_outputs(config.model_dir, strategy)
   except (config_lib.ConfigError, dataset_info.DatasetInfoError,
           strategy_lib.StrategyError, data_service.DataServiceError) as e:
     # A one-line message on stderr and exit status 1, not a traceback: these are the
@@ -222,6 +232,15 @@ STATE_ERRORS = (lock.LockError, checkpoints.CheckpointError, checkpoints.Checkpo
                 workdir.WriteError, train.NonFiniteLossError, OSError,
                 # Raised by TensorFlow's file systems, e.g. "...; No space left on device".
                 tf.errors.ResourceExhaustedError, tf.errors.PermissionDeniedError)
+
+
+def report_outputs(model_dir, strategy):
+  """The run's last lines: where its results and exported model are (the chief's; other
+  workers write none)."""
+  if strategy_lib.is_chief(strategy):
+    logging.info("results: %s", workdir.join(model_dir, workdir.RESULTS_FILE))
+    logging.info("model: %s and %s/", workdir.join(model_dir, workdir.KERAS_MODEL),
+                 workdir.join(model_dir, workdir.SAVED_MODEL_DIR))
 
 
 def one_line(error):
