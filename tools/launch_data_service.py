@@ -40,10 +40,10 @@ ROLES = ("local", "dispatcher", "workers", "worker")
 
 
 def _tensorflow():
-  # Quiet TensorFlow's C++ INFO lines (each server logs its whole config) unless asked.
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top (after the environment)
-  return tf
+  # Without TensorFlow's C++ INFO lines (each server logs its whole config) and start-up
+  # notices, unless --verbosity=1 asks for them (pipeline/logs.py).
+  from pipeline import logs  # pylint: disable=g-import-not-at-top
+  return logs.import_tensorflow(logs.verbose_in_argv(sys.argv))
 
 
 def start_dispatcher(port, *, work_dir="", worker_timeout_seconds=10.0):
@@ -71,7 +71,6 @@ def serve_worker(dispatcher, worker_host, heartbeat_seconds):
 def start_worker(index, dispatcher, worker_host, heartbeat_seconds):
   """Starts worker `index` as a `--role=worker` subprocess (stdout and stderr on one pipe)."""
   env = cli.trainer_env({"PYTHONUNBUFFERED": "1"})
-  env.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
   command = [sys.executable, "-m", "tools.launch_data_service", "--role=worker",
              f"--dispatcher={dispatcher}", f"--worker_host={worker_host}",
              f"--heartbeat_seconds={heartbeat_seconds:g}"]
