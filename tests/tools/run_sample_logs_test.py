@@ -6,6 +6,7 @@ cut to 2 epochs), write no line of TensorFlow's, absl's C++ or Beam's internals;
 import re
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -39,8 +40,11 @@ INTERNAL_LINES = ("absl::InitializeLog", "port.cc:", "oneDNN custom operations",
 def run(module, *args):
   """`python -m module args` as run_sample.sh runs it (TF_CPP_MIN_LOG_LEVEL=2, which
   processes.command_env sets too), stderr into stdout: its lines, after it exits 0."""
+  # A writable matplotlib config dir: under Bazel's sandbox HOME is read-only, and
+  # matplotlib (which a library imports) warns about it, as it would on such a machine.
+  env = processes.command_env({"MPLCONFIGDIR": tempfile.mkdtemp(prefix="mplconfig-")})
   done = subprocess.run([sys.executable, "-m", module, *args], cwd=processes.REPO,
-                        env=processes.command_env(), stdout=subprocess.PIPE,
+                        env=env, stdout=subprocess.PIPE,
                         stderr=subprocess.STDOUT, text=True, timeout=180)
   assert done.returncode == 0, done.stdout
   return done.stdout.splitlines()
