@@ -94,6 +94,9 @@ class Config:
   # grpc://HOST:PORT of a tf.data service dispatcher: the train input pipeline runs on its
   # workers (trainer/data_service.py); "" = on this host.
   data_service: str = ""
+  # A line every progress_seconds inside an epoch (steps done, examples/s, the epoch's ETA);
+  # 0 = only the end-of-epoch line.
+  progress_seconds: float = 30.0
 
   def image_shape(self, stored_shape):
     """The model's input shape given the data's stored (H, W, C), or None if unknown."""
@@ -139,7 +142,7 @@ def validate(config, *, model_names=None):
     except ValueError as e:
       raise ConfigError(f"--data_service: {e}") from None
   for name in ("image_size", "steps_per_epoch", "worker_timeout", "head_epochs",
-               "summary_steps", "summary_images"):
+               "summary_steps", "summary_images", "progress_seconds"):
     if getattr(c, name) < 0:
       raise ConfigError(f"--{name}={getattr(c, name)}: must be >= 0 (0 = off)")
   validate_schedule(c)

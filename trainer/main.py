@@ -147,6 +147,9 @@ HELP = {
         "augment, batch) runs on its workers, one shared job per run, each example once per "
         "pass (distributed_epoch); validation and test stay here. Empty: all input on this "
         "host."),
+    "progress_seconds": (
+        "Inside an epoch, a line every this many seconds with the steps done, examples/s "
+        "and the epoch's ETA; 0 = only the line at the end of each epoch."),
 }
 
 

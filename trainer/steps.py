@@ -155,7 +155,8 @@ def make_eval_step(model, strategy, num_classes=None):
   return _looped(strategy, step_fn, num_classes)
 
 
-def run_steps(looped_step, iterator, steps, *, report=None, report_every=0, first_step=0):
+def run_steps(looped_step, iterator, steps, *, report=None, report_every=0, first_step=0,
+              progress=None):
   """Runs `steps` steps; returns {"loss": mean loss, "accuracy": ..., "examples": count}
   (and "confusion" as nested int lists when the step counts it).
 
@@ -164,6 +165,8 @@ def run_steps(looped_step, iterator, steps, *, report=None, report_every=0, firs
   correct, count} sums of the steps since the previous report. Calls then end at those
   steps too; the numbers are the ones each call returns anyway (the device is synced once
   per call, as without reports, not per step).
+
+  progress: fn(steps done in this run_steps) after every call (trainer/progress.py).
 
   Raises NonFiniteLossError at the first train step whose loss or gradients were not finite
   (the steps after it in its call do not run). A train step made with a stop_flag that was
@@ -193,6 +196,8 @@ def run_steps(looped_step, iterator, steps, *, report=None, report_every=0, firs
         since = None
     if stopped_after >= 0:
       break
+    if progress is not None:
+      progress(done)
   count = float(totals["count"])
   out = {"loss": float(totals["loss"]) / count, "accuracy": float(totals["correct"]) / count,
          "examples": count}

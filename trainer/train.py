@@ -41,6 +41,7 @@ from trainer import interrupts
 from trainer import lock as lock_lib
 from trainer import models
 from trainer import optimizers as optimizers_lib
+from trainer import progress as progress_lib
 from trainer import schedules
 from trainer import seeds
 from trainer import steps as steps_lib
@@ -131,9 +132,11 @@ def _train_and_evaluate(config, strategy, info, caches, dirs, started, stop):
                                  optimizers[stage].iterations)
     reports.start_epoch(rate_now)
     try:
-      train = steps_lib.run_steps(train_step, train_iterator, steps, report=reports,
-                                  report_every=config.summary_steps,
-                                  first_step=int(state.epoch) * steps)
+      train = steps_lib.run_steps(
+          train_step, train_iterator, steps, report=reports,
+          report_every=config.summary_steps, first_step=int(state.epoch) * steps,
+          progress=progress_lib.EpochProgress(config.progress_seconds, int(state.epoch) + 1,
+                                              config.epochs, steps, config.batch_size))
     except steps_lib.NonFiniteLossError as e:
       stop_on_non_finite(config, strategy, checkpoints, state, model, dirs, info.class_names,
                          f"step {e.step}/{steps}: the training "

@@ -25,6 +25,8 @@ USER_LINES = {
                  r"epoch \d+/\d+: loss ", r"test_loss [\d.]+ test_accuracy ",
                  r"final weights sha256 [0-9a-f]{64}$"),
     "main.py": (r"results: \S+/results\.json$", r"model: \S+/model\.keras and \S+/saved_model/$"),
+    # Only when an epoch outlasts --progress_seconds (30): not on a quiet machine.
+    "progress.py": (r"epoch \d+/\d+: step \d+/\d+, [\d,]+ examples/s, epoch ETA ",),
 }
 SUMMARY_LINES = (r"Wrote \S+ in [\d.]+ s: \d+ classes, image shape ",
                  r"  (train|validation|test) +\d+ examples in \d+ shards$",
