@@ -163,9 +163,9 @@ def remove_stale_outputs(output_dir):
   this run's shards, and what a killed run left half-written (`.temp-*` files, Beam's
   `beam-temp-*` folders) goes."""
   from apache_beam.io.filesystems import FileSystems
-  from pipeline import beam_job, dataset_info, features, tfds_metadata
-  names = (features.INFO_FILE, beam_job.FAILED_INFO_FILE, features.REJECTED_FILE,
-           beam_job.LEGACY_FAILED_INFO_FILE) + tfds_metadata.FILES
+  from pipeline import dataset_info, features, job_metadata, tfds_metadata
+  names = (features.INFO_FILE, job_metadata.FAILED_INFO_FILE, features.REJECTED_FILE,
+           job_metadata.LEGACY_FAILED_INFO_FILE) + tfds_metadata.FILES
   stale = [dataset_info.join(output_dir, n) for n in names]
   stale = [s for s in stale if FileSystems.exists(s)]
   if stale:
@@ -259,10 +259,10 @@ def summarize(config, seconds):
   """Prints what was written and rejected. Returns (exit code, info): 1 if too much was
   rejected."""
   from apache_beam.io.filesystems import FileSystems
-  from pipeline import beam_job, dataset_info, features
+  from pipeline import dataset_info, features, job_metadata
   output_dir = config.output_dir
   ok_path = dataset_info.join(output_dir, features.INFO_FILE)
-  failed_path = dataset_info.join(output_dir, beam_job.FAILED_INFO_FILE)
+  failed_path = dataset_info.join(output_dir, job_metadata.FAILED_INFO_FILE)
   path = ok_path if FileSystems.exists(ok_path) else failed_path
   with FileSystems.open(path) as f:
     info = dataset_info.from_json(output_dir, f.read().decode())

@@ -38,6 +38,21 @@ class Interrupted(Exception):
     return 1 if self.signum is None else 128 + self.signum
 
 
+def interrupted(stop, model_dir, epochs_done, step, steps):
+  """The Interrupted of a run that `stop` ended after `step` of `steps` of epoch
+  epochs_done + 1: that epoch is abandoned, the last checkpoint (epoch epochs_done) kept."""
+  where = f"in epoch {epochs_done + 1}, after step {step} of {steps}"
+  if epochs_done:
+    kept = (f"that epoch is abandoned and the checkpoint of epoch {epochs_done} kept; rerun "
+            f"the same command to resume from epoch {epochs_done} (--model_dir={model_dir})")
+  else:
+    kept = "no epoch had finished, so nothing was saved; the same command starts over"
+  if stop.signum is None:  # another worker's signal stopped the all-reduced step
+    return Interrupted(None, f"stopped with the other workers {where} (a signal reached "
+                       f"another worker): {kept}")
+  return Interrupted(stop.signum, f"{signal.Signals(stop.signum).name} {where}: {kept}")
+
+
 class StopRequest:
   """The flag the train step reads, and the signal that set it (None until one came)."""
 

@@ -22,7 +22,6 @@ import dataclasses
 import functools
 import hashlib
 import math
-import signal
 import time
 
 from absl import logging
@@ -143,7 +142,8 @@ def _train_and_evaluate(config, strategy, info, caches, dirs, started, stop):
                          + (f"loss is {e.loss}" if not math.isfinite(e.loss)
                             else f"gradient norm is {e.grad_norm} (loss {e.loss:.4g})"))
     if "stopped" in train:
-      raise interrupted(config, stop, int(state.epoch), train["stopped"], steps)
+      raise interrupts.interrupted(stop, config.model_dir, int(state.epoch), train["stopped"],
+                                   steps)
     speeds.append((train["examples"], time.time() - epoch_start))
     learning_rate = rate_now()  # this epoch's last step's, before plateau changes it
     # The validation loss is reduced over all workers, so every worker takes the same
@@ -185,23 +185,6 @@ def _train_and_evaluate(config, strategy, info, caches, dirs, started, stop):
   logging.info("final weights sha256 %s", weights_digest(model))
   dirs.remove_worker_dir()
   return results
-
-
-def interrupted(config, stop, epochs_done, step, steps):
-  """The interrupts.Interrupted of a run stopped after `step` of `steps` of epoch
-  epochs_done + 1: that epoch is abandoned, the last checkpoint (epoch epochs_done) kept."""
-  where = f"in epoch {epochs_done + 1}, after step {step} of {steps}"
-  if epochs_done:
-    kept = (f"that epoch is abandoned and the checkpoint of epoch {epochs_done} kept; rerun "
-            f"the same command to resume from epoch {epochs_done} (--model_dir="
-            f"{config.model_dir})")
-  else:
-    kept = "no epoch had finished, so nothing was saved; the same command starts over"
-  if stop.signum is None:  # another worker's signal stopped the all-reduced step
-    return interrupts.Interrupted(None, f"stopped with the other workers {where} (a signal "
-                                  f"reached another worker): {kept}")
-  return interrupts.Interrupted(stop.signum, f"{signal.Signals(stop.signum).name} {where}: "
-                                f"{kept}")
 
 
 class NonFiniteLossError(RuntimeError):

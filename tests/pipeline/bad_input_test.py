@@ -20,10 +20,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from pipeline import beam_job
 from pipeline import build_tfrecords
 from pipeline import features
 from pipeline import images
+from pipeline import job_metadata
 from pipeline import sources
 from pipeline import tfds_metadata
 from pipeline import verify
@@ -239,7 +239,7 @@ def test_image_folder_with_bad_files_fails_the_job_over_max_reject_fraction(tmp_
   # cannot either; the metadata says why.
   assert not (out / features.INFO_FILE).exists()
   assert not any((out / name).exists() for name in tfds_metadata.FILES)
-  failed = json.load(open(out / beam_job.FAILED_INFO_FILE))
+  failed = json.load(open(out / job_metadata.FAILED_INFO_FILE))
   assert failed["rejected"]["total"] == len(expected) == 8
   assert failed["rejected"]["fraction"] == pytest.approx(8 / 14, abs=1e-6)
   assert sum(s["num_examples"] for s in failed["splits"].values()) == 6
@@ -317,4 +317,4 @@ def test_a_path_list_rejected_entirely_while_planning_still_reports(tmp_path):
   assert result.exit_code == 1
   assert sorted((s, r) for s, r, _ in read_rejected(str(out))) == sorted([
       (f"{csv_path}:2", "malformed_row"), (f"{tmp_path}/b.jpg", "unknown_label")])
-  assert json.load(open(out / beam_job.FAILED_INFO_FILE))["rejected"]["fraction"] == 1.0
+  assert json.load(open(out / job_metadata.FAILED_INFO_FILE))["rejected"]["fraction"] == 1.0

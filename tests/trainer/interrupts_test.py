@@ -7,32 +7,19 @@ import re
 import signal
 import time
 
-import keras
-import numpy as np
-import tensorflow as tf
-
 from tests import processes
 from tests import testdata
+from tests.trainer import tiny_step
 from trainer import interrupts
-from trainer import models
 from trainer import steps as steps_lib
-from trainer import strategy as strategy_lib
 
 ALL_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
                "truck")
 
 
 def test_a_train_step_ends_its_call_after_the_step_that_saw_the_request():
-  strategy = strategy_lib.make_strategy("one_device")
-  with strategy.scope():
-    model = models.build("simple", 3, (32, 32, 3))
-    optimizer = keras.optimizers.SGD(0.01)
-    optimizer.build(model.trainable_variables)
   stop = interrupts.StopRequest()  # not installed: requested by hand, as a signal would
-  step = steps_lib.make_train_step(model, optimizer, strategy, 4, stop_flag=stop.flag)
-  images = tf.constant(np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)), tf.uint8)
-  data = tf.data.Dataset.from_tensors((images, tf.constant([0, 1, 2, 0]))).repeat()
-  iterator = iter(strategy.experimental_distribute_dataset(data))
+  step, optimizer, iterator = tiny_step.train_step(stop_flag=stop.flag)
   assert "stopped" not in steps_lib.run_steps(step, iterator, 5)
   assert int(optimizer.iterations) == 5
   stop.request(signal.SIGTERM)

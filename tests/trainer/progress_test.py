@@ -1,14 +1,9 @@
 """trainer/progress.py: the in-epoch progress line, on a clock the test moves, and its place
 after every call of a real train step."""
 
-import keras
-import numpy as np
-import tensorflow as tf
-
-from trainer import models
+from tests.trainer import tiny_step
 from trainer import progress
 from trainer import steps as steps_lib
-from trainer import strategy as strategy_lib
 
 
 class Clock:
@@ -44,15 +39,7 @@ def test_off_at_zero_seconds():
 
 
 def test_run_steps_reports_after_every_call():
-  strategy = strategy_lib.make_strategy("one_device")
-  with strategy.scope():
-    model = models.build("simple", 3, (32, 32, 3))
-    optimizer = keras.optimizers.SGD(0.01)
-    optimizer.build(model.trainable_variables)
-  step = steps_lib.make_train_step(model, optimizer, strategy, 4)
-  images = tf.constant(np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)), tf.uint8)
-  data = tf.data.Dataset.from_tensors((images, tf.constant([0, 1, 2, 0]))).repeat()
+  step, _, iterator = tiny_step.train_step()
   calls = []
-  steps_lib.run_steps(step, iter(strategy.experimental_distribute_dataset(data)), 45,
-                      progress=calls.append)
+  steps_lib.run_steps(step, iterator, 45, progress=calls.append)
   assert calls == [20, 40, 45]
