@@ -13,6 +13,7 @@ from pipeline import splits
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
 AUGMENT_ON = ("host", "device")
 LR_SCHEDULES = ("constant", "cosine", "step", "plateau")  # trainer/schedules.py
+PROGRESS = ("auto", "bar", "lines")  # trainer/progress.py
 
 
 class ConfigError(ValueError):
@@ -94,8 +95,9 @@ class Config:
   # grpc://HOST:PORT of a tf.data service dispatcher: the train input pipeline runs on its
   # workers (trainer/data_service.py); "" = on this host.
   data_service: str = ""
-  # A line every progress_seconds inside an epoch (steps done, examples/s, the epoch's ETA);
-  # 0 = only the end-of-epoch line.
+  # Progress inside an epoch (trainer/progress.py): "bar" redrawn in place, "lines" (one
+  # every progress_seconds; 0 = only the end-of-epoch line), "auto" = bar on a terminal.
+  progress: str = "auto"
   progress_seconds: float = 30.0
 
   def image_shape(self, stored_shape):
@@ -145,6 +147,8 @@ def validate(config, *, model_names=None):
                "summary_steps", "summary_images", "progress_seconds"):
     if getattr(c, name) < 0:
       raise ConfigError(f"--{name}={getattr(c, name)}: must be >= 0 (0 = off)")
+  if c.progress not in PROGRESS:
+    raise ConfigError(f"--progress={c.progress}: choose one of {', '.join(PROGRESS)}")
   validate_schedule(c)
 
 

@@ -147,9 +147,14 @@ HELP = {
         "augment, batch) runs on its workers, one shared job per run, each example once per "
         "pass (distributed_epoch); validation and test stay here. Empty: all input on this "
         "host."),
+    "progress": (
+        "Progress inside an epoch: bar (redrawn in place: steps, examples/s, ETA, loss, "
+        "accuracy), lines (a log line every --progress_seconds, for logs and pipes), auto "
+        "(bar when stderr is a terminal, else lines)."),
     "progress_seconds": (
-        "Inside an epoch, a line every this many seconds with the steps done, examples/s "
-        "and the epoch's ETA; 0 = only the line at the end of each epoch."),
+        "With lines progress: a line every this many seconds inside an epoch with the "
+        "steps done, examples/s, the epoch's ETA, loss and accuracy; 0 = only the line at "
+        "the end of each epoch."),
 }
 
 
@@ -160,6 +165,7 @@ CHOICES = {
     "augment_on": list(config_lib.AUGMENT_ON),
     "lr_schedule": list(config_lib.LR_SCHEDULES),
     "strategy": list(strategy_lib.STRATEGIES),
+    "progress": list(config_lib.PROGRESS),
 }
 CASE_INSENSITIVE = ("model",)  # --model=resnet50 means ResNet50
 REQUIRED = ("data_dir", "model_dir")  # no default (config.validate names them when missing)

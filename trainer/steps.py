@@ -166,7 +166,8 @@ def run_steps(looped_step, iterator, steps, *, report=None, report_every=0, firs
   steps too; the numbers are the ones each call returns anyway (the device is synced once
   per call, as without reports, not per step).
 
-  progress: fn(steps done in this run_steps) after every call (trainer/progress.py).
+  progress: fn(steps done in this run_steps, the {loss, correct, count} sums of those steps)
+  after every call (trainer/progress.py).
 
   Raises NonFiniteLossError at the first train step whose loss or gradients were not finite
   (the steps after it in its call do not run). A train step made with a stop_flag that was
@@ -197,7 +198,7 @@ def run_steps(looped_step, iterator, steps, *, report=None, report_every=0, firs
     if stopped_after >= 0:
       break
     if progress is not None:
-      progress(done)
+      progress(done, totals)
   count = float(totals["count"])
   out = {"loss": float(totals["loss"]) / count, "accuracy": float(totals["correct"]) / count,
          "examples": count}

@@ -122,6 +122,7 @@ def _train_and_evaluate(config, strategy, info, caches, dirs, started, stop):
                config.batch_size, val_steps)
 
   speeds = []  # (train examples, train seconds) of each epoch this process trains
+  progress_mode = progress_lib.resolve(config.progress)
   while not state.should_stop(config):
     stage = stage_of(config, int(state.epoch))
     train_step = train_steps.for_epoch(int(state.epoch))
@@ -131,11 +132,12 @@ def _train_and_evaluate(config, strategy, info, caches, dirs, started, stop):
                                  optimizers[stage].iterations)
     reports.start_epoch(rate_now)
     try:
-      train = steps_lib.run_steps(
-          train_step, train_iterator, steps, report=reports,
-          report_every=config.summary_steps, first_step=int(state.epoch) * steps,
-          progress=progress_lib.EpochProgress(config.progress_seconds, int(state.epoch) + 1,
-                                              config.epochs, steps, config.batch_size))
+      with progress_lib.for_epoch(progress_mode, config.progress_seconds, int(state.epoch) + 1,
+                                  config.epochs, steps, config.batch_size) as progress:
+        train = steps_lib.run_steps(
+            train_step, train_iterator, steps, report=reports,
+            report_every=config.summary_steps, first_step=int(state.epoch) * steps,
+            progress=progress)
     except steps_lib.NonFiniteLossError as e:
       stop_on_non_finite(config, strategy, checkpoints, state, model, dirs, info.class_names,
                          f"step {e.step}/{steps}: the training "
