@@ -22,11 +22,19 @@ import dataclasses
 import functools
 import hashlib
 import math
+import sys
 import time
 
 from absl import logging
-import keras
-import tensorflow as tf
+
+if __name__ == "__main__":
+  # `python -m trainer.train` runs this file before trainer/main.py: hide TF's import notices
+  # here as trainer/main.py does (pipeline/logs.py).
+  from pipeline import logs  # pylint: disable=g-import-not-at-top
+  logs.import_tensorflow(logs.verbose_in_argv(sys.argv))
+
+import keras  # pylint: disable=g-import-not-at-top,wrong-import-position
+import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from pipeline import dataset_info
 from pipeline import verify
