@@ -31,9 +31,7 @@ import csv
 import hashlib
 import io
 import json
-import logging
 import math
-import time
 import uuid
 
 import apache_beam as beam
@@ -47,6 +45,7 @@ from pipeline import dataset_info
 from pipeline import features
 from pipeline import images
 from pipeline import job_metadata
+from pipeline import job_progress
 from pipeline import output_files
 from pipeline import sources
 from pipeline import splits
@@ -191,22 +190,26 @@ class WriteShard(beam.DoFn):
 
   Outputs: examples (for the Summary), REJECTED (source, reason, detail), SHARD_FILES (the
   final name).
+
+  progress: a job_progress.Plan: every image written or rejected is counted in this worker
+  process's job_progress.Counter, which logs a line every plan.every_seconds (None: no
+  lines).
   """
 
   def __init__(self, output_dir, num_shards, class_names, image_size=None,
-               max_image_bytes=sources.MAX_IMAGE_BYTES):
+               max_image_bytes=sources.MAX_IMAGE_BYTES, progress=None):
     self._output_dir = output_dir
     self._num_shards = num_shards
     self._class_names = class_names
     self._image_size = image_size
     self._max_image_bytes = max_image_bytes
-
-  def setup(self):
-    self._done = 0
-    self._start = time.time()
+    self._progress = progress
 
   def process(self, shard):
     (split, index), elements = shard
+    # Here, not in setup: the process's count (and its rate's clock) starts with its first
+    # shard, not with the worker's start-up.
+    self._counter = job_progress.process_counter(self._progress) if self._progress else None
     elements = sorted((e for e in elements if e is not None), key=record_order)
     name = features.shard_name(split, index, self._num_shards[split])
     final = dataset_info.join(self._output_dir, name)
@@ -220,14 +223,15 @@ class WriteShard(beam.DoFn):
                                    self._max_image_bytes)
         except images.BadImage as e:
           counter(f"rejected/{e.reason}").inc()
+          self._count_done()
           yield beam.pvalue.TaggedOutput(
               REJECTED, (element.get("path") or element["key"], e.reason, e.detail))
           continue
         _TFRecordUtil.write_record(out, record)  # the framing WriteToTFRecord writes
         # bytes: of the serialized example, as TFDS counts a split's num_bytes (the file
         # adds 16 a record of framing: length, its CRC, the data's CRC).
+        self._count_done()
         yield dict(example, shard=index, bytes=len(record))
-        self._log_progress()
       out.close()
     except BaseException:
       try:
@@ -239,11 +243,9 @@ class WriteShard(beam.DoFn):
     FileSystems.rename([temp], [final])
     yield beam.pvalue.TaggedOutput(SHARD_FILES, final)
 
-  def _log_progress(self):
-    self._done += 1
-    if self._done % 5000 == 0:  # Progress: the DirectRunner shows none of its own.
-      logging.info("encoded %d images in this worker (%.0f/s)", self._done,
-                   self._done / (time.time() - self._start))
+  def _count_done(self):
+    if self._counter is not None:
+      self._counter.add()
 
 
 def _read(path, max_bytes):
@@ -341,10 +343,10 @@ def GroupByShard(elements, num_shards):
 
 @beam.ptransform_fn
 def WriteShards(shards, output_dir, num_shards, class_names, image_size,
-                max_image_bytes=sources.MAX_IMAGE_BYTES):
+                max_image_bytes=sources.MAX_IMAGE_BYTES, progress=None):
   """Grouped shards -> (examples, rejections, shard file names): see WriteShard."""
   written = shards | "Write" >> beam.ParDo(WriteShard(
-      output_dir, num_shards, class_names, image_size, max_image_bytes)).with_outputs(
+      output_dir, num_shards, class_names, image_size, max_image_bytes, progress)).with_outputs(
           REJECTED, SHARD_FILES, main="examples")
   return written.examples, written[REJECTED], written[SHARD_FILES]
 
@@ -381,10 +383,11 @@ def WriteMetadata(examples, files, reason_counts, *, output_dir, meta, split_nam
 
 def build(pipeline, plan, *, output_dir, split_names, num_shards, kept, validation_fraction,
           test_fraction, image_size, max_reject_fraction, command, shard_plans=(), excluded=0,
-          max_image_bytes=sources.MAX_IMAGE_BYTES):
+          max_image_bytes=sources.MAX_IMAGE_BYTES, progress=None):
   """Adds the whole job to `pipeline`. num_shards: split -> count. shard_plans, excluded:
   what write_shard_plans returned for plan.elements (required when there are any).
-  max_image_bytes: larger files are rejected as file_too_large unread (None: no limit)."""
+  max_image_bytes: larger files are rejected as file_too_large unread (None: no limit).
+  progress: a job_progress.Plan for the shard writers' progress lines (None: none)."""
   if plan.elements and not shard_plans:
     raise ValueError("the plan has path elements: write them with write_shard_plans first")
   p = pipeline
@@ -401,7 +404,7 @@ def build(pipeline, plan, *, output_dir, split_names, num_shards, kept, validati
   examples, rejections, files = (
       shards | "AllShards" >> beam.Flatten()
       | "WriteShards" >> WriteShards(output_dir, num_shards, class_names, image_size,
-                                     max_image_bytes))
+                                     max_image_bytes, progress))
   planned_rejections = p | "PlanRejections" >> PlanRejections(plan.rejected)
   reason_counts = ((planned_rejections, rejections)
                    | "WriteRejections" >> WriteRejections(output_dir))

@@ -14,7 +14,8 @@ source cannot be read at all (one line naming it, before the job starts); 3 an O
 reading or writing (a full disk, permissions): one line naming the path and the error, the
 job's temporary files removed, and no traceback unless --verbosity=1 asks for it.
 
-It prints its own lines and a summary; Beam's and TensorFlow's INFO lines only with
+It prints its own lines (the plan, a progress line every --progress_seconds and a last one:
+pipeline/job_progress.py) and a summary; Beam's and TensorFlow's INFO lines only with
 --verbosity=1, which shows debug lines too (pipeline/logs.py).
 """
 
@@ -29,6 +30,7 @@ from absl import app
 from absl import flags
 
 from pipeline import archives
+from pipeline import job_progress
 from pipeline import logs
 from pipeline import output_files
 from pipeline import sources
@@ -79,6 +81,11 @@ def define_flags():
   flags.DEFINE_integer("max_image_bytes", sources.MAX_IMAGE_BYTES, "Reject a file larger than "
                        "this as file_too_large without reading it (for gs:// and http(s), by "
                        "the size the file system reports). 0: no limit.", lower_bound=0)
+  flags.DEFINE_float("progress_seconds", job_progress.PROGRESS_SECONDS,
+                     "Seconds between progress lines (images done of the total, images/s, "
+                     "ETA) of each worker process; 0: none but the last line. "
+                     "See pipeline/job_progress.py for what several workers print.",
+                     lower_bound=0.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +110,7 @@ class JobConfig:
   num_shards: int = 0
   max_reject_fraction: float = 0.01
   max_image_bytes: int = sources.MAX_IMAGE_BYTES  # 0: no limit
+  progress_seconds: float = job_progress.PROGRESS_SECONDS  # 0: the last line only
   command: str = ""
 
   @classmethod
@@ -173,6 +181,20 @@ def remove_stale_outputs(output_dir):
   output_files.remove_leftovers(output_dir)
 
 
+def worker_processes(options):
+  """How many processes count images separately (job_progress.Plan.workers): 1 for the
+  DirectRunner in_memory and multi_threading (one process), --direct_num_workers (0: one a
+  CPU, as Beam reads it) for multi_processing, None (unknown) for other runners."""
+  import multiprocessing
+  from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+  if options.view_as(StandardOptions).runner not in (None, "DirectRunner", "direct"):
+    return None
+  direct = options.view_as(DirectOptions)
+  if direct.direct_running_mode != "multi_processing":
+    return 1
+  return direct.direct_num_workers or multiprocessing.cpu_count()
+
+
 def make_runner(options):
   """Beam's DirectRunner first tries Prism, which downloads a binary; offline that costs a
   failed download and a fallback on every run. Use the FnApiRunner it falls back to directly
@@ -228,6 +250,14 @@ def run_job(config, beam_argv=()):
           config.output_dir, plan.elements, kept=kept,
           validation_fraction=config.validation_fraction, test_fraction=config.test_fraction,
           has_test=plan.has_test, num_shards=num_shards)
+    # The images the shard writers will see: the planned paths, exactly; of archives, the
+    # split sizes that sized the shards, "about" (exact for the official CIFAR-100 and a
+    # whole tfds dataset, not for an unverified archive or a class subset of an unbalanced
+    # dataset).
+    archive_total = round(sum(sizes.values())) if plan.reads else 0
+    progress = job_progress.Plan(
+        total=len(plan.elements) - excluded + archive_total, approximate=bool(plan.reads),
+        workers=worker_processes(options), every_seconds=config.progress_seconds)
     beam_job.build(
         pipeline, plan, output_dir=config.output_dir, split_names=split_names,
         num_shards=num_shards, kept=kept, validation_fraction=config.validation_fraction,
@@ -235,10 +265,12 @@ def run_job(config, beam_argv=()):
         image_size=(config.image_size, config.image_size) if config.image_size else None,
         max_reject_fraction=config.max_reject_fraction, command=config.command,
         shard_plans=shard_plans, excluded=excluded,
-        max_image_bytes=config.max_image_bytes or None)
+        max_image_bytes=config.max_image_bytes or None, progress=progress)
     plan.elements.clear()  # In the shard plans now: free them before the job runs.
+    job_start = time.time()
     result = pipeline.run()
     result.wait_until_finish()
+    job_seconds = time.time() - job_start
   except BaseException:
     # A failed job (a full disk, a bug, Ctrl-C) leaves no temporary files behind where it
     # can: its half-written shards and plan (.temp-*), Beam's sink folders (beam-temp-*).
@@ -251,8 +283,20 @@ def run_job(config, beam_argv=()):
     FileSystems.delete([path for _, path in shard_plans])
   counters = {c.key.metric.name: c.committed for c in result.metrics().query(
       MetricsFilter().with_namespace(beam_job.NAMESPACE))["counters"]}
+  logging.info("%s", final_progress_line(progress, counters, len(plan.rejected), job_seconds))
   exit_code, info = summarize(config, time.time() - t0)
   return JobResult(exit_code=exit_code, info=info, counters=counters)
+
+
+def final_progress_line(progress, counters, planned_rejections, seconds):
+  """job_progress.final_line from the job's counters: written = examples/<split>; rejected
+  by the shard writers = rejected/<reason> less the inputs rejected while planning (counted
+  there too). Counters merge every worker's, so this line is exact on every runner."""
+  written = sum(n for name, n in counters.items()
+                if name.startswith("examples/") and name.count("/") == 1)
+  rejected = sum(n for name, n in counters.items() if name.startswith("rejected/"))
+  return job_progress.final_line(progress.total, written, rejected - planned_rejections,
+                                 seconds, progress.approximate)
 
 
 def summarize(config, seconds):

@@ -24,20 +24,10 @@ import time
 
 from absl import logging
 
+from pipeline.job_progress import duration  # the Beam job's progress line's too
+
 MODES = ("auto", "bar", "lines")
 BAR_WIDTH = 20  # characters between the brackets
-
-
-def duration(seconds):
-  """A short human duration: 45 s, 3 min 20 s, 2 h 05 min."""
-  seconds = max(0, int(round(seconds)))
-  if seconds < 60:
-    return f"{seconds} s"
-  minutes, seconds = divmod(seconds, 60)
-  if minutes < 60:
-    return f"{minutes} min {seconds:02d} s"
-  hours, minutes = divmod(minutes, 60)
-  return f"{hours} h {minutes:02d} min"
 
 
 def resolve(mode, stream=None):

@@ -64,8 +64,8 @@ def test_records_below_warning_pass_only_from_the_projects_files():
   assert not keep(record("apache_beam.runners.worker.statecache", "/venv/statecache.py"))
   assert keep(record("tensorflow", "/venv/builder_impl.py", level=logging.WARNING))
   # A Beam worker process's record, relayed by the runner's logging service.
-  entry = ('severity: INFO timestamp {   seconds: 1 } message: "encoded 5000 images in this '
-           'worker (900/s)" log_location: "%sbeam_job.py:298" thread: "7"')
+  entry = ('severity: INFO timestamp {   seconds: 1 } message: "build_tfrecords: this worker: '
+           '7,500 images, 900 images/s" log_location: "%sjob_progress.py:138" thread: "7"')
   relay = "apache_beam.runners.portability.local_job_service"
   assert keep(record(relay, "/venv/local_job_service.py", msg="Worker: %s",
                      args=(entry % logs.PROJECT_DIRS[0],)))

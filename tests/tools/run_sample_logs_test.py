@@ -18,7 +18,12 @@ ABSL_LINE = re.compile(r"^[IWEF]\d{4} [\d:.]+ +\d+ (?P<file>[\w.-]+):\d+\] (?P<m
 # The lines meant for the user, by the file that logs them (absl lines), and the Beam job's
 # printed summary. A new line of the project's own belongs here.
 USER_LINES = {
-    "build_tfrecords.py": (r"Source \S+: \d+ classes", r"Writing \{.*\} to "),
+    "build_tfrecords.py": (r"Source \S+: \d+ classes", r"Writing \{.*\} to ",
+                           r"build_tfrecords: [\d,]+ of [\d,]+ images \(\d+%\) in .* "
+                           r"images/s: [\d,]+ written, [\d,]+ rejected$"),
+    # Only when the job outlasts --progress_seconds (30): not for the 500 images.
+    "job_progress.py": (r"build_tfrecords: [\d,]+ of [\d,]+ images \(\d+%\), [\d,]+ images/s, "
+                        r"ETA ",),
     "cache.py": (r"--cache=auto: train ",),
     "train.py": (r"this process writes into ", r"input pipeline \d+ of \d+ reads train shards",
                  r"training simple \(\d+ parameters\)", r"stage main: ",
@@ -85,6 +90,9 @@ def test_run_sample_prints_only_the_projects_lines(sample):
                                f"is): {line!r}"
   assert [line.split()[0] for line in beam if not ABSL_LINE.match(line)] == [
       "Wrote", "train", "validation", "test", "rejected"]
+  # The job's last progress line: every planned image done.
+  assert any(ABSL_LINE.match(line)["message"].startswith(
+      "build_tfrecords: 500 of 500 images (100%) in ") for line in beam if ABSL_LINE.match(line))
   messages = [ABSL_LINE.match(line)["message"] for line in trainer]
   assert [m.split(":")[0] for m in messages if m.startswith("epoch ")] == ["epoch 1/2",
                                                                            "epoch 2/2"]
