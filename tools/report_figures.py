@@ -12,6 +12,7 @@ import numpy as np
 
 matplotlib.use("Agg")  # before pyplot is imported: no display needed
 from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+from matplotlib import ticker  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 MAX_CELL_TEXT_CLASSES = 20
 DPI = 100
@@ -43,6 +44,14 @@ def _maybe_log_y(ax, values):
     ax.set_yscale("log")
 
 
+def _epoch_axis(ax):
+  """Whole-number ticks on an epoch x axis: matplotlib's default locator puts a 5-epoch run's
+  ticks at 1.0, 1.5, 2.0, ..., epochs that do not exist. min_n_ticks=1: with the default (2)
+  a one-epoch run's axis has too few whole numbers and the locator falls back to fractions."""
+  ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True, min_n_ticks=1))
+  ax.set_xlabel("epoch")
+
+
 def learning_curves_figure(run):
   """Loss and accuracy per epoch, train and validation; the best epoch dashed."""
   epochs = [r["epoch"] for r in run.history]
@@ -59,7 +68,7 @@ def learning_curves_figure(run):
                  label=f"best epoch {best}" + ("" if run.finished else " so far"))
     if metric == "loss":
       _maybe_log_y(ax, [r[k] for r in run.history for k in ("loss", "val_loss")])
-    ax.set_xlabel("epoch")
+    _epoch_axis(ax)
     ax.set_ylabel(metric)
     ax.set_title(f"{run.name}: {metric}")
     ax.grid(alpha=0.3)
@@ -75,7 +84,7 @@ def val_accuracy_figure(runs):
     ax.plot([r["epoch"] for r in run.history], [r["val_accuracy"] for r in run.history],
             color=color, linestyle=("-", "--", ":")[(i // 20) % 3],
             label=run.name + ("" if run.finished else " (unfinished)"))
-  ax.set_xlabel("epoch")
+  _epoch_axis(ax)
   ax.set_ylabel("val_accuracy")
   ax.set_title("val_accuracy of every run")
   ax.grid(alpha=0.3)

@@ -341,3 +341,35 @@ def test_runs_sort_numbers_by_value_and_confusion_run_picks_the_matrix(tmp_path,
                       capsys)
   assert "--confusion_run=nope: no finished run of that name" in message
   assert report_runs.natural_key("lr=1e-4") < report_runs.natural_key("lr=1e-3")
+
+
+def visible_xticks(ax):
+  """(tick positions, tick label texts) inside the x axis' view, as drawn."""
+  ax.figure.canvas.draw()
+  low, high = ax.get_xlim()
+  ticks = [t for t in ax.get_xticks() if low <= t <= high]
+  labels = [label.get_text() for label in ax.get_xticklabels()
+            if low <= label.get_position()[0] <= high]
+  return ticks, labels
+
+
+def assert_integer_epoch_ticks(ax):
+  ticks, labels = visible_xticks(ax)
+  assert ticks and all(t == int(t) for t in ticks), ticks
+  assert labels == [str(int(t)) for t in ticks]
+
+
+def test_epoch_axes_have_whole_number_ticks(sweep, tmp_path):
+  # 5 epochs: matplotlib's default ticks would be 1.0, 1.5, ..., 5.0.
+  write_run(tmp_path / "one_epoch", "0.01", 0.9, 0.6, 1, 1)
+  runs = {r.name: r for r in report_runs.load_runs([str(sweep), str(tmp_path / "one_epoch")])}
+  for name in ("lr_0.0001", "lr_0.01", "one_epoch"):
+    fig = report_figures.learning_curves_figure(runs[name])
+    for ax in fig.axes:
+      assert ax.get_xlabel() == "epoch"
+      assert_integer_epoch_ticks(ax)
+    report_figures.plt.close(fig)
+  fig = report_figures.val_accuracy_figure(list(runs.values()))
+  (ax,) = fig.axes
+  assert_integer_epoch_ticks(ax)
+  report_figures.plt.close(fig)
