@@ -26,7 +26,9 @@ Sections:
                      (the best test accuracy in bold), best epoch, epochs run, wall time.
   Learning curves    per run, loss and accuracy (train and validation) per epoch, the best
                      epoch (results.json's best_epoch; the lowest val_loss if unfinished)
-                     dashed; with more than one run, every run's val_accuracy overlaid.
+                     dashed; with more than one run, every run's val_accuracy overlaid,
+                     a dot per epoch (every k-th past 30 epochs) and a star at each run's
+                     best epoch. Epoch axes have whole-number ticks.
   Swept flags        one chart per flag whose value differs between the runs' flags.txt
                      (--model_dir never counts; nor does a flag that older runs lack and
                      the others all set alike): test accuracy and test loss of each
@@ -117,7 +119,9 @@ def build_sections(runs, flags, confusion_run=None):
                           "curves.")
   with_history = [r for r in runs if r.history]
   if len(with_history) > 1:
-    curves.notes.append("The last figure overlays the validation accuracy of every run.")
+    curves.notes.append("The last figure overlays the validation accuracy of every run: a dot "
+                        "per epoch, a star at each run's best epoch (lowest validation loss: "
+                        "the weights tested).")
     curves.plots.append(figures.Plot(filename("val_accuracy_all"),
                              figures.png(figures.val_accuracy_figure(with_history)),
                              "val_accuracy of every run"))

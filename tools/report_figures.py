@@ -12,6 +12,7 @@ import numpy as np
 
 matplotlib.use("Agg")  # before pyplot is imported: no display needed
 from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+from matplotlib import lines as mlines  # pylint: disable=g-import-not-at-top,wrong-import-position
 from matplotlib import ticker  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 MAX_CELL_TEXT_CLASSES = 20
@@ -77,18 +78,51 @@ def learning_curves_figure(run):
   return fig
 
 
+MAX_MARKERS = 30  # per line of the overlay; past that the dots merge into a thick line
+BEST_MARKER = "*"
+
+
+def best_epoch_point(run):
+  """(best epoch, its val_accuracy), or None if history.csv has no such row (or a NaN)."""
+  best = run.best_epoch
+  row = next((r for r in run.history if r["epoch"] == best), None)
+  if row is None or math.isnan(row["val_accuracy"]):
+    return None
+  return best, row["val_accuracy"]
+
+
 def val_accuracy_figure(runs):
-  """Every run's val_accuracy per epoch, one line each."""
+  """Every run's val_accuracy per epoch, one line each, a dot per epoch (every k-th past
+  MAX_MARKERS epochs) so that short runs do not read as straight segments, and a star at
+  the run's best epoch: the weights early stopping restored and the test metrics are of."""
   fig, ax = plt.subplots(figsize=(10, 4.5))
+  any_best = False
   for i, (run, color) in enumerate(zip(runs, _colors(len(runs)))):
-    ax.plot([r["epoch"] for r in run.history], [r["val_accuracy"] for r in run.history],
-            color=color, linestyle=("-", "--", ":")[(i // 20) % 3],
+    epochs = [r["epoch"] for r in run.history]
+    ax.plot(epochs, [r["val_accuracy"] for r in run.history],
+            color=color, linestyle=("-", "--", ":")[(i // 20) % 3], marker="o", markersize=3,
+            markevery=max(1, math.ceil(len(epochs) / MAX_MARKERS)),
             label=run.name + ("" if run.finished else " (unfinished)"))
+    point = best_epoch_point(run)
+    if point is not None:
+      any_best = True
+      # The label starts with "_": matplotlib leaves it out of the legend, which has one
+      # entry for all the stars (below) instead of one per run.
+      ax.plot([point[0]], [point[1]], linestyle="none", marker=BEST_MARKER, markersize=12,
+              color=color, markeredgecolor="black", markeredgewidth=0.6, zorder=3,
+              label=f"_best epoch of {run.name}")
+  handles, _ = ax.get_legend_handles_labels()
+  if any_best:
+    handles.append(mlines.Line2D(
+        [], [], linestyle="none", marker=BEST_MARKER, markersize=10, color="0.6",
+        markeredgecolor="black", markeredgewidth=0.6,
+        label="best epoch (lowest val_loss; so far if unfinished)"))
   _epoch_axis(ax)
   ax.set_ylabel("val_accuracy")
   ax.set_title("val_accuracy of every run")
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=8 if len(runs) <= 12 else 6, loc="center left", bbox_to_anchor=(1.01, 0.5))
+  ax.legend(handles=handles, fontsize=8 if len(runs) <= 12 else 6, loc="center left",
+            bbox_to_anchor=(1.01, 0.5))
   fig.tight_layout()
   return fig
 

@@ -373,3 +373,35 @@ def test_epoch_axes_have_whole_number_ticks(sweep, tmp_path):
   (ax,) = fig.axes
   assert_integer_epoch_ticks(ax)
   report_figures.plt.close(fig)
+
+
+def test_overlay_has_dots_per_epoch_and_a_star_at_each_best_epoch(sweep, tmp_path):
+  write_run(tmp_path / "long" / "lr_0.003", "0.003", 0.8, 0.7, 60, 90)
+  runs = report_runs.load_runs([str(sweep), str(tmp_path / "long")])
+  fig = report_figures.val_accuracy_figure(runs)
+  (ax,) = fig.axes
+  curves = {l.get_label(): l for l in ax.get_lines() if not l.get_label().startswith("_")}
+  stars = {l.get_label(): l for l in ax.get_lines() if l.get_label().startswith("_best epoch")}
+  assert sorted(curves) == ["lr_0.0001 (unfinished)", "lr_0.001", "lr_0.003", "lr_0.01",
+                            "lr_0.1"]
+  for line in curves.values():
+    assert line.get_marker() == "o" and line.get_linestyle() == "-"
+  # A dot on every epoch of the short runs; on the 90-epoch run every 3rd (30 dots).
+  assert curves["lr_0.01"].get_markevery() == 1
+  assert curves["lr_0.003"].get_markevery() == 3
+  # The star: at results.json's best epoch, on that epoch's val_accuracy, in the run's
+  # colour; for the unfinished run at its lowest val_loss so far (epoch 4).
+  expected = {"lr_0.1": 2, "lr_0.01": 6, "lr_0.001": 7, "lr_0.003": 60, "lr_0.0001": 4}
+  assert sorted(stars) == sorted(f"_best epoch of {name}" for name in expected)
+  for run in runs:
+    star = stars[f"_best epoch of {run.name}"]
+    best = expected[run.name]
+    (val_accuracy,) = [r["val_accuracy"] for r in run.history if r["epoch"] == best]
+    assert list(star.get_xdata()) == [best] and list(star.get_ydata()) == [val_accuracy]
+    assert star.get_marker() == "*" and star.get_linestyle() == "None"
+    curve = curves[run.name + ("" if run.finished else " (unfinished)")]
+    assert star.get_color() == curve.get_color()
+  # One legend entry explains all the stars.
+  legend = [t.get_text() for t in ax.get_legend().get_texts()]
+  assert legend[-1].startswith("best epoch") and len(legend) == len(curves) + 1
+  report_figures.plt.close(fig)
