@@ -23,7 +23,9 @@ finds and compares the runs):
 
 Sections:
   Runs               run, model, the flags that differ between runs, test loss and accuracy
-                     (the best test accuracy in bold), best epoch, epochs run, wall time.
+                     (the best test accuracy in bold), val accuracy (history.csv's
+                     val_accuracy at the best epoch: of the weights tested), best epoch,
+                     epochs run, wall time.
   Learning curves    per run, loss and accuracy (train and validation) per epoch, the best
                      epoch (results.json's best_epoch; the lowest val_loss if unfinished)
                      dashed; with more than one run, every run's val_accuracy overlaid,
@@ -66,8 +68,8 @@ def _fmt(value, spec):
 
 def table(runs, flags):
   """(header, rows, best row indices): the runs table as plain text cells."""
-  header = ["run", "model", *flags, "test loss", "test accuracy", "best epoch", "epochs run",
-            "wall time (min)"]
+  header = ["run", "model", *flags, "test loss", "test accuracy", "val accuracy", "best epoch",
+            "epochs run", "wall time (min)"]
   rows = []
   for run in runs:
     cells = [run.name, run.model]
@@ -77,7 +79,10 @@ def table(runs, flags):
     else:
       cells += [NONE, f"unfinished: best val_accuracy {_fmt(run.best_val_accuracy, '.4f')}"]
     wall = run.wall_time_s
-    cells += [_fmt(run.best_epoch, "d"), str(run.epochs_run),
+    # Beside the test accuracy, the validation accuracy of the same weights (the best epoch's):
+    # a gap between the two says the split or the early-stopping choice is off.
+    cells += [_fmt(run.best_epoch_val_accuracy, ".4f"), _fmt(run.best_epoch, "d"),
+              str(run.epochs_run),
               NONE if wall is None else f"{wall / 60:.1f}"]
     rows.append(cells)
   best = report_runs.best_run(runs)
@@ -246,7 +251,8 @@ def _table_caption(runs, flags):
   text = (f"{len(runs)} run(s). Columns: the model, "
           + (f"the flags that differ between the runs ({', '.join(flags)}), " if flags else "")
           + "test loss and accuracy with the best epoch's weights (the best accuracy in bold), "
-          "the best epoch, epochs run and wall time.")
+          "the validation accuracy at the best epoch (so far, if unfinished), the best epoch, "
+          "epochs run and wall time.")
   if unfinished:
     text += (f" Unfinished (no results.json), shown with their best val_accuracy so far: "
              f"{', '.join(unfinished)}.")

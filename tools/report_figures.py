@@ -82,15 +82,6 @@ MAX_MARKERS = 30  # per line of the overlay; past that the dots merge into a thi
 BEST_MARKER = "*"
 
 
-def best_epoch_point(run):
-  """(best epoch, its val_accuracy), or None if history.csv has no such row (or a NaN)."""
-  best = run.best_epoch
-  row = next((r for r in run.history if r["epoch"] == best), None)
-  if row is None or math.isnan(row["val_accuracy"]):
-    return None
-  return best, row["val_accuracy"]
-
-
 def val_accuracy_figure(runs):
   """Every run's val_accuracy per epoch, one line each, a dot per epoch (every k-th past
   MAX_MARKERS epochs) so that short runs do not read as straight segments, and a star at
@@ -103,12 +94,12 @@ def val_accuracy_figure(runs):
             color=color, linestyle=("-", "--", ":")[(i // 20) % 3], marker="o", markersize=3,
             markevery=max(1, math.ceil(len(epochs) / MAX_MARKERS)),
             label=run.name + ("" if run.finished else " (unfinished)"))
-    point = best_epoch_point(run)
-    if point is not None:
+    best_accuracy = run.best_epoch_val_accuracy
+    if best_accuracy is not None:
       any_best = True
       # The label starts with "_": matplotlib leaves it out of the legend, which has one
       # entry for all the stars (below) instead of one per run.
-      ax.plot([point[0]], [point[1]], linestyle="none", marker=BEST_MARKER, markersize=12,
+      ax.plot([run.best_epoch], [best_accuracy], linestyle="none", marker=BEST_MARKER, markersize=12,
               color=color, markeredgecolor="black", markeredgewidth=0.6, zorder=3,
               label=f"_best epoch of {run.name}")
   handles, _ = ax.get_legend_handles_labels()

@@ -21,8 +21,9 @@ SWEEP = {"0.1": (1.0987, 0.3412, 2, 8), "0.01": (0.7421, 0.7438, 6, 10),
          "0.001": (0.8215, 0.6954, 7, 7)}
 
 
-def history_rows(epochs, best_epoch, final_accuracy):
-  """Train loss falls every epoch; val_loss is lowest at best_epoch."""
+def history_rows(epochs, best_epoch, final_accuracy, val_gap=0.0):
+  """Train loss falls every epoch; val_loss is lowest at best_epoch, where val_accuracy is
+  final_accuracy + val_gap."""
   rows = []
   for epoch in range(1, epochs + 1):
     progress = epoch / epochs
@@ -30,13 +31,14 @@ def history_rows(epochs, best_epoch, final_accuracy):
     rows.append({"epoch": epoch, "loss": round(2.1 * math.exp(-1.5 * progress), 4),
                  "accuracy": round(final_accuracy * (0.5 + 0.5 * progress) + 0.05, 4),
                  "val_loss": round(val_loss, 4),
-                 "val_accuracy": round(final_accuracy - 0.02 * abs(epoch - best_epoch), 4),
+                 "val_accuracy": round(final_accuracy + val_gap
+                                       - 0.02 * abs(epoch - best_epoch), 4),
                  "time": round(30 + epoch % 3, 3)})
   return rows
 
 
 def write_run(run_dir, learning_rate, test_loss, test_accuracy, best_epoch, epochs_run,
-              finished=True, confusion=True, without_flags=(), **flag_overrides):
+              finished=True, confusion=True, without_flags=(), val_gap=0.0, **flag_overrides):
   """A run as the trainer leaves it; without_flags: flags its (older) flags.txt lacks."""
   dirs = workdir.RunDirs(str(run_dir))
   run_dir.mkdir(parents=True)
@@ -48,7 +50,7 @@ def write_run(run_dir, learning_rate, test_loss, test_accuracy, best_epoch, epoc
     workdir.write_text(dirs.file(workdir.FLAGS_FILE), "".join(
         line for line in text.splitlines(keepends=True)
         if workdir.parse_flags(line).keys().isdisjoint(without_flags)))
-  workdir.write_history(dirs, history_rows(epochs_run, best_epoch, test_accuracy))
+  workdir.write_history(dirs, history_rows(epochs_run, best_epoch, test_accuracy, val_gap))
   if not finished:
     return run_dir
   workdir.write_results(dirs, {
@@ -136,8 +138,9 @@ def test_sweep_report(sweep, tmp_path, capsys, caplog):
   for lr, (loss, accuracy, best, epochs) in SWEEP.items():
     cells = re.findall(r"<td>(.*?)</td>", rows[f"lr_{lr}"])
     shown = f"<strong>{accuracy:.4f}</strong>" if lr == "0.01" else f"{accuracy:.4f}"
-    assert cells == [f"lr_{lr}", "simple", lr, f"{loss:.4f}", shown, str(best), str(epochs),
-                     f"{(31.0 * epochs + 12.5) / 60:.1f}"]
+    # val accuracy: at the best epoch, where history_rows puts val_accuracy = test accuracy.
+    assert cells == [f"lr_{lr}", "simple", lr, f"{loss:.4f}", shown, f"{accuracy:.4f}",
+                     str(best), str(epochs), f"{(31.0 * epochs + 12.5) / 60:.1f}"]
   assert html_text.count("<strong>") == 1
   assert "unfinished: best val_accuracy 0.5231" in rows["lr_0.0001"]
   assert "0.7438" not in rows["lr_0.0001"]
@@ -405,3 +408,35 @@ def test_overlay_has_dots_per_epoch_and_a_star_at_each_best_epoch(sweep, tmp_pat
   legend = [t.get_text() for t in ax.get_legend().get_texts()]
   assert legend[-1].startswith("best epoch") and len(legend) == len(curves) + 1
   report_figures.plt.close(fig)
+
+
+def test_table_shows_the_best_epochs_val_accuracy_beside_the_test_accuracy(tmp_path):
+  runs = tmp_path / "runs"
+  # val_accuracy at the best epoch differs from the test accuracy (and from the highest
+  # val_accuracy, at epoch 2 of "late_peak"), so the column cannot be either by accident.
+  write_run(runs / "a", "0.01", 0.8, 0.7, 3, 5, confusion=False, val_gap=0.0321)
+  write_run(runs / "b", "0.001", 0.9, 0.6, 4, 6, confusion=False, val_gap=-0.0105)
+  late_peak = write_run(runs / "late_peak", "0.1", 1.0, 0.5, 5, 5, confusion=False)
+  rows = history_rows(5, 5, 0.5)
+  rows[1]["val_accuracy"] = 0.9  # epoch 2: the highest val_accuracy, not the best epoch
+  rows[4]["val_accuracy"] = float("nan")  # the best epoch's is unknown: an em dash
+  workdir.write_history(workdir.RunDirs(str(late_peak)), rows)
+  write_run(runs / "z_unfinished", "0.0001", None, 0.55, 2, 4, finished=False,
+            confusion=False, val_gap=0.0012)
+  out = tmp_path / "out"
+  assert main([str(runs), f"--output_dir={out}"]) == 0
+  html_text = (out / "report.html").read_text()
+  header = re.findall(r"<th>(.*?)</th>", html_text)
+  assert header[header.index("test accuracy") + 1] == "val accuracy"
+  column = header.index("val accuracy")
+  expected = {"a": "0.7321", "b": "0.5895", "late_peak": report_runs.NONE,
+              "z_unfinished": "0.5512"}  # unfinished: at the lowest val_loss so far
+  html_rows = table_rows(html_text)
+  md = (out / "report.md").read_text()
+  md_header = next(l for l in md.splitlines() if l.startswith("| run |"))
+  assert [c.strip() for c in md_header.strip("|").split("|")] == header
+  for name, shown in expected.items():
+    assert re.findall(r"<td>(.*?)</td>", html_rows[name])[column] == shown
+    md_row = next(l for l in md.splitlines() if l.startswith(f"| {name} |"))
+    assert [c.strip() for c in md_row.strip("|").split("|")][column] == shown
+  assert "the validation accuracy at the best epoch" in section(html_text, "Runs")
