@@ -35,7 +35,9 @@ Sections:
                      (--model_dir never counts; nor does a flag that older runs lack and
                      the others all set alike): test accuracy and test loss of each
                      finished run against the flag's value. Numeric values: sorted, on a
-                     log x axis if all positive and max/min >= 10 (learning rates); other
+                     log x axis if all positive and max/min >= 10 or the flag is a learning
+                     rate (the rule: tools/report_figures.py's docstring), ticked at the
+                     values as flags.txt spells them; other
                      values: one bar per value, in the runs' order. When several runs share
                      a value (another flag is swept too, or repeated seeds), each run is a
                      dot and the line (or bar) is the mean of the runs with that value.
@@ -143,7 +145,8 @@ def build_sections(runs, flags, confusion_run=None):
     sweep.caption = (
         "For each flag whose value differs between the runs: test accuracy (left) and test "
         "loss (right) of each finished run (dots) against the flag's value; the line or bar "
-        "is the mean of the runs with that value." +
+        "is the mean of the runs with that value. Learning rates, and numeric values spanning "
+        "a decade or more, are on a log axis." +
         (f" {left_out} unfinished run(s) or run(s) without flags.txt are left out."
          if left_out else ""))
     for flag in flags:

@@ -1,5 +1,20 @@
 """The report's figures (matplotlib, Agg backend): learning curves, every run's
 val_accuracy, test metrics against a swept flag, a confusion matrix; each as PNG bytes.
+
+Axes:
+  epoch      whole-number ticks only (an epoch 1.5 does not exist).
+  a flag     numeric values go on a log axis (log_flag_axis) when all are > 0 and either
+             - max/min >= LOG_FLAG_RATIO (10: they span a decade or more; such sweeps are
+               almost always geometric, 1e-4 1e-3 1e-2 or 32 64 ... 512, and a linear axis
+               crowds their low end into a corner), or
+             - the flag is a learning rate (its name ends in "learning_rate"): rates are
+               swept by factors, so even 1e-4 vs 3e-4 reads as a ratio.
+             A zero or negative value keeps the axis linear (a log axis cannot show it).
+             With up to MAX_VALUE_TICKS values, a log axis is ticked at the values
+             themselves, labelled as flags.txt spells them ("0.0003", "512"), instead of at
+             powers of ten ("3x10^-4", or no major tick at all inside a narrow range).
+  loss       (learning curves) log y when all > 0 and max/min >= 100: one diverging epoch
+             would otherwise flatten the rest.
 """
 
 import dataclasses
@@ -132,6 +147,26 @@ def _mean(values):
   return sum(values) / len(values) if values else float("nan")
 
 
+LOG_FLAG_RATIO = 10
+MAX_VALUE_TICKS = 12
+
+
+def log_flag_axis(flag, numbers):
+  """Whether a swept flag's numeric values belong on a log axis (the module docstring's
+  rule)."""
+  if not numbers or min(numbers) <= 0 or len(set(numbers)) < 2:
+    return False
+  return flag.endswith("learning_rate") or max(numbers) / min(numbers) >= LOG_FLAG_RATIO
+
+
+def _tick_at_values(axis, positions, labels):
+  """Major ticks at `positions` labelled `labels`, and no minor tick labels (a log axis
+  labels its minor ticks inside a narrow range)."""
+  axis.set_major_locator(ticker.FixedLocator(positions))
+  axis.set_major_formatter(ticker.FixedFormatter(labels))
+  axis.set_minor_formatter(ticker.NullFormatter())
+
+
 def flag_figure(flag, runs):
   """(figure, description): test accuracy and loss against `flag`, over the finished runs."""
   points = [(r.flags.get(flag, "(unset)"), r) for r in runs
@@ -141,8 +176,9 @@ def flag_figure(flag, runs):
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
   log_x = False
   if numbers is not None:
-    log_x = min(numbers) > 0 and max(numbers) / min(numbers) >= 10
+    log_x = log_flag_axis(flag, numbers)
     distinct = sorted(set(numbers))
+    spelled = dict(zip(numbers, values))  # number -> its text in flags.txt (the last seen)
     kind = "line through the mean per value" + (", log-scale x" if log_x else "")
   else:
     distinct = list(dict.fromkeys(values))  # first-seen order = the runs' order
@@ -157,6 +193,8 @@ def flag_figure(flag, runs):
       ax.plot(positions, means, color="C0", linewidth=1.5)
       if log_x:
         ax.set_xscale("log")
+        if len(distinct) <= MAX_VALUE_TICKS:
+          _tick_at_values(ax.xaxis, distinct, [spelled[d] for d in distinct])
     else:
       ax.bar(positions, means, color="C0", alpha=0.35, width=0.6)
       ax.set_xticks(positions, [str(d) for d in distinct],

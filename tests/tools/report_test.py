@@ -440,3 +440,49 @@ def test_table_shows_the_best_epochs_val_accuracy_beside_the_test_accuracy(tmp_p
     md_row = next(l for l in md.splitlines() if l.startswith(f"| {name} |"))
     assert [c.strip() for c in md_row.strip("|").split("|")][column] == shown
   assert "the validation accuracy at the best epoch" in section(html_text, "Runs")
+
+
+def flag_axes(tmp_path, flag, runs):
+  """The accuracy and loss axes of flag_figure(flag) over `runs`: {name: (lr, overrides)}."""
+  parent = tmp_path / flag
+  for i, (name, (lr, overrides)) in enumerate(runs.items()):
+    write_run(parent / name, lr, 0.9 - 0.1 * i, 0.6 + 0.05 * i, 2, 3, confusion=False,
+              **overrides)
+  fig, kind = report_figures.flag_figure(flag, report_runs.load_runs([str(parent)]))
+  return fig, kind
+
+
+def test_swept_flag_axes_log_scale_rule_and_value_ticks(tmp_path):
+  # Learning rates are log even over less than a decade; the ticks are the values, as
+  # flags.txt spells them, not powers of ten (of which a 1e-4..3e-4 axis has none).
+  fig, kind = flag_axes(tmp_path, "learning_rate", {"a": ("0.0001", {}), "b": ("0.0003", {})})
+  for ax in fig.axes:
+    assert ax.get_xscale() == "log" and "log-scale x" in kind
+    ticks, labels = visible_xticks(ax)
+    assert ticks == pytest.approx([1e-4, 3e-4]) and labels == ["0.0001", "0.0003"]
+    assert not any(t.get_text() for t in ax.get_xticklabels(minor=True))
+  report_figures.plt.close(fig)
+
+  # Any other flag spanning a decade or more: log, ticked at its values.
+  fig, kind = flag_axes(tmp_path, "batch_size", {
+      f"bs{b}": ("0.01", {"batch_size": b}) for b in (32, 64, 512)})
+  for ax in fig.axes:
+    assert ax.get_xscale() == "log"
+    assert visible_xticks(ax)[1] == ["32", "64", "512"]
+  report_figures.plt.close(fig)
+
+  # Less than a decade, not a rate: linear. A learning rate of 0: linear (log cannot show 0).
+  for flag, runs in (("classes", {"c2": ("0.01", {"classes": "2"}),
+                                  "c5": ("0.01", {"classes": "5"})}),
+                     ("head_learning_rate", {"h0": ("0.01", {"head_learning_rate": 0.0}),
+                                             "h1": ("0.01", {"head_learning_rate": 0.001})})):
+    fig, kind = flag_axes(tmp_path, flag, runs)
+    assert [ax.get_xscale() for ax in fig.axes] == ["linear", "linear"], flag
+    assert "log" not in kind
+    report_figures.plt.close(fig)
+
+  assert report_figures.log_flag_axis("weight_decay", [1e-5, 1e-4])
+  assert not report_figures.log_flag_axis("weight_decay", [1e-5, 9e-5])
+  assert report_figures.log_flag_axis("head_learning_rate", [0.001, 0.002])
+  assert not report_figures.log_flag_axis("learning_rate", [0.001, 0.001])
+  assert not report_figures.log_flag_axis("epochs", [-1.0, 100.0])
