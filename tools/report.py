@@ -23,15 +23,21 @@ finds and compares the runs):
 
 Sections:
   Runs               run, model, the flags that differ between runs, test loss and accuracy
-                     (the best test accuracy in bold), best epoch, epochs run, wall time.
+                     (the best test accuracy in bold), val accuracy (history.csv's
+                     val_accuracy at the best epoch: of the weights tested), best epoch,
+                     epochs run, wall time.
   Learning curves    per run, loss and accuracy (train and validation) per epoch, the best
                      epoch (results.json's best_epoch; the lowest val_loss if unfinished)
-                     dashed; with more than one run, every run's val_accuracy overlaid.
+                     dashed; with more than one run, every run's val_accuracy overlaid,
+                     a dot per epoch (every k-th past 30 epochs) and a star at each run's
+                     best epoch. Epoch axes have whole-number ticks.
   Swept flags        one chart per flag whose value differs between the runs' flags.txt
                      (--model_dir never counts; nor does a flag that older runs lack and
                      the others all set alike): test accuracy and test loss of each
                      finished run against the flag's value. Numeric values: sorted, on a
-                     log x axis if all positive and max/min >= 10 (learning rates); other
+                     log x axis if all positive and max/min >= 10 or the flag is a learning
+                     rate (the rule: tools/report_figures.py's docstring), ticked at the
+                     values as flags.txt spells them; other
                      values: one bar per value, in the runs' order. When several runs share
                      a value (another flag is swept too, or repeated seeds), each run is a
                      dot and the line (or bar) is the mean of the runs with that value.
@@ -64,8 +70,8 @@ def _fmt(value, spec):
 
 def table(runs, flags):
   """(header, rows, best row indices): the runs table as plain text cells."""
-  header = ["run", "model", *flags, "test loss", "test accuracy", "best epoch", "epochs run",
-            "wall time (min)"]
+  header = ["run", "model", *flags, "test loss", "test accuracy", "val accuracy", "best epoch",
+            "epochs run", "wall time (min)"]
   rows = []
   for run in runs:
     cells = [run.name, run.model]
@@ -75,7 +81,10 @@ def table(runs, flags):
     else:
       cells += [NONE, f"unfinished: best val_accuracy {_fmt(run.best_val_accuracy, '.4f')}"]
     wall = run.wall_time_s
-    cells += [_fmt(run.best_epoch, "d"), str(run.epochs_run),
+    # Beside the test accuracy, the validation accuracy of the same weights (the best epoch's):
+    # a gap between the two says the split or the early-stopping choice is off.
+    cells += [_fmt(run.best_epoch_val_accuracy, ".4f"), _fmt(run.best_epoch, "d"),
+              str(run.epochs_run),
               NONE if wall is None else f"{wall / 60:.1f}"]
     rows.append(cells)
   best = report_runs.best_run(runs)
@@ -117,7 +126,9 @@ def build_sections(runs, flags, confusion_run=None):
                           "curves.")
   with_history = [r for r in runs if r.history]
   if len(with_history) > 1:
-    curves.notes.append("The last figure overlays the validation accuracy of every run.")
+    curves.notes.append("The last figure overlays the validation accuracy of every run: a dot "
+                        "per epoch, a star at each run's best epoch (lowest validation loss: "
+                        "the weights tested).")
     curves.plots.append(figures.Plot(filename("val_accuracy_all"),
                              figures.png(figures.val_accuracy_figure(with_history)),
                              "val_accuracy of every run"))
@@ -134,7 +145,8 @@ def build_sections(runs, flags, confusion_run=None):
     sweep.caption = (
         "For each flag whose value differs between the runs: test accuracy (left) and test "
         "loss (right) of each finished run (dots) against the flag's value; the line or bar "
-        "is the mean of the runs with that value." +
+        "is the mean of the runs with that value. Learning rates, and numeric values spanning "
+        "a decade or more, are on a log axis." +
         (f" {left_out} unfinished run(s) or run(s) without flags.txt are left out."
          if left_out else ""))
     for flag in flags:
@@ -242,7 +254,8 @@ def _table_caption(runs, flags):
   text = (f"{len(runs)} run(s). Columns: the model, "
           + (f"the flags that differ between the runs ({', '.join(flags)}), " if flags else "")
           + "test loss and accuracy with the best epoch's weights (the best accuracy in bold), "
-          "the best epoch, epochs run and wall time.")
+          "the validation accuracy at the best epoch (so far, if unfinished), the best epoch, "
+          "epochs run and wall time.")
   if unfinished:
     text += (f" Unfinished (no results.json), shown with their best val_accuracy so far: "
              f"{', '.join(unfinished)}.")

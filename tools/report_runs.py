@@ -49,6 +49,14 @@ class Run:
     return min(rows, key=lambda r: r["val_loss"])["epoch"] if rows else None
 
   @property
+  def best_epoch_val_accuracy(self):
+    """val_accuracy at best_epoch: that of the weights tested (restored by early stopping);
+    None if history.csv has no such row or it is NaN."""
+    best = self.best_epoch
+    row = next((r for r in self.history if r["epoch"] == best), None)
+    return None if row is None or math.isnan(row["val_accuracy"]) else row["val_accuracy"]
+
+  @property
   def best_val_accuracy(self):
     values = [r["val_accuracy"] for r in self.history if not math.isnan(r["val_accuracy"])]
     return max(values) if values else None

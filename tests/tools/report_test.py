@@ -21,8 +21,9 @@ SWEEP = {"0.1": (1.0987, 0.3412, 2, 8), "0.01": (0.7421, 0.7438, 6, 10),
          "0.001": (0.8215, 0.6954, 7, 7)}
 
 
-def history_rows(epochs, best_epoch, final_accuracy):
-  """Train loss falls every epoch; val_loss is lowest at best_epoch."""
+def history_rows(epochs, best_epoch, final_accuracy, val_gap=0.0):
+  """Train loss falls every epoch; val_loss is lowest at best_epoch, where val_accuracy is
+  final_accuracy + val_gap."""
   rows = []
   for epoch in range(1, epochs + 1):
     progress = epoch / epochs
@@ -30,13 +31,14 @@ def history_rows(epochs, best_epoch, final_accuracy):
     rows.append({"epoch": epoch, "loss": round(2.1 * math.exp(-1.5 * progress), 4),
                  "accuracy": round(final_accuracy * (0.5 + 0.5 * progress) + 0.05, 4),
                  "val_loss": round(val_loss, 4),
-                 "val_accuracy": round(final_accuracy - 0.02 * abs(epoch - best_epoch), 4),
+                 "val_accuracy": round(final_accuracy + val_gap
+                                       - 0.02 * abs(epoch - best_epoch), 4),
                  "time": round(30 + epoch % 3, 3)})
   return rows
 
 
 def write_run(run_dir, learning_rate, test_loss, test_accuracy, best_epoch, epochs_run,
-              finished=True, confusion=True, without_flags=(), **flag_overrides):
+              finished=True, confusion=True, without_flags=(), val_gap=0.0, **flag_overrides):
   """A run as the trainer leaves it; without_flags: flags its (older) flags.txt lacks."""
   dirs = workdir.RunDirs(str(run_dir))
   run_dir.mkdir(parents=True)
@@ -48,7 +50,7 @@ def write_run(run_dir, learning_rate, test_loss, test_accuracy, best_epoch, epoc
     workdir.write_text(dirs.file(workdir.FLAGS_FILE), "".join(
         line for line in text.splitlines(keepends=True)
         if workdir.parse_flags(line).keys().isdisjoint(without_flags)))
-  workdir.write_history(dirs, history_rows(epochs_run, best_epoch, test_accuracy))
+  workdir.write_history(dirs, history_rows(epochs_run, best_epoch, test_accuracy, val_gap))
   if not finished:
     return run_dir
   workdir.write_results(dirs, {
@@ -136,8 +138,9 @@ def test_sweep_report(sweep, tmp_path, capsys, caplog):
   for lr, (loss, accuracy, best, epochs) in SWEEP.items():
     cells = re.findall(r"<td>(.*?)</td>", rows[f"lr_{lr}"])
     shown = f"<strong>{accuracy:.4f}</strong>" if lr == "0.01" else f"{accuracy:.4f}"
-    assert cells == [f"lr_{lr}", "simple", lr, f"{loss:.4f}", shown, str(best), str(epochs),
-                     f"{(31.0 * epochs + 12.5) / 60:.1f}"]
+    # val accuracy: at the best epoch, where history_rows puts val_accuracy = test accuracy.
+    assert cells == [f"lr_{lr}", "simple", lr, f"{loss:.4f}", shown, f"{accuracy:.4f}",
+                     str(best), str(epochs), f"{(31.0 * epochs + 12.5) / 60:.1f}"]
   assert html_text.count("<strong>") == 1
   assert "unfinished: best val_accuracy 0.5231" in rows["lr_0.0001"]
   assert "0.7438" not in rows["lr_0.0001"]
@@ -341,3 +344,145 @@ def test_runs_sort_numbers_by_value_and_confusion_run_picks_the_matrix(tmp_path,
                       capsys)
   assert "--confusion_run=nope: no finished run of that name" in message
   assert report_runs.natural_key("lr=1e-4") < report_runs.natural_key("lr=1e-3")
+
+
+def visible_xticks(ax):
+  """(tick positions, tick label texts) inside the x axis' view, as drawn."""
+  ax.figure.canvas.draw()
+  low, high = ax.get_xlim()
+  ticks = [t for t in ax.get_xticks() if low <= t <= high]
+  labels = [label.get_text() for label in ax.get_xticklabels()
+            if low <= label.get_position()[0] <= high]
+  return ticks, labels
+
+
+def assert_integer_epoch_ticks(ax):
+  ticks, labels = visible_xticks(ax)
+  assert ticks and all(t == int(t) for t in ticks), ticks
+  assert labels == [str(int(t)) for t in ticks]
+
+
+def test_epoch_axes_have_whole_number_ticks(sweep, tmp_path):
+  # 5 epochs: matplotlib's default ticks would be 1.0, 1.5, ..., 5.0.
+  write_run(tmp_path / "one_epoch", "0.01", 0.9, 0.6, 1, 1)
+  runs = {r.name: r for r in report_runs.load_runs([str(sweep), str(tmp_path / "one_epoch")])}
+  for name in ("lr_0.0001", "lr_0.01", "one_epoch"):
+    fig = report_figures.learning_curves_figure(runs[name])
+    for ax in fig.axes:
+      assert ax.get_xlabel() == "epoch"
+      assert_integer_epoch_ticks(ax)
+    report_figures.plt.close(fig)
+  fig = report_figures.val_accuracy_figure(list(runs.values()))
+  (ax,) = fig.axes
+  assert_integer_epoch_ticks(ax)
+  report_figures.plt.close(fig)
+
+
+def test_overlay_has_dots_per_epoch_and_a_star_at_each_best_epoch(sweep, tmp_path):
+  write_run(tmp_path / "long" / "lr_0.003", "0.003", 0.8, 0.7, 60, 90)
+  runs = report_runs.load_runs([str(sweep), str(tmp_path / "long")])
+  fig = report_figures.val_accuracy_figure(runs)
+  (ax,) = fig.axes
+  curves = {l.get_label(): l for l in ax.get_lines() if not l.get_label().startswith("_")}
+  stars = {l.get_label(): l for l in ax.get_lines() if l.get_label().startswith("_best epoch")}
+  assert sorted(curves) == ["lr_0.0001 (unfinished)", "lr_0.001", "lr_0.003", "lr_0.01",
+                            "lr_0.1"]
+  for line in curves.values():
+    assert line.get_marker() == "o" and line.get_linestyle() == "-"
+  # A dot on every epoch of the short runs; on the 90-epoch run every 3rd (30 dots).
+  assert curves["lr_0.01"].get_markevery() == 1
+  assert curves["lr_0.003"].get_markevery() == 3
+  # The star: at results.json's best epoch, on that epoch's val_accuracy, in the run's
+  # colour; for the unfinished run at its lowest val_loss so far (epoch 4).
+  expected = {"lr_0.1": 2, "lr_0.01": 6, "lr_0.001": 7, "lr_0.003": 60, "lr_0.0001": 4}
+  assert sorted(stars) == sorted(f"_best epoch of {name}" for name in expected)
+  for run in runs:
+    star = stars[f"_best epoch of {run.name}"]
+    best = expected[run.name]
+    (val_accuracy,) = [r["val_accuracy"] for r in run.history if r["epoch"] == best]
+    assert list(star.get_xdata()) == [best] and list(star.get_ydata()) == [val_accuracy]
+    assert star.get_marker() == "*" and star.get_linestyle() == "None"
+    curve = curves[run.name + ("" if run.finished else " (unfinished)")]
+    assert star.get_color() == curve.get_color()
+  # One legend entry explains all the stars.
+  legend = [t.get_text() for t in ax.get_legend().get_texts()]
+  assert legend[-1].startswith("best epoch") and len(legend) == len(curves) + 1
+  report_figures.plt.close(fig)
+
+
+def test_table_shows_the_best_epochs_val_accuracy_beside_the_test_accuracy(tmp_path):
+  runs = tmp_path / "runs"
+  # val_accuracy at the best epoch differs from the test accuracy (and from the highest
+  # val_accuracy, at epoch 2 of "late_peak"), so the column cannot be either by accident.
+  write_run(runs / "a", "0.01", 0.8, 0.7, 3, 5, confusion=False, val_gap=0.0321)
+  write_run(runs / "b", "0.001", 0.9, 0.6, 4, 6, confusion=False, val_gap=-0.0105)
+  late_peak = write_run(runs / "late_peak", "0.1", 1.0, 0.5, 5, 5, confusion=False)
+  rows = history_rows(5, 5, 0.5)
+  rows[1]["val_accuracy"] = 0.9  # epoch 2: the highest val_accuracy, not the best epoch
+  rows[4]["val_accuracy"] = float("nan")  # the best epoch's is unknown: an em dash
+  workdir.write_history(workdir.RunDirs(str(late_peak)), rows)
+  write_run(runs / "z_unfinished", "0.0001", None, 0.55, 2, 4, finished=False,
+            confusion=False, val_gap=0.0012)
+  out = tmp_path / "out"
+  assert main([str(runs), f"--output_dir={out}"]) == 0
+  html_text = (out / "report.html").read_text()
+  header = re.findall(r"<th>(.*?)</th>", html_text)
+  assert header[header.index("test accuracy") + 1] == "val accuracy"
+  column = header.index("val accuracy")
+  expected = {"a": "0.7321", "b": "0.5895", "late_peak": report_runs.NONE,
+              "z_unfinished": "0.5512"}  # unfinished: at the lowest val_loss so far
+  html_rows = table_rows(html_text)
+  md = (out / "report.md").read_text()
+  md_header = next(l for l in md.splitlines() if l.startswith("| run |"))
+  assert [c.strip() for c in md_header.strip("|").split("|")] == header
+  for name, shown in expected.items():
+    assert re.findall(r"<td>(.*?)</td>", html_rows[name])[column] == shown
+    md_row = next(l for l in md.splitlines() if l.startswith(f"| {name} |"))
+    assert [c.strip() for c in md_row.strip("|").split("|")][column] == shown
+  assert "the validation accuracy at the best epoch" in section(html_text, "Runs")
+
+
+def flag_axes(tmp_path, flag, runs):
+  """The accuracy and loss axes of flag_figure(flag) over `runs`: {name: (lr, overrides)}."""
+  parent = tmp_path / flag
+  for i, (name, (lr, overrides)) in enumerate(runs.items()):
+    write_run(parent / name, lr, 0.9 - 0.1 * i, 0.6 + 0.05 * i, 2, 3, confusion=False,
+              **overrides)
+  fig, kind = report_figures.flag_figure(flag, report_runs.load_runs([str(parent)]))
+  return fig, kind
+
+
+def test_swept_flag_axes_log_scale_rule_and_value_ticks(tmp_path):
+  # Learning rates are log even over less than a decade; the ticks are the values, as
+  # flags.txt spells them, not powers of ten (of which a 1e-4..3e-4 axis has none).
+  fig, kind = flag_axes(tmp_path, "learning_rate", {"a": ("0.0001", {}), "b": ("0.0003", {})})
+  for ax in fig.axes:
+    assert ax.get_xscale() == "log" and "log-scale x" in kind
+    ticks, labels = visible_xticks(ax)
+    assert ticks == pytest.approx([1e-4, 3e-4]) and labels == ["0.0001", "0.0003"]
+    assert not any(t.get_text() for t in ax.get_xticklabels(minor=True))
+  report_figures.plt.close(fig)
+
+  # Any other flag spanning a decade or more: log, ticked at its values.
+  fig, kind = flag_axes(tmp_path, "batch_size", {
+      f"bs{b}": ("0.01", {"batch_size": b}) for b in (32, 64, 512)})
+  for ax in fig.axes:
+    assert ax.get_xscale() == "log"
+    assert visible_xticks(ax)[1] == ["32", "64", "512"]
+  report_figures.plt.close(fig)
+
+  # Less than a decade, not a rate: linear. A learning rate of 0: linear (log cannot show 0).
+  for flag, runs in (("classes", {"c2": ("0.01", {"classes": "2"}),
+                                  "c5": ("0.01", {"classes": "5"})}),
+                     ("head_learning_rate", {"h0": ("0.01", {"head_learning_rate": 0.0}),
+                                             "h1": ("0.01", {"head_learning_rate": 0.001})})):
+    fig, kind = flag_axes(tmp_path, flag, runs)
+    assert [ax.get_xscale() for ax in fig.axes] == ["linear", "linear"], flag
+    assert "log" not in kind
+    report_figures.plt.close(fig)
+
+  assert report_figures.log_flag_axis("weight_decay", [1e-5, 1e-4])
+  assert not report_figures.log_flag_axis("weight_decay", [1e-5, 9e-5])
+  assert report_figures.log_flag_axis("head_learning_rate", [0.001, 0.002])
+  assert not report_figures.log_flag_axis("learning_rate", [0.001, 0.001])
+  assert not report_figures.log_flag_axis("epochs", [-1.0, 100.0])
