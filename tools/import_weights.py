@@ -183,6 +183,7 @@ def define_flags(flag_values):
                       **fv)
   flags.DEFINE_bool("include_top", False, "Write the whole ImageNet classifier (pixels in, "
                     "1000 probabilities out, torch padding) as a .keras model instead.", **fv)
+  cli.mark_required(["checkpoint", "output"], flag_values, validate=False)  # main checks them
 
 
 def main(argv, flag_values):
