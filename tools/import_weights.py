@@ -33,6 +33,9 @@ side, so every feature map is shifted by up to one pixel against the one the wei
 trained on. trainer.models.torch_padded removes that difference: the --include_top
 classifier is rebuilt with it, and so is the trainer's MobileNetV2 base network when its
 --weights file says "torch".
+
+Exit status: 0 written; 1 a mistake (a flag, a checkpoint that does not fit the model): one
+line `tools.import_weights: error: ...` naming it (docs/cli.md).
 """
 
 import os
