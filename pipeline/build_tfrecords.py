@@ -12,7 +12,9 @@ FlinkRunner, SparkRunner with their options), `--direct_running_mode=multi_proce
 Exit status: 0 written; 1 more than --max_reject_fraction rejected (see rejected.csv); 2 the
 source cannot be read at all (one line naming it, before the job starts); 3 an OS error while
 reading or writing (a full disk, permissions): one line naming the path and the error, the
-job's temporary files removed, and no traceback unless --verbosity=1 asks for it.
+job's temporary files removed, and no traceback unless --verbosity=1 asks for it. A mistake
+in this job's flags (a missing --source, a bad value) is exit status 1 and one line,
+`pipeline.build_tfrecords: error: ...` (docs/cli.md).
 
 It prints its own lines (the plan, a progress line every --progress_seconds and a last one:
 pipeline/job_progress.py) and a summary; Beam's and TensorFlow's INFO lines only with
@@ -30,6 +32,7 @@ from absl import app
 from absl import flags
 
 from pipeline import archives
+from pipeline import command_line
 from pipeline import job_progress
 from pipeline import logs
 from pipeline import output_files
@@ -37,6 +40,7 @@ from pipeline import sources
 from pipeline import splits
 
 FLAGS = flags.FLAGS
+NAME = "pipeline.build_tfrecords"  # as typed after `python -m`: the prefix of its error lines
 
 
 def define_flags():
@@ -369,20 +373,16 @@ def main(argv):
 
 
 def parse_flags(argv):
-  """Our flags are parsed by absl; the rest are Beam's and go to PipelineOptions untouched."""
-  try:
-    return FLAGS(argv, known_only=True)
-  except flags.Error as e:  # As absl reports it for its own parser: one line, no traceback.
-    sys.stderr.write(f"FATAL Flags parsing error: {e}\n"
-                     "Pass --helpshort or --helpfull to see help on flags.\n")
-    sys.exit(1)
+  """Our flags are parsed by absl; the rest are Beam's and go to PipelineOptions untouched.
+  A mistake in ours is one line and exit status 1, as in every command."""
+  return command_line.parse(NAME, argv, lambda args: FLAGS(args, known_only=True))
 
 
 def run():
   """The command line (`python -m pipeline.build_tfrecords`, or `build-tfrecords` once the
   package is installed): defines the flags, parses ours and runs the job."""
   define_flags()
-  flags.mark_flags_as_required(["source", "output_dir"])
+  command_line.mark_required(["source", "output_dir"])
   app.run(main, flags_parser=parse_flags)
 
 

@@ -12,18 +12,21 @@ trainer/main.py and pipeline/build_tfrecords.py do), so importing a tool claims 
 `call(argv)` runs the tool in this process with flags of its own (tests).
 
 A user's mistake (a bad flag, a missing file) ends the tool with one line,
-`tools.NAME: error: ...`, and exit status 1: no traceback, as the trainer does.
+`tools.NAME: error: ...`, and exit status 1: no traceback, as the trainer does; --help exits
+with status 0. Both come from pipeline/command_line.py, which every entry point shares;
+`mark_required` marks a required flag in --help. docs/cli.md lists each tool's exit statuses.
 """
 
 import dataclasses
 import os
 import pathlib
 import subprocess
-import sys
 from typing import Callable
 
 from absl import app
 from absl import flags
+
+from pipeline import command_line
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Flags absl would act on itself that a pass-through tool hands to the trainer untouched: a
@@ -35,11 +38,8 @@ class ToolError(Exception):
   """A user's mistake; the message says what to change (one line)."""
 
 
-def flag_name(arg):
-  """The flag name of an argument ("model_dir" for --model_dir=x or -model_dir), else None."""
-  if not arg.startswith("-") or arg in ("-", "--"):
-    return None
-  return arg.lstrip("-").split("=", 1)[0]
+flag_name = command_line.flag_name
+mark_required = command_line.mark_required
 
 
 def parse(flag_values, argv, *, pass_through=False):
@@ -92,17 +92,16 @@ class Command:
   pass_through: bool = False  # flags that are not the tool's are the trainer's (see parse)
 
   def fail(self, error):
-    sys.exit(f"{self.name}: error: {' '.join(str(error).split())}")
+    command_line.fail(self.name, error)
 
   def run(self):
     """The command line: defines the flags in absl's registry, parses sys.argv, runs."""
     self.define_flags(flags.FLAGS)
+    command_line.show_required(flags.FLAGS)
 
     def parser(argv):
-      try:
-        return parse(flags.FLAGS, argv, pass_through=self.pass_through)
-      except flags.Error as e:
-        self.fail(e)
+      return command_line.parse(
+          self.name, argv, lambda a: parse(flags.FLAGS, a, pass_through=self.pass_through))
 
     def main(argv):
       try:
@@ -117,6 +116,7 @@ class Command:
     own; returns main's exit status. Errors raise SystemExit with the one-line message."""
     flag_values = flags.FlagValues()
     self.define_flags(flag_values)
+    command_line.show_required(flag_values)
     try:
       rest = parse(flag_values, [self.name, *argv], pass_through=self.pass_through)
       return self.main(rest, flag_values)

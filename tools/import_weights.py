@@ -33,6 +33,9 @@ side, so every feature map is shifted by up to one pixel against the one the wei
 trained on. trainer.models.torch_padded removes that difference: the --include_top
 classifier is rebuilt with it, and so is the trainer's MobileNetV2 base network when its
 --weights file says "torch".
+
+Exit status: 0 written; 1 a mistake (a flag, a checkpoint that does not fit the model): one
+line `tools.import_weights: error: ...` naming it (docs/cli.md).
 """
 
 import os
@@ -183,6 +186,7 @@ def define_flags(flag_values):
                       **fv)
   flags.DEFINE_bool("include_top", False, "Write the whole ImageNet classifier (pixels in, "
                     "1000 probabilities out, torch padding) as a .keras model instead.", **fv)
+  cli.mark_required(["checkpoint", "output"], flag_values, validate=False)  # main checks them
 
 
 def main(argv, flag_values):

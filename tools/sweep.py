@@ -49,7 +49,8 @@ Resuming: a run whose DIR/<name>/results.json exists (trainer/workdir.py) finish
 and is skipped; any other run is started again (the trainer resumes from the checkpoints in
 its model_dir). So after a
 failure or Ctrl-C, rerun the same command. A run that fails is reported with the end of its log
-and the sweep goes on; it then exits non-zero naming the failed runs.
+and the sweep goes on; it then exits with status 1 and one line naming the failed runs (as
+for a mistake in its flags or config; docs/cli.md).
 
 At the end the sweep writes DIR/sweep.csv (a row per run: run, each swept flag's value, status
 done/skipped/failed, and the results.json fields of RESULTS_SHOWN: test_loss, test_accuracy,

@@ -11,14 +11,17 @@ split it reproduces results.json's test_loss and test_accuracy.
 The model's classes are looked up by name in the data's: data with more classes is scored on
 the model's classes only (as a run with --classes was trained), data lacking one of them is
 an error naming it.
+
+Exit status: 0 evaluated; 1 a mistake (a missing or bad flag, no model, no data directory):
+one line `trainer.evaluate: error: ...` naming it (docs/cli.md).
 """
 
 import json
-import sys
 
 from absl import app
 from absl import flags
 
+from pipeline import command_line
 from pipeline import dataset_info
 from pipeline import features
 from trainer import serving
@@ -113,6 +116,8 @@ def define_flags(flag_values=flags.FLAGS):
                        flag_values=flag_values)
   flags.DEFINE_boolean("json", False, "Print one JSON object instead of the report.",
                        flag_values=flag_values)
+  # run_command checks them (so does a test calling it with flags of its own).
+  command_line.mark_required(["model_dir", "data_dir"], flag_values, validate=False)
 
 
 def run_command(argv, flag_values=flags.FLAGS):
@@ -137,9 +142,9 @@ def main(argv):
     return run_command(argv)
   except (EvaluateError, serving.ServingError, dataset_info.DatasetInfoError,
           workdir.RunDirError) as e:
-    sys.exit(f"{NAME}: error: {e}")
+    command_line.fail(NAME, e)
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=lambda argv: command_line.parse(NAME, argv))

@@ -12,6 +12,11 @@ calls trainer.train.train_and_evaluate. `python -m trainer.train` is the same co
 It prints its own lines (the cache decision, each epoch, the test result, where the results
 and the model went); TensorFlow's and absl's internal INFO lines only with --verbosity=1,
 which shows debug lines too (pipeline/logs.py). Warnings and errors always show.
+
+Exit status: 0 trained (or already finished); 1 a mistake in the flags or the data, or a run
+state that stops it (one line `trainer.main: error: ...`, naming the flag or path); 130 or 143
+stopped by SIGINT or SIGTERM (128 + the signal) after saving a checkpoint. docs/cli.md has
+every command's.
 """
 
 import dataclasses
@@ -21,6 +26,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from pipeline import command_line
 from pipeline import logs
 # Before TensorFlow loads: its C++ start-up notices are held back unless --verbosity=1.
 logs.import_tensorflow(logs.verbose_in_argv(sys.argv))
@@ -37,6 +43,7 @@ from trainer import strategy as strategy_lib
 from trainer import train
 from trainer import workdir
 
+NAME = "trainer.main"  # as typed after `python -m`: the prefix of its error lines
 _DEFAULTS = config_lib.Config(data_dir="", model_dir="")
 
 
@@ -189,6 +196,8 @@ def define_flags(flag_values=flags.FLAGS):
                         case_sensitive=name not in CASE_INSENSITIVE, flag_values=flag_values)
     else:
       _DEFINE[field.type](name, default, HELP[name], flag_values=flag_values)
+  # config.validate checks them, with a message that says what they should be.
+  command_line.mark_required(REQUIRED, flag_values, validate=False)
 
 
 def config_from_flags(flag_values=flags.FLAGS):
@@ -198,7 +207,7 @@ def config_from_flags(flag_values=flags.FLAGS):
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    command_line.fail(NAME, f"unexpected arguments: {' '.join(argv[1:])}")
   logs.configure(verbose=logging.level_debug())
   config = config_from_flags()
   try:
@@ -215,9 +224,9 @@ def main(argv):
           strategy_lib.StrategyError, data_service.DataServiceError) as e:
     # A one-line message on stderr and exit status 1, not a traceback: these are the
     # user's settings to fix, not bugs.
-    sys.exit(f"trainer.main: error: {e}")
+    command_line.fail(NAME, e)
   except interrupts.Interrupted as e:
-    print(f"trainer.main: {e}", file=sys.stderr, flush=True)
+    print(f"{NAME}: {e}", file=sys.stderr, flush=True)
     sys.exit(e.exit_status)
   except STATE_ERRORS as e:
     # The run's state or its machine stopped it (another run holds --model_dir, corrupt
@@ -225,15 +234,15 @@ def main(argv):
     # only when --verbosity=1 (debug) asks for it.
     if logging.level_debug():
       raise
-    sys.exit(f"trainer.main: error: {one_line(e)}")
+    command_line.fail(NAME, one_line(e))
   except strategy_lib.LOST_WORKER_ERRORS as e:
     if config.strategy != "multi_worker":
       raise
     # A peer died or hung: this worker cannot go on alone (every step all-reduces).
     reason = e.message.rsplit("aborted by: ", 1)[-1].strip().splitlines()
-    sys.exit(f"trainer.main: error: lost contact with another worker ({' '.join(reason[:2])}); "
-             "rerun the same command on every worker to resume from the last checkpoint in "
-             f"--model_dir={config.model_dir}")
+    command_line.fail(NAME, f"lost contact with another worker ({' '.join(reason[:2])}); "
+                      "rerun the same command on every worker to resume from the last "
+                      f"checkpoint in --model_dir={config.model_dir}")
 
 
 # Errors that stop a run for a reason its message states (see main()).
@@ -262,7 +271,7 @@ def one_line(error):
 def run():
   """The command line: defines the flags, parses them and trains."""
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=lambda argv: command_line.parse(NAME, argv))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ Prints one line per image on stdout, in input order: `path<TAB>class<TAB>probabi
 (by the file's extension) instead. An image that cannot be read or decoded is reported on
 stderr (`trainer.predict: PATH: reason: detail`) and the rest are still predicted. A progress
 line goes to stderr every --progress_seconds. Exit status: 0 when every image was predicted,
-2 when some failed, 1 when nothing could be predicted (bad flags, no model, no inputs).
+2 when some failed, 1 when nothing could be predicted (bad flags, no model, no inputs: one
+line `trainer.predict: error: ...` naming it). docs/cli.md has every command's.
 """
 
 import collections
@@ -35,6 +36,7 @@ import time
 from absl import app
 from absl import flags
 
+from pipeline import command_line
 from pipeline import images as images_lib
 from pipeline import sources
 from trainer import serving
@@ -298,6 +300,8 @@ def define_flags(flag_values=flags.FLAGS):
                        lower_bound=1, flag_values=flag_values)
   flags.DEFINE_float("progress_seconds", 10.0, "Seconds between progress lines on stderr.",
                      flag_values=flag_values)
+  # _check_flags checks it, with what it should be.
+  command_line.mark_required(["model_dir"], flag_values, validate=False)
 
 
 def _check_flags(flag_values, inputs):
@@ -362,9 +366,9 @@ def main(argv):
   try:
     return run_command(argv)
   except (PredictError, serving.ServingError) as e:
-    sys.exit(f"{NAME}: error: {e}")
+    command_line.fail(NAME, e)
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=lambda argv: command_line.parse(NAME, argv))
