@@ -75,6 +75,11 @@ import time
 
 from absl import flags
 
+from pipeline import logs
+
+if __name__ == "__main__":  # before the imports below import TF: without its start-up notices
+  logs.import_tensorflow(logs.verbose_in_argv(sys.argv))
+
 from tools import cli
 from trainer import workdir
 

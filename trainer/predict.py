@@ -36,6 +36,11 @@ import time
 from absl import app
 from absl import flags
 
+from pipeline import logs
+
+if __name__ == "__main__":  # before the imports below import TF: without its start-up notices
+  logs.import_tensorflow(logs.verbose_in_argv(sys.argv))
+
 from pipeline import command_line
 from pipeline import images as images_lib
 from pipeline import sources
