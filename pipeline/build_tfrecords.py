@@ -359,16 +359,14 @@ def main(argv):
   try:
     result = run_job(config, argv[1:])
   except (sources.SourceError, splits.ClassSubsetError) as e:
-    logging.error("%s", e)
-    sys.exit(2)
+    command_line.fail(NAME, e, status=2)
   except Exception as e:  # pylint: disable=broad-except
     line = output_files.os_error_line(e, config.output_dir)
     if line is None:
       raise  # Not an OS error: a bug in this code, which must show where it is.
     if verbose:
       logging.error("the job failed:", exc_info=True)
-    logging.error("%s", line)
-    sys.exit(3)
+    command_line.fail(NAME, line, status=3)
   sys.exit(result.exit_code)
 
 

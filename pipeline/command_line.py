@@ -36,9 +36,11 @@ def error_line(error):
   return " ".join(text.split()).rstrip(";")
 
 
-def fail(tool, error):
-  """Ends the process: `<tool>: error: <error on one line>` on stderr, exit status 1."""
-  sys.exit(f"{tool}: error: {error_line(error)}")
+def fail(tool, error, status=1):
+  """Ends the process: `<tool>: error: <error on one line>` on stderr, exit `status`."""
+  sys.stderr.flush()
+  print(f"{tool}: error: {error_line(error)}", file=sys.stderr, flush=True)
+  sys.exit(status)
 
 
 def parse(tool, argv, parse_flags=None):

@@ -77,12 +77,13 @@ def test_the_job_on_a_full_disk_says_so_in_one_line_and_leaves_no_temporary_file
       cwd=testdata.REPO, capture_output=True, text=True, timeout=300)
   assert done.returncode == 3, done.stderr[-3000:]
   assert "Traceback" not in done.stderr, done.stderr[-3000:]
-  errors = [l for l in done.stderr.splitlines() if l.startswith(("E", "F"))]
+  errors = [l for l in done.stderr.splitlines()
+            if l.startswith(("E", "F", "pipeline.build_tfrecords: error: "))]
   assert len(errors) == 1, done.stderr[-3000:]
-  assert errors[0].endswith(
+  assert errors[0] == "pipeline.build_tfrecords: error: " + (
       f"writing into --output_dir={out}: No space left on device (ENOSPC) in the job's step "
       "WriteShards/Write/ParDo(WriteShard); free space there or choose another --output_dir, "
-      "then rerun")
+      "then rerun"), errors[0]
   left = os.listdir(out)
   assert features.INFO_FILE not in left and features.REJECTED_FILE not in left
   assert not [n for n in left if n.startswith((output_files.TEMP_PREFIX,
@@ -100,7 +101,7 @@ def test_other_os_errors_name_the_path_and_verbosity_brings_the_traceback(tmp_pa
   assert done.returncode == 3, done.stderr[-3000:]
   assert "Traceback (most recent call last)" in done.stderr
   last = done.stderr.strip().splitlines()[-1]
-  assert last.endswith(f"] {out}: Not a directory (ENOTDIR)"), last
+  assert last == f"pipeline.build_tfrecords: error: {out}: Not a directory (ENOTDIR)", last
 
 
 def test_an_os_error_inside_a_stage_is_found_with_its_path():
