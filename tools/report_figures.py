@@ -114,8 +114,8 @@ def val_accuracy_figure(runs):
       any_best = True
       # The label starts with "_": matplotlib leaves it out of the legend, which has one
       # entry for all the stars (below) instead of one per run.
-      ax.plot([run.best_epoch], [best_accuracy], linestyle="none", marker=BEST_MARKER, markersize=12,
-              color=color, markeredgecolor="black", markeredgewidth=0.6, zorder=3,
+      ax.plot([run.best_epoch], [best_accuracy], linestyle="none", marker=BEST_MARKER,
+              markersize=12, color=color, markeredgecolor="black", markeredgewidth=0.6, zorder=3,
               label=f"_best epoch of {run.name}")
   handles, _ = ax.get_legend_handles_labels()
   if any_best:
