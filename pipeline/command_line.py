@@ -37,9 +37,13 @@ def error_line(error):
 
 
 def fail(tool, error, status=1):
-  """Ends the process: `<tool>: error: <error on one line>` on stderr, exit `status`."""
-  sys.stderr.flush()
-  print(f"{tool}: error: {error_line(error)}", file=sys.stderr, flush=True)
+  """Ends the process: `<tool>: error: <error on one line>` on stderr, exit `status`. With
+  status 1 the line is SystemExit's code (Python prints it and exits 1), which an in-process
+  caller (tools/cli.py's `call`, tests) reads back."""
+  line = f"{tool}: error: {error_line(error)}"
+  if status == 1:
+    sys.exit(line)
+  print(line, file=sys.stderr, flush=True)
   sys.exit(status)
 
 
