@@ -38,6 +38,14 @@ class Interrupted(Exception):
     return 1 if self.signum is None else 128 + self.signum
 
 
+def _say(line):
+  """One line on stderr in one write: the watcher thread calls this while the main thread
+  may be logging or exiting, and print's separate write of the newline let the main thread's
+  last line land between the two (seen in CI: both on one line)."""
+  sys.stderr.write(line + "\n")
+  sys.stderr.flush()
+
+
 def interrupted(stop, model_dir, epochs_done, step, steps):
   """The Interrupted of a run that `stop` ended after `step` of `steps` of epoch
   epochs_done + 1: that epoch is abandoned, the last checkpoint (epoch epochs_done) kept."""
@@ -70,11 +78,10 @@ class StopRequest:
     if self.signum is None:
       self.signum = signum
       self.flag.assign(True)
-      print(f"trainer: {signal.Signals(signum).name}: stopping at the next train step "
-            "(send it again to exit at once)", file=sys.stderr, flush=True)
+      _say(f"trainer: {signal.Signals(signum).name}: stopping at the next train step "
+           "(send it again to exit at once)")
     else:
-      print(f"trainer: {signal.Signals(signum).name} again: exiting now", file=sys.stderr,
-            flush=True)
+      _say(f"trainer: {signal.Signals(signum).name} again: exiting now")
       os._exit(128 + signum)  # pylint: disable=protected-access (no cleanup: at once)
 
   def install(self):

@@ -45,9 +45,15 @@ def test_sigint_stops_inside_a_long_call_of_steps_and_keeps_the_last_checkpoint(
   time.sleep(1.0)  # into epoch 2's call
   run.process.send_signal(signal.SIGINT)
   sent = time.monotonic()
+  # The stop itself is quick (0.2 s to the line saying so, quiet 2 cores, 2026-12-02); the
+  # process's exit after it is TensorFlow's teardown, 4.6 s quiet and 12 s in CI beside three
+  # other tests, so it gets a looser bound (Ctrl-C used to take over 18 s to stop at all).
+  run.wait_for(r"^trainer\.main: SIGINT in epoch", 30)
+  stopped = time.monotonic() - sent
   code, log = run.finish(60)
   assert code == 130, log[-3000:]
-  assert time.monotonic() - sent < 10, log[-3000:]
+  assert stopped < 5, (stopped, log[-3000:])
+  assert time.monotonic() - sent < 30, log[-3000:]
   assert "trainer: SIGINT: stopping at the next train step" in log
   found = re.search(r"^trainer\.main: SIGINT in epoch 2, after step (\d+) of 20: that epoch is "
                     r"abandoned and the checkpoint of epoch 1 kept; rerun the same command to "
