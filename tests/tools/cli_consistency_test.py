@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -48,9 +49,15 @@ ERROR_CASES = [
 ]
 
 
+MPLCONFIGDIR = tempfile.mkdtemp(prefix="mplconfig-")
+
+
 def run(module, *args):
   # The commands' own log settings, not the test runner's TF_CPP_MIN_LOG_LEVEL.
   env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "TF_CONFIG")}
+  # Matplotlib (imported through Keras) warns on stderr when $HOME/.config is not writable,
+  # as in Bazel's sandbox: give it a directory of its own.
+  env["MPLCONFIGDIR"] = MPLCONFIGDIR
   return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
                         cwd=testdata.REPO, env=env, timeout=180)
 
