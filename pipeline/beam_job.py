@@ -32,6 +32,9 @@ import hashlib
 import io
 import json
 import math
+import os
+import shutil
+import tempfile
 import uuid
 
 import apache_beam as beam
@@ -55,6 +58,8 @@ REJECTED = "rejected"
 SHARD_FILES = "shard_files"
 TEMP_PREFIX = output_files.TEMP_PREFIX  # + a unique id + the final name: a shard being written
 PLAN_PREFIX = TEMP_PREFIX + "plan-"  # + ids + ".jsonl": one shard's planned paths (write_shard_plans)
+# write_shard_plans' open files at a time (a process may open 1,024 by default).
+MAX_OPEN_PLANS = 256
 EXAMPLES_PER_SHARD = 5000  # ~10 MB of CIFAR-size JPEG/PNG per shard (TF guidance: >= 10 MB).
 
 
@@ -70,31 +75,55 @@ def write_shard_plans(output_dir, elements, *, kept, validation_fraction, test_f
   pipeline itself, which the local runner holds in several copies (about 3.5 KB a path) and
   Dataflow refuses beyond its job-graph size limit; and why not one file grouped by shard in
   the job: the grouping is buffered by the runner (about 2 KB a path on the DirectRunner,
-  BENCHMARKS.md). Here a path costs its JSON line until its shard's file is written.
+  BENCHMARKS.md).
+
+  Memory: `elements` is read as it streams (the planners' spill.Spill), each line goes
+  straight to its shard's open file, and at most MAX_OPEN_PLANS files are open at once (more
+  shards: one more read of the elements per MAX_OPEN_PLANS). A remote output directory gets
+  the files written locally first and uploaded one by one: a remote file system's writer
+  buffers what it has not uploaded, and a few hundred of them would hold the whole plan.
   """
   new_label = {old: new for new, old in enumerate(kept)}
   fractions = (validation_fraction, test_fraction, has_test)
-  lines = {(split, i): [] for split, n in num_shards.items() for i in range(n)}
-  excluded = 0
-  for element in elements:
-    element = assign(element, new_label, fractions)
-    if element is None:
-      excluded += 1
-      continue
-    split = element["split"]
-    lines[(split, shard_index(element["key"], num_shards[split]))].append(
-        json.dumps(element, sort_keys=True).encode())
+  shards = [(split, i) for split, n in num_shards.items() for i in range(n)]
   run = uuid.uuid4().hex
-  shard_plans = []
-  for (split, index), shard_lines in lines.items():
-    name = features.shard_name(split, index, num_shards[split])
-    path = dataset_info.join(output_dir, f"{PLAN_PREFIX}{run}-{name}.jsonl")
-    with FileSystems.create(path) as f:
-      for line in shard_lines:
-        f.write(line + b"\n")
-    shard_lines.clear()
-    shard_plans.append(((split, index), path))
-  return shard_plans, excluded
+  paths = {(split, i): dataset_info.join(
+      output_dir, f"{PLAN_PREFIX}{run}-{features.shard_name(split, i, num_shards[split])}.jsonl")
+      for split, i in shards}
+  remote = "://" in output_dir
+  staging = tempfile.mkdtemp(prefix="shard-plans-") if remote else None
+  if not remote:
+    os.makedirs(output_dir, exist_ok=True)
+  where = {shard: os.path.join(staging, str(n)) if remote else paths[shard]
+           for n, shard in enumerate(shards)}
+  excluded = 0
+  try:
+    for start in range(0, len(shards), MAX_OPEN_PLANS):
+      files = {shard: open(where[shard], "wb")  # pylint: disable=consider-using-with
+               for shard in shards[start:start + MAX_OPEN_PLANS]}
+      try:
+        for element in elements:
+          element = assign(element, new_label, fractions)
+          if element is None:
+            if start == 0:  # counted on the first read only
+              excluded += 1
+            continue
+          split = element["split"]
+          out = files.get((split, shard_index(element["key"], num_shards[split])))
+          if out is not None:
+            out.write(json.dumps(element, sort_keys=True).encode() + b"\n")
+      finally:
+        for out in files.values():
+          out.close()
+    if remote:
+      for shard in shards:
+        with open(where[shard], "rb") as local, FileSystems.create(paths[shard]) as out:
+          shutil.copyfileobj(local, out)
+        os.remove(where[shard])
+  finally:
+    if staging:
+      shutil.rmtree(staging, ignore_errors=True)
+  return [(shard, paths[shard]) for shard in shards], excluded
 
 
 def read_shard_plan(shard_plan):

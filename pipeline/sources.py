@@ -15,15 +15,19 @@ This module: the Plan, image folders and path lists, and reading one file (read_
 archive sources (CIFAR-100, TensorFlow Datasets) and their readers are pipeline/archives.py.
 """
 
+import array
 import csv
 import dataclasses
 import errno
-import io
+import hashlib
+import functools
 import os
 import posixpath
 import stat
 
 import fsspec
+
+from pipeline import spill
 
 NO_COARSE = -1
 SPLIT_DIRS = ("train", "test")
@@ -69,19 +73,30 @@ def plan_image_dir(root):
   A folder that cannot be listed is never passed over: at the class level or above, its
   class would vanish and every later label shift, so planning stops naming it; deeper (where
   every file is rejected as not_in_class_folder anyway) it is a read_error row.
+
+  The paths go to a spill.Spill as they are listed, and plan.elements is one: the launcher
+  holds the folder names, not a row per image (a local tree is walked folder by folder; a
+  gs:// listing is one list, as gcsfs returns it).
   """
   fs, base = fsspec.core.url_to_fs(root)
   if not fs.isdir(base):
     raise SourceError(f"--image_dir={root}: no such directory")
+  listed = spill.Spill()  # relative paths of everything that is not a folder
+  unlisted = []
   if _is_remote(root):
     try:
-      found = sorted(posixpath.relpath(p, base) for p in fs.find(base))
+      found = sorted(fs.find(base))
     except Exception as e:  # gcsfs's HttpError on a 403, say: the whole listing failed.
       raise SourceError(f"--image_dir={root}: cannot be listed ({type(e).__name__}: {e})") from None
-    unlisted = []
+    found = (posixpath.relpath(p, base) for p in found)
   else:
-    found, unlisted = _list_local_tree(base)
-  top = {rel.split("/")[0] for rel in found if "/" in rel}
+    found = _walk_local_tree(base, unlisted)
+  top = set()  # the first folder of every path that has one
+  for rel in found:
+    listed.append(rel)
+    if "/" in rel:
+      top.add(rel.split("/", 1)[0])
+  unlisted.sort(key=lambda u: u[0])
   split_layout = "train" in top and top <= set(SPLIT_DIRS)
   depth = 3 if split_layout else 2
   plan = Plan(description=f"image_dir:{root}", class_names=[])
@@ -99,8 +114,9 @@ def plan_image_dir(root):
       continue
     plan.rejected.append((_full(root, rel), "read_error",
                           f"a folder that cannot be listed: {_errno_text(e)}"))
-  files = {}  # split -> [(class, relative path)]
-  for rel in found:
+  planned = spill.Spill()  # [split, class name, relative path]
+  class_names = set()
+  for rel in listed:
     parts = rel.split("/")
     if any(p.startswith(".") for p in parts):
       plan.skipped["hidden_file"] = plan.skipped.get("hidden_file", 0) + 1
@@ -110,30 +126,38 @@ def plan_image_dir(root):
       plan.rejected.append((_full(root, rel), "not_in_class_folder",
                             f"expected {'<split>/' if split_layout else ''}<class>/<file>"))
       continue
-    files.setdefault(split, []).append((parts[-2], rel))
-  plan.class_names = sorted({c for items in files.values() for c, _ in items})
+    planned.append([split, parts[-2], rel])
+    class_names.add(parts[-2])
+    plan.split_sizes[split] = plan.split_sizes.get(split, 0) + 1
+  listed.close()
+  plan.class_names = sorted(class_names)
   if not plan.class_names:
     raise SourceError(f"--image_dir={root}: no <class>/<file> images found")
-  index = {c: i for i, c in enumerate(plan.class_names)}
-  for split, items in files.items():
-    for class_name, rel in items:
-      plan.elements.append({"key": rel, "split": split, "label": index[class_name],
-                            "coarse_label": NO_COARSE, "path": _full(root, rel)})
-  plan.has_test = "test" in files
-  plan.split_sizes = {s: len(v) for s, v in files.items()}
+  planned.transform = functools.partial(
+      _image_dir_element, root, {c: i for i, c in enumerate(plan.class_names)})
+  plan.elements = planned
+  plan.has_test = "test" in plan.split_sizes
   return plan
 
 
-def _list_local_tree(base):
-  """(sorted relative paths of everything under base that is not a folder, [(relative
-  folder, OSError)] for folders that could not be listed).
+def _image_dir_element(root, index, row):
+  split, class_name, rel = row
+  return {"key": rel, "split": split, "label": index[class_name], "coarse_label": NO_COARSE,
+          "path": _full(root, rel)}
+
+
+def _walk_local_tree(base, unlisted):
+  """Yields the relative path of everything under base that is not a folder, each folder's
+  entries in sorted order; appends (relative folder, OSError) to `unlisted` for each folder
+  that could not be listed.
 
   Not fsspec's find, nor os.walk: both pass over a folder they cannot list as if it were
   empty. Everything that is not a folder is listed (FIFOs, sockets, devices too): the job
   rejects those as not_a_regular_file, so they are counted, not hidden. Symlinked folders
-  are followed, each real folder once (a link loop ends).
+  are followed, each real folder once (a link loop ends). Memory: the folders still to walk
+  and one folder's entries, not the tree.
   """
-  found, unlisted, seen = [], [], set()
+  seen = set()
   pending = ["."]
   while pending:
     rel = pending.pop()
@@ -144,18 +168,22 @@ def _list_local_tree(base):
         continue
       seen.add((st.st_dev, st.st_ino))
       with os.scandir(path) as entries:
-        entries = list(entries)
+        entries = sorted(entries, key=lambda entry: entry.name)
     except OSError as e:
       unlisted.append((rel, e))
       continue
+    folders = []
     for entry in entries:
       child = entry.name if rel == "." else f"{rel}/{entry.name}"
       try:
         is_dir = entry.is_dir()  # follows symlinks
       except OSError:
         is_dir = False
-      (pending if is_dir else found).append(child)
-  return sorted(found), sorted(unlisted, key=lambda u: u[0])
+      if is_dir:
+        folders.append(child)
+      else:
+        yield child
+    pending.extend(reversed(folders))  # walked in sorted order
 
 
 def _errno_text(e):
@@ -173,96 +201,149 @@ def _is_remote(path):
 
 
 def plan_path_list(csv_path, *, class_names_file=""):
-  """Plans a CSV `path,label[,split]`; relative paths are relative to the CSV's folder."""
-  try:
-    with fsspec.open(csv_path, "rb") as f:
-      data = f.read()
-  except FileNotFoundError:
-    raise SourceError(f"--path_list={csv_path}: no such file") from None
-  # utf-8-sig: spreadsheet exports start with a byte-order mark, which would otherwise become
-  # part of the first column's name. Bytes that are not UTF-8 become U+FFFD and the rows that
-  # hold them are rejected below, rather than the whole list failing to decode.
-  text = data.decode("utf-8-sig", errors="replace")
-  reader = csv.DictReader(io.StringIO(text, newline=""))
-  header = reader.fieldnames or []
-  missing = [c for c in ("path", "label") if c not in header]
-  if missing:
-    raise SourceError(f"--path_list={csv_path}: header {header} lacks column(s) {missing}; "
-                      "expected path,label[,split]")
+  """Plans a CSV `path,label[,split]`; relative paths are relative to the CSV's folder.
+
+  The CSV is read row by row into a spill.Spill, then read back once to find repeated paths
+  and check labels, into the Spill that is plan.elements. What the launcher holds per row is
+  8 bytes, a digest of its path (to find the paths that repeat), not the row.
+  """
   base = csv_path.rsplit("/", 1)[0] if "/" in csv_path else "."
   plan = Plan(description=f"path_list:{csv_path}", class_names=[])
-  rows = []
-  seen = {}
-  last_line = reader.line_num
-  for row in reader:
-    # A row starts on the line after the previous one ended (a quoted field can span lines).
-    line_no, last_line = last_line + 1, reader.line_num
-    where = f"{csv_path}:{line_no}"
-    path, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
-    split = (row.get("split") or "train").strip() or "train"
-    if None in row or None in row.values():
-      plan.rejected.append((where, "malformed_row",
-                            f"{len(header)} columns expected: {_raw_row(row)}"))
-      continue
-    if "\ufffd" in _raw_row(row):
-      plan.rejected.append((where, "malformed_row", f"not valid UTF-8: {_raw_row(row)}"))
-      continue
-    if not path or not label:
-      plan.rejected.append((where, "malformed_row", f"empty path or label: {_raw_row(row)}"))
-      continue
-    if any(ord(c) < 32 for c in path):
-      plan.rejected.append((where, "malformed_row", f"control character in path {path!r}"))
-      continue
-    if split not in SPLIT_DIRS:
-      plan.rejected.append((where, "malformed_row", f"split {split!r} is not train or test"))
-      continue
-    full = _normalize(path if (_is_remote(path) or os.path.isabs(path)) else base + "/" + path)
-    if full in seen:
-      plan.rejected.append((full, "duplicate_path", f"line {line_no} repeats line {seen[full]}"))
-      continue
-    seen[full] = line_no
-    rows.append((full, path, label, split, where))
+  rows = spill.Spill()  # [line number, full path, path as written, label, split]
+  digests = array.array("Q")
+  try:
+    # utf-8-sig: spreadsheet exports start with a byte-order mark, which would otherwise
+    # become part of the first column's name. Bytes that are not UTF-8 become U+FFFD and the
+    # rows that hold them are rejected below, rather than the whole list failing to decode.
+    with fsspec.open(csv_path, "rt", encoding="utf-8-sig", errors="replace", newline="") as f:
+      reader = csv.DictReader(f)
+      header = reader.fieldnames or []
+      missing = [c for c in ("path", "label") if c not in header]
+      if missing:
+        raise SourceError(f"--path_list={csv_path}: header {header} lacks column(s) "
+                          f"{missing}; expected path,label[,split]")
+      last_line = reader.line_num
+      for row in reader:
+        # A row starts on the line after the previous one ended (a quoted field can span
+        # lines).
+        line_no, last_line = last_line + 1, reader.line_num
+        problem = _row_problem(row, header)
+        if problem:
+          plan.rejected.append((f"{csv_path}:{line_no}", "malformed_row", problem))
+          continue
+        path = row["path"].strip()
+        full = _normalize(path if (_is_remote(path) or os.path.isabs(path))
+                          else base + "/" + path)
+        rows.append([line_no, full, path, row["label"].strip(),
+                     (row.get("split") or "train").strip() or "train"])
+        digests.append(_digest(full))
+  except FileNotFoundError:
+    raise SourceError(f"--path_list={csv_path}: no such file") from None
+  repeated = _repeated(digests)
+  del digests
   if class_names_file:
     plan.class_names = _read_class_names(class_names_file)
-  else:
-    labels = {label for _, _, label, _, _ in rows}
+  index = {c: i for i, c in enumerate(plan.class_names)}
+  first_line = {}  # full path -> line of its first row, for the paths whose digest repeats
+  labels = {}  # label -> [rows, the first rows' places], when the labels make the classes
+  kept = spill.Spill()  # [path as written, full path, label, split]
+  for line_no, full, path, label, split in rows:
+    if repeated and _digest(full) in repeated:
+      if full in first_line:
+        plan.rejected.append((full, "duplicate_path",
+                              f"line {line_no} repeats line {first_line[full]}"))
+        continue
+      first_line[full] = line_no
+    if class_names_file:
+      if _label_index(index, label) is None:
+        plan.rejected.append((full, *_label_rejection(label, plan.class_names, csv_path,
+                                                      line_no)))
+        continue
+    else:
+      seen = labels.setdefault(label, [0, []])
+      seen[0] += 1
+      if len(seen[1]) < 5:
+        seen[1].append(f"{csv_path}:{line_no}")
+    kept.append([path, full, label, split])
+    plan.split_sizes[split] = plan.split_sizes.get(split, 0) + 1
+  rows.close()
+  if not class_names_file:
     if labels and all(l.isdigit() for l in labels):
-      plan.class_names = _integer_classes(csv_path, rows)
+      plan.class_names = _integer_classes(csv_path, labels)
     else:
       plan.class_names = sorted(labels)
-  index = {c: i for i, c in enumerate(plan.class_names)}
-  for full, path, label, split, where in rows:
-    label_index = index.get(label)
-    if label_index is None and label.isdigit():
-      if int(label) >= len(plan.class_names):
-        plan.rejected.append((full, "label_out_of_range",
-                              f"label {label} is outside 0..{len(plan.class_names) - 1} "
-                              f"({where}; --class_names_file names "
-                              f"{len(plan.class_names)} classes)"))
-        continue
-      label_index = int(label)
-    if label_index is None:
-      plan.rejected.append((full, "unknown_label",
-                            f"{label!r} is not among the {len(plan.class_names)} classes"))
-      continue
-    plan.elements.append({"key": path, "split": split, "label": label_index,
-                          "coarse_label": NO_COARSE, "path": full})
-    plan.split_sizes[split] = plan.split_sizes.get(split, 0) + 1
+    index = {c: i for i, c in enumerate(plan.class_names)}
   if not plan.class_names:
     raise SourceError(f"--path_list={csv_path}: no usable rows")
+  kept.transform = functools.partial(_path_list_element, index)
+  plan.elements = kept
   plan.has_test = plan.split_sizes.get("test", 0) > 0
   return plan
 
 
-def _integer_classes(csv_path, rows):
+def _row_problem(row, header):
+  """Why a CSV row is malformed, or None."""
+  if None in row or None in row.values():
+    return f"{len(header)} columns expected: {_raw_row(row)}"
+  if "\ufffd" in _raw_row(row):
+    return f"not valid UTF-8: {_raw_row(row)}"
+  path, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
+  if not path or not label:
+    return f"empty path or label: {_raw_row(row)}"
+  if any(ord(c) < 32 for c in path):
+    return f"control character in path {path!r}"
+  split = (row.get("split") or "train").strip() or "train"
+  if split not in SPLIT_DIRS:
+    return f"split {split!r} is not train or test"
+  return None
+
+
+def _digest(path):
+  return int.from_bytes(hashlib.blake2b(path.encode("utf-8", "surrogatepass"),
+                                        digest_size=8).digest(), "big")
+
+
+def _repeated(digests):
+  """The values that occur more than once in an array of digests."""
+  import numpy as np  # Beam's dependency; here only for one sort of 8 bytes a row.
+  values = np.sort(np.frombuffer(digests, dtype=np.uint64)) if digests else np.zeros(0)
+  return set(np.unique(values[1:][values[1:] == values[:-1]]).tolist())
+
+
+def _label_index(index, label):
+  """A row's label -> its class index (a class name, or its number), or None."""
+  label_index = index.get(label)
+  if label_index is None and label.isdigit() and int(label) < len(index):
+    label_index = int(label)
+  return label_index
+
+
+def _label_rejection(label, class_names, csv_path, line_no):
+  if label.isdigit():
+    return ("label_out_of_range",
+            f"label {label} is outside 0..{len(class_names) - 1} ({csv_path}:{line_no}; "
+            f"--class_names_file names {len(class_names)} classes)")
+  return "unknown_label", f"{label!r} is not among the {len(class_names)} classes"
+
+
+def _path_list_element(index, row):
+  path, full, label, split = row
+  return {"key": path, "split": split, "label": _label_index(index, label),
+          "coarse_label": NO_COARSE, "path": full}
+
+
+def _integer_classes(csv_path, labels):
   """Integer labels mean classes 0..max. Returns their names "0".."max", or raises
   SourceError when some of those classes have no row: one typo (`100000` among 0 and 1)
   would otherwise make 100,001 classes, most of them empty, which the trainer cannot learn
   and fails on far from the cause. Names the empty classes and the rows whose labels lie
-  above the first empty one (the likely typos)."""
-  by_label = {}
-  for _, _, label, _, where in rows:
-    by_label.setdefault(int(label), []).append(where)
+  above the first empty one (the likely typos). labels: label -> [rows, the first rows'
+  places]."""
+  by_label = {}  # number -> [rows, places]
+  for label, (count, places) in labels.items():
+    seen = by_label.setdefault(int(label), [0, []])
+    seen[0] += count
+    seen[1].extend(places)
   present = sorted(by_label)
   gaps = [(a + 1, b - 1) for a, b in zip([-1] + present, present) if b - a > 1]
   if not gaps:
@@ -275,10 +356,12 @@ def _integer_classes(csv_path, rows):
     # Every row lies above the gap: listing them would not help. Labels counted from 1?
     culprits = "No row has label 0: are the labels counted from 1? Renumber them from 0"
   else:
-    above = [(where, label) for label in present if label > first_empty
-             for where in by_label[label]]
+    higher = [label for label in present if label > first_empty]
+    above = [(where, label) for label in higher for where in sorted(
+        by_label[label][1], key=lambda w: int(w.rsplit(":", 1)[1]))]
+    count = sum(by_label[label][0] for label in higher)
     culprits = ", ".join(f"{where} (label {label})" for where, label in above[:5])
-    culprits += f" and {len(above) - 5} more" if len(above) > 5 else ""
+    culprits += f" and {count - 5} more" if count > 5 else ""
     culprits = f"Rows with labels above {first_empty - 1}: {culprits}. Fix those labels"
   raise SourceError(
       f"--path_list={csv_path}: integer labels make the classes 0..{present[-1]}, but "

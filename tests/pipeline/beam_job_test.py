@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import tensorflow as tf
 
 from pipeline import beam_job
@@ -50,9 +51,13 @@ def test_shards_are_a_hash_of_the_key_mixed_and_the_same_for_any_worker_count(tm
     assert max(collections.Counter(labels).values()) < 0.2 * len(labels)
 
 
-def test_every_planned_path_is_in_the_plan_of_its_own_shard_and_no_other(tmp_path):
+@pytest.mark.parametrize("max_open", [256, 2])
+def test_every_planned_path_is_in_the_plan_of_its_own_shard_and_no_other(
+    tmp_path, monkeypatch, max_open):
   # The launcher shards the plan (the job then groups nothing): every kept path once, in the
-  # plan file of its split's shard, and every shard has a plan file, the empty ones too.
+  # plan file of its split's shard, and every shard has a plan file, the empty ones too;
+  # also when fewer files may be open at once than there are shards (2 for 9: five reads).
+  monkeypatch.setattr(beam_job, "MAX_OPEN_PLANS", max_open)
   plan = sources.plan_image_dir(str(testdata.SAMPLE_DIR))
   kept = [0, 3, 5]
   num_shards = {"train": 3, "validation": 2, "test": 4}

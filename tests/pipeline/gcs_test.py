@@ -124,8 +124,9 @@ def test_image_dir_and_archive_planning_on_gs(gcs):
   assert plan.class_names == list(CLASSES) and plan.has_test
   assert plan.split_sizes == {"train": 6, "test": 4}
   assert all(e["path"].startswith(f"gs://{BUCKET}/tree/") for e in plan.elements)
-  assert sources.read_bytes(plan.elements[0]["path"]) == testdata.sample_files(
-      plan.elements[0]["split"], [CLASSES[0]], 1)[0][0].read_bytes()
+  first = next(iter(plan.elements))
+  assert sources.read_bytes(first["path"]) == testdata.sample_files(
+      first["split"], [CLASSES[0]], 1)[0][0].read_bytes()
   with pytest.raises(sources.SourceError, match="no such directory"):
     sources.plan_image_dir(gcs.url("absent"))
   with pytest.raises(sources.SourceError, match="no such file"):

@@ -3,6 +3,7 @@
 import os
 import pickle
 import shutil
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -101,3 +102,67 @@ def test_path_list_rows(tmp_path):
   csv_path.write_text("file,label\nx.jpg,cat\n")
   with pytest.raises(sources.SourceError, match=r"lacks column\(s\) \['path'\]"):
     sources.plan_path_list(str(csv_path))
+
+
+def _planning_peak(plan_fn):
+  """Peak bytes Python allocates while plan_fn() runs (tracemalloc), and its plan."""
+  tracemalloc.start()
+  try:
+    tracemalloc.reset_peak()
+    plan = plan_fn()
+    return tracemalloc.get_traced_memory()[1], plan
+  finally:
+    tracemalloc.stop()
+
+
+def test_planning_memory_does_not_grow_with_the_number_of_paths(tmp_path):
+  # The planners spill their rows to disk: 20x the paths may cost a few hundred KB more (one
+  # folder's listing, 8 bytes a path list row), not the ~1 KB a path that rows held in memory
+  # cost (40 MB here).
+  def path_list(n):
+    csv_path = tmp_path / f"list{n}.csv"
+    with open(csv_path, "w") as f:
+      f.write("path,label,split\n")
+      for i in range(n):
+        f.write(f"images/class{i % 10}/{i:06d}.jpg,class{i % 10},{'test' if i % 7 else 'train'}\n")
+      f.write("images/class0/000000.jpg,class0,train\n")  # one repeated path
+    return lambda: sources.plan_path_list(str(csv_path))
+
+  small_peak, small = _planning_peak(path_list(2_000))
+  large_peak, large = _planning_peak(path_list(40_000))
+  assert len(small.elements) == 2_000 and len(large.elements) == 40_000
+  assert [r[1] for r in large.rejected] == ["duplicate_path"]
+  assert large.split_sizes == {"train": 5715, "test": 34285}
+  assert large_peak - small_peak < 2_000_000, (small_peak, large_peak)
+
+  def image_dir(n):
+    root = tmp_path / f"tree{n}"
+    for i in range(n):
+      folder = root / f"class{i % 10}"
+      folder.mkdir(parents=True, exist_ok=True)
+      (folder / f"{i:06d}.jpg").touch()
+    return lambda: sources.plan_image_dir(str(root))
+
+  small_peak, small = _planning_peak(image_dir(2_000))
+  large_peak, large = _planning_peak(image_dir(20_000))
+  assert len(large.elements) == 20_000 and large.class_names == [f"class{i}" for i in range(10)]
+  assert large_peak - small_peak < 2_000_000, (small_peak, large_peak)
+
+
+def test_a_spilled_plan_reads_back_the_elements_the_rows_made(tmp_path):
+  csv_path = tmp_path / "list.csv"
+  csv_path.write_text("path,label\n"
+                      "x/1.jpg,3\n./x/2.jpg,0\nx/../x/1.jpg,1\n"  # the third repeats the first
+                      "gs://b/3.jpg,2\nx/4.jpg,01\n")
+  plan = sources.plan_path_list(str(csv_path))
+  assert plan.class_names == ["0", "1", "2", "3"]
+  assert list(plan.elements) == [
+      {"key": "x/1.jpg", "split": "train", "label": 3, "coarse_label": -1,
+       "path": f"{tmp_path}/x/1.jpg"},
+      {"key": "./x/2.jpg", "split": "train", "label": 0, "coarse_label": -1,
+       "path": f"{tmp_path}/x/2.jpg"},
+      {"key": "gs://b/3.jpg", "split": "train", "label": 2, "coarse_label": -1,
+       "path": "gs://b/3.jpg"},
+      {"key": "x/4.jpg", "split": "train", "label": 1, "coarse_label": -1,
+       "path": f"{tmp_path}/x/4.jpg"}]
+  assert plan.rejected == [(f"{tmp_path}/x/1.jpg", "duplicate_path", "line 4 repeats line 2")]
