@@ -10,7 +10,8 @@ its split and its shard (a hash of its key, shard_index) and writes one plan fil
 (write_shard_plans); each shard's task reads its own plan and reads, checks, encodes and
 streams that shard's images into its file (WriteShard). Runners buffer what passes through a
 grouping (the DirectRunner in memory, about 2 KB a path when the paths went through one), so
-the job's memory is one shard's plan, whatever the number of images. Archive sources
+the job's memory is one shard's plan, whatever the number of images (the launcher streams
+the planners' spilled rows into the plan files, holding none). Archive sources
 (CIFAR-100, tfds) yield pixels from a reader that holds the whole split in memory anyway (a
 CIFAR split is 150 MB of pixels); their elements are grouped by shard inside the job.
 Parallelism is one task per shard.
