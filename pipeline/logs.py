@@ -82,6 +82,16 @@ def import_tensorflow(verbose=False):
   return import_holding_notices("tensorflow")
 
 
+def import_tensorflow_if_main(module_name):
+  """Called at the top of a command's module with its `__name__`, before the imports that
+  load TensorFlow: run as a program (`__main__`), TensorFlow is imported now, without its
+  start-up notices unless the command line asks for --verbosity=1 (verbose_in_argv), and the
+  module's later imports find it loaded; imported as a library (by a test, another tool), it
+  does nothing."""
+  if module_name == "__main__":
+    import_tensorflow(verbose_in_argv(sys.argv))
+
+
 def import_holding_notices(module_name):
   """Imports `module_name` with fd 2 (C++ code writes there, not to sys.stderr) pointed at a
   temporary file, then writes back to stderr every line but absl's C++ INFO notices, also

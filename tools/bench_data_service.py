@@ -224,7 +224,7 @@ def main(argv, flag_values):
   return 0
 
 
-COMMAND = cli.Command("tools.bench_data_service", define_flags, main)
+COMMAND = cli.Command("tools.bench_data_service", define_flags, main, tensorflow=True)
 
 if __name__ == "__main__":
   COMMAND.run()

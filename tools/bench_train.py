@@ -207,7 +207,7 @@ def main(argv, flag_values):
   harness.emit(result, format_table, fv.json)
 
 
-COMMAND = cli.Command("tools.bench_train", define_flags, main)
+COMMAND = cli.Command("tools.bench_train", define_flags, main, tensorflow=True)
 
 if __name__ == "__main__":
   COMMAND.run()

@@ -27,6 +27,7 @@ from absl import app
 from absl import flags
 
 from pipeline import command_line
+from pipeline import logs
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Flags absl would act on itself that a pass-through tool hands to the trainer untouched: a
@@ -90,6 +91,9 @@ class Command:
   define_flags: Callable  # define_flags(flag_values)
   main: Callable  # main(argv, flag_values) -> exit status (None is 0)
   pass_through: bool = False  # flags that are not the tool's are the trainer's (see parse)
+  # The tool uses TensorFlow: `run` imports it once the flags are parsed, without its
+  # start-up notices unless --verbosity=1 (pipeline/logs.py).
+  tensorflow: bool = False
 
   def fail(self, error):
     command_line.fail(self.name, error)
@@ -104,6 +108,8 @@ class Command:
           self.name, argv, lambda a: parse(flags.FLAGS, a, pass_through=self.pass_through))
 
     def main(argv):
+      if self.tensorflow:
+        logs.import_tensorflow(flags.FLAGS.verbosity >= 1)
       try:
         return self.main(argv, flags.FLAGS)
       except ToolError as e:

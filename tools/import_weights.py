@@ -201,7 +201,7 @@ def main(argv, flag_values):
         f"({flag_values.model}, torch input normalization)", flush=True)
 
 
-COMMAND = cli.Command("tools.import_weights", define_flags, main)
+COMMAND = cli.Command("tools.import_weights", define_flags, main, tensorflow=True)
 
 if __name__ == "__main__":
   COMMAND.run()

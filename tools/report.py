@@ -55,14 +55,12 @@ import dataclasses
 import datetime
 import html
 import os
-import sys
 
 from absl import flags
 
 from pipeline import logs
 
-if __name__ == "__main__":  # before the imports below import TF: without its start-up notices
-  logs.import_tensorflow(logs.verbose_in_argv(sys.argv))
+logs.import_tensorflow_if_main(__name__)  # before the imports below load TensorFlow
 
 from tools import cli
 from tools import report_figures as figures

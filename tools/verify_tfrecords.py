@@ -54,7 +54,7 @@ def main(argv, flag_values):
              max_errors=flag_values.max_errors, parallel_shards=flag_values.parallel_shards)
 
 
-COMMAND = cli.Command("tools.verify_tfrecords", define_flags, main)
+COMMAND = cli.Command("tools.verify_tfrecords", define_flags, main, tensorflow=True)
 
 if __name__ == "__main__":
   COMMAND.run()

@@ -17,15 +17,13 @@ one line `trainer.evaluate: error: ...` naming it (docs/cli.md).
 """
 
 import json
-import sys
 
 from absl import app
 from absl import flags
 
 from pipeline import logs
 
-if __name__ == "__main__":  # before the imports below import TF: without its start-up notices
-  logs.import_tensorflow(logs.verbose_in_argv(sys.argv))
+logs.import_tensorflow_if_main(__name__)  # before the imports below load TensorFlow
 
 from pipeline import command_line
 from pipeline import dataset_info

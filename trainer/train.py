@@ -22,16 +22,14 @@ import dataclasses
 import functools
 import hashlib
 import math
-import sys
 import time
 
 from absl import logging
 
-if __name__ == "__main__":
-  # `python -m trainer.train` runs this file before trainer/main.py: hide TF's import notices
-  # here as trainer/main.py does (pipeline/logs.py).
-  from pipeline import logs  # pylint: disable=g-import-not-at-top
-  logs.import_tensorflow(logs.verbose_in_argv(sys.argv))
+from pipeline import logs
+
+# `python -m trainer.train` runs this file before trainer/main.py.
+logs.import_tensorflow_if_main(__name__)  # before the imports below load TensorFlow
 
 import keras  # pylint: disable=g-import-not-at-top,wrong-import-position
 import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position

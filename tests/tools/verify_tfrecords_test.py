@@ -175,6 +175,9 @@ def test_cli_exit_codes_and_messages(fresh_data_dir, tmp_path, capsys):
   assert done.returncode == 1, done.stderr[-2000:]
   assert f"ERROR {path}: record 0: cannot be read, the shard is corrupt" in done.stdout
   assert "FAILED" in done.stdout and "Traceback" not in done.stderr
+  # TensorFlow's start-up notices are held back (cli.Command(tensorflow=True)): stderr is
+  # empty, the report is on stdout.
+  assert done.stderr == "", done.stderr[-2000:]
   # The other outcomes through the function main() returns, in this process.
   empty = tmp_path / "empty"
   empty.mkdir()
