@@ -50,6 +50,13 @@ def means(sums):
   return float(sums["loss"]) / count, float(sums["correct"]) / count
 
 
+def rate_and_eta(done, steps, elapsed):
+  """(steps a second so far, seconds left at that rate, or None before the first step) of
+  an epoch of `steps` steps, `done` of them in `elapsed` seconds."""
+  rate = done / elapsed if elapsed > 0 else 0.0
+  return rate, ((steps - done) / rate if rate > 0 else None)
+
+
 class EpochProgress:
   """fn(steps done, sums so far) for one epoch of `steps` steps of `batch_size` examples, in
   lines mode: a log line every `every_seconds` (0 = none). Use as a context manager, like
@@ -72,10 +79,10 @@ class EpochProgress:
     if self.every <= 0 or now - self.last < self.every or done >= self.steps:
       return
     self.last = now
-    rate = done / (now - self.start) if now > self.start else 0.0
-    eta = duration((self.steps - done) / rate) if rate > 0 else "unknown"
+    rate, eta = rate_and_eta(done, self.steps, now - self.start)
     line = (f"epoch {self.epoch}/{self.epochs}: step {done}/{self.steps}, "
-            f"{rate * self.batch_size:,.0f} examples/s, epoch ETA {eta}")
+            f"{rate * self.batch_size:,.0f} examples/s, "
+            f"epoch ETA {'unknown' if eta is None else duration(eta)}")
     if sums is not None:
       loss, accuracy = means(sums)
       line += f", loss {loss:.4f}, accuracy {accuracy:.4f}"
@@ -114,13 +121,13 @@ class EpochBar:
     else:
       bar = "=" * filled + ">" + "." * (BAR_WIDTH - filled - 1)
     text = f"epoch {self.epoch}/{self.epochs}  {done:>{width}}/{self.steps} [{bar}]"
-    rate = done / elapsed if elapsed > 0 else 0.0
+    rate, eta = rate_and_eta(done, self.steps, elapsed)
     if rate > 0:
       text += f" {rate * self.batch_size:,.0f} ex/s"
     if done >= self.steps:
       text += f"  {duration(elapsed)}"
     else:
-      text += f"  ETA {duration((self.steps - done) / rate) if rate > 0 else '?'}"
+      text += f"  ETA {'?' if eta is None else duration(eta)}"
     if sums is not None:
       loss, accuracy = means(sums)
       text += f"  loss {loss:.4f}  acc {accuracy:.4f}"
