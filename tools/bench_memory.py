@@ -346,6 +346,9 @@ def main(argv, flag_values):
   if bool(fv.sizes) + bool(fv.data_dirs) + bool(fv.data_dir) != 1:
     raise cli.ToolError("give one of --data_dir (one run), --sizes or --data_dirs (peak "
                         "memory against size)")
+  problem = cli.check_trainer_args(argv[1:])  # a typo fails here, not in every child
+  if problem:
+    raise cli.ToolError(f"trainer flags: {problem}")
   if fv.data_dir:
     result = run(fv.data_dir, fv.model, fv.epochs, fv.steps_per_epoch, argv[1:], log)
     harness.emit(result, format_table, fv.json)

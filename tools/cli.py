@@ -85,6 +85,30 @@ def trainer_env(extra=None):
   return env
 
 
+def check_trainer_args(args):
+  """Parses `args` (trainer flags, without the program name) with trainer.main's own flag
+  definitions. Returns None, or the one-line reason they would fail: what absl rejects (an
+  unknown flag, a bad value) or an argument that is not a flag. For tools that start trainer
+  runs (sweep, bench_memory): a mistake stops them before any child runs, naming the flag."""
+  # TensorFlow's C++ start-up notices are noise here; the runs get the environment as it was.
+  saved = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  try:
+    from trainer import main  # pylint: disable=g-import-not-at-top
+  finally:
+    if saved is None:
+      del os.environ["TF_CPP_MIN_LOG_LEVEL"]
+  flag_values = flags.FlagValues()
+  main.define_flags(flag_values)
+  try:
+    rest = flag_values(["trainer.main", *args])
+  except flags.Error as e:
+    return " ".join(str(e).split())
+  if len(rest) > 1:
+    return f"unexpected arguments (not flags): {' '.join(rest[1:])}"
+  return None
+
+
 @dataclasses.dataclass(frozen=True)
 class Command:
   name: str  # as typed after `python -m`: the prefix of its error lines

@@ -235,26 +235,11 @@ def validate(runs, out_dir):
 
   Raises SweepError naming the first run whose flags absl rejects.
   """
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  # TensorFlow's C++ start-up notices are noise here; the runs get the environment as it was.
-  saved = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  try:
-    from trainer import main  # pylint: disable=g-import-not-at-top
-  finally:
-    if saved is None:
-      del os.environ["TF_CPP_MIN_LOG_LEVEL"]
   for run in runs:
-    flag_values = flags.FlagValues()
-    main.define_flags(flag_values)
-    argv = ["trainer.main", *run.args, f"--model_dir={os.path.join(out_dir, run.name)}"]
-    try:
-      rest = flag_values(argv)
-    except flags.Error as e:
-      message = " ".join(str(e).split())
-      raise SweepError(f"run {run.name}: {message}") from None
-    if len(rest) > 1:
-      raise SweepError(f"run {run.name}: unexpected arguments (not flags): {' '.join(rest[1:])}")
+    problem = cli.check_trainer_args(
+        [*run.args, f"--model_dir={os.path.join(out_dir, run.name)}"])
+    if problem:
+      raise SweepError(f"run {run.name}: {problem}")
 
 
 def _log_tail(path, start, lines=TAIL_LINES):

@@ -46,6 +46,9 @@ ERROR_CASES = [
     ("tools.verify_tfrecords", "tools.verify_tfrecords", ["d", "--max_errors=0"],
      "--max_errors"),
     ("tools.launch_local", "tools.launch_local", ["--workers=x"], "--workers"),
+    # A trainer flag passed through (misspelt): refused before any trainer child starts.
+    ("tools.bench_memory", "tools.bench_memory", ["--data_dir=d", "--learning_rat=1e-3"],
+     "learning_rat"),
 ]
 
 
