@@ -14,6 +14,7 @@ OPTIMIZERS = ("adam", "sgd", "rmsprop")
 AUGMENT_ON = ("host", "device")
 LR_SCHEDULES = ("constant", "cosine", "step", "plateau")  # trainer/schedules.py
 PROGRESS = ("auto", "bar", "lines")  # trainer/progress.py
+BATCHNORM = ("auto", "frozen", "train")  # freeze_batchnorm
 
 
 class ConfigError(ValueError):
@@ -67,6 +68,9 @@ class Config:
   # Which layers of the base network train: "all", "none" (only the new head), or N (the
   # last N layers of the base). BatchNorm layers that do not train run in inference mode.
   trainable_layers: str = "all"
+  # The base's BatchNorm layers while their layers train: "frozen" (inference mode: their
+  # statistics and scale are kept), "train", or "auto" (frozen with pretrained --weights).
+  batchnorm: str = "auto"
   # Two-stage schedule: the first head_epochs epochs train only the head, at
   # head_learning_rate; then --trainable_layers train at --learning_rate. 0 = one stage.
   head_epochs: int = 0
@@ -130,6 +134,8 @@ def validate(config, *, model_names=None):
   if c.augment_on not in AUGMENT_ON:
     raise ConfigError(f"--augment_on={c.augment_on}: choose one of {', '.join(AUGMENT_ON)}")
   trainable_layers(c)  # raises on a bad value
+  if c.batchnorm not in BATCHNORM:
+    raise ConfigError(f"--batchnorm={c.batchnorm}: choose one of {', '.join(BATCHNORM)}")
   if not c.head_learning_rate >= 0:
     raise ConfigError(f"--head_learning_rate={c.head_learning_rate}: must be >= 0")
   if c.head_epochs and trainable_layers(c) == 0:
@@ -190,6 +196,24 @@ def data_service_address(address):
     raise ValueError(f"{address!r} is not a tf.data service dispatcher address; use "
                      "grpc://HOST:PORT (what tools.launch_data_service prints)")
   return parsed.hostname, port
+
+
+def freeze_batchnorm(config):
+  """Whether the base's BatchNorm layers stay frozen (inference mode) while the layers around
+  them train: --batchnorm=frozen, or auto with pretrained --weights (imagenet or a file).
+
+  Why auto freezes them under pretrained weights: the Keras applications' BatchNorm layers
+  update their moving statistics with momentum 0.999, so a fine-tuning of a few hundred steps
+  moves them a fifth of the way from ImageNet's towards the new data's, while the weights
+  around them learn from the batches' own statistics; evaluated on the moving ones, the
+  network is then worse than before fine-tuning (EXPERIMENTS.md, "Transfer with ImageNet
+  weights": MobileNetV2 at 32 px, validation accuracy 0.44 after the head epoch, 0.37 after
+  two short epochs of all layers; 0.53 with momentum 0.9; 0.64 with BatchNorm frozen). From
+  scratch (--weights=none) or with --init_from, they train.
+  """
+  if config.batchnorm == "auto":
+    return config.weights.strip().lower() not in ("", "none")
+  return config.batchnorm == "frozen"
 
 
 def trainable_layers(config):

@@ -113,6 +113,11 @@ HELP = {
         "Which layers of the base network train: all, none (only the new head) or N (the "
         "last N layers). For simple/basic the base is every layer but the last. Frozen "
         "BatchNorm layers run in inference mode."),
+    "batchnorm": (
+        "The base's BatchNorm layers while --trainable_layers train: frozen (inference "
+        "mode, the pretrained statistics and scale kept), train, or auto: frozen with "
+        "pretrained --weights (their statistics move too slowly to follow a short "
+        "fine-tuning: EXPERIMENTS.md), train otherwise."),
     "head_epochs": (
         "Two-stage fine-tuning: train only the head for this many epochs at "
         "--head_learning_rate, then --trainable_layers at --learning_rate (set it lower). "
@@ -173,6 +178,7 @@ CHOICES = {
     "lr_schedule": list(config_lib.LR_SCHEDULES),
     "strategy": list(strategy_lib.STRATEGIES),
     "progress": list(config_lib.PROGRESS),
+    "batchnorm": list(config_lib.BATCHNORM),
 }
 CASE_INSENSITIVE = ("model",)  # --model=resnet50 means ResNet50
 REQUIRED = ("data_dir", "model_dir")  # no default (config.validate names them when missing)

@@ -339,9 +339,11 @@ def base_layers(model):
   return [layer for layer in base.layers if not isinstance(layer, keras.layers.InputLayer)]
 
 
-def set_trainable(model, trainable_layers):
+def set_trainable(model, trainable_layers, freeze_batchnorm=False):
   """Freezes the base: None = everything trains, 0 = only the head, N = the last N layers of
-  the base and the head. Returns the number of base layers that train.
+  the base and the head; with freeze_batchnorm, the base's BatchNorm layers stay frozen
+  among them (config.freeze_batchnorm says why). Returns the number of base layers that
+  train.
 
   Frozen BatchNorm layers run in inference mode (Keras 3 ties that to `trainable`), so
   their ImageNet (or pretraining) statistics are kept, not refitted to small batches.
@@ -355,8 +357,9 @@ def set_trainable(model, trainable_layers):
     layer.trainable = True
   first_trainable = 0 if trainable_layers is None else len(layers_) - trainable_layers
   for i, layer in enumerate(layers_):
-    layer.trainable = i >= first_trainable
-  return len(layers_) - first_trainable
+    layer.trainable = i >= first_trainable and not (
+        freeze_batchnorm and isinstance(layer, keras.layers.BatchNormalization))
+  return sum(layer.trainable for layer in layers_[first_trainable:])
 
 
 def _weighted_layers(model):

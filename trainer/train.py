@@ -357,7 +357,8 @@ def build(config, info, strategy):
       optimizers["head"] = optimizers_lib.make_optimizer(
           config.optimizer, config.head_learning_rate, loss_scaling=loss_scaling)
       optimizers["head"].build(model.trainable_variables)
-    models.set_trainable(model, config_lib.trainable_layers(config))
+    models.set_trainable(model, config_lib.trainable_layers(config),
+                         config_lib.freeze_batchnorm(config))
     optimizers["main"] = optimizers_lib.make_optimizer(
         config.optimizer,
         schedules.for_optimizer(config, train_steps_per_epoch(info, config), state.lr_factor),
@@ -388,9 +389,11 @@ class TrainSteps:
     stage = stage_of(self.config, epochs_done)
     if stage != self.stage:
       layers = 0 if stage == "head" else config_lib.trainable_layers(self.config)
-      trained = models.set_trainable(self.model, layers)
-      logging.info("stage %s: %d of %d base layers train (%d trainable parameters), "
+      frozen_bn = layers != 0 and config_lib.freeze_batchnorm(self.config)
+      trained = models.set_trainable(self.model, layers, frozen_bn)
+      logging.info("stage %s: %d of %d base layers train%s (%d trainable parameters), "
                    "learning rate %g", stage, trained, len(models.base_layers(self.model)),
+                   ", BatchNorm frozen" if frozen_bn else "",
                    count_parameters(self.model.trainable_variables),
                    self.config.head_learning_rate if stage == "head"
                    else self.config.learning_rate)

@@ -123,6 +123,38 @@ def test_frozen_layers_do_not_train_and_frozen_batchnorm_keeps_its_statistics():
     models.set_trainable(model, 999)
 
 
+def test_frozen_batchnorm_keeps_statistics_and_scale_while_the_layers_around_it_train():
+  # `basic` (LeakyReLU): a randomly initialised application's ReLU6 under frozen, untrained
+  # BatchNorm can saturate and pass no gradient, which would test nothing.
+  model = models.build("basic", 3, (32, 32, 3))
+  base = models.base_layers(model)
+  batchnorms = [l for l in base if isinstance(l, keras.layers.BatchNormalization)]
+  convs = [l for l in base if isinstance(l, keras.layers.Conv2D)]
+  trained = models.set_trainable(model, None, freeze_batchnorm=True)
+  assert trained == len(base) - len(batchnorms) and not any(l.trainable for l in batchnorms)
+  before = [(l.moving_mean.numpy().copy(), l.gamma.numpy().copy()) for l in batchnorms]
+  kernel = convs[-1].kernel.numpy().copy()
+  _train_step(model, _pixels(4), np.array([0, 1, 2, 0]))
+  for layer, (mean, gamma) in zip(batchnorms, before):
+    np.testing.assert_array_equal(layer.moving_mean.numpy(), mean)
+    np.testing.assert_array_equal(layer.gamma.numpy(), gamma)
+  assert not np.array_equal(convs[-1].kernel.numpy(), kernel)
+  # Without it they train (batch statistics in the step, moving ones updated).
+  models.set_trainable(model, None)
+  _train_step(model, _pixels(4), np.array([0, 1, 2, 0]))
+  assert not np.array_equal(batchnorms[-1].moving_mean.numpy(), before[-1][0])
+
+
+@pytest.mark.parametrize("batchnorm, weights, frozen", [
+    ("auto", "none", False), ("auto", "imagenet", True), ("auto", "/m/base.weights.h5", True),
+    ("train", "imagenet", False), ("frozen", "none", True)])
+def test_batchnorm_auto_freezes_under_pretrained_weights_only(batchnorm, weights, frozen):
+  config = config_lib.Config(data_dir="d", model_dir="m", batchnorm=batchnorm, weights=weights)
+  assert config_lib.freeze_batchnorm(config) is frozen
+  with pytest.raises(config_lib.ConfigError, match="--batchnorm=off: choose one of auto"):
+    config_lib.validate(config_lib.Config(data_dir="d", model_dir="m", batchnorm="off"))
+
+
 @pytest.mark.parametrize("value, parsed", [("all", None), ("none", 0), ("12", 12)])
 def test_trainable_layers_values(value, parsed):
   config = config_lib.Config(data_dir="d", model_dir="m", trainable_layers=value)
@@ -230,8 +262,9 @@ def test_two_stages_train_the_head_first_then_the_base(data_dir, strategy, tmp_p
                  trainable_layers="4", steps_per_epoch=1, weights=weights)
   assert results["epochs_run"] == 2
   # After stage 2 the last 4 base layers and the head train.
+  # A weights file is pretrained: --batchnorm=auto keeps the base's BatchNorm frozen.
   model = models.build("MobileNetV2", 4, (32, 32, 3))
-  models.set_trainable(model, 4)
+  models.set_trainable(model, 4, freeze_batchnorm=True)
   assert results["trainable_parameters"] == train.count_parameters(model.trainable_variables)
   # The layers that never trained still hold the file's weights in the exported model.
   exported = keras.models.load_model(str(model_dir / "model.keras"), compile=False)
