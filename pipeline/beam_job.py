@@ -168,16 +168,18 @@ class AssignSplitAndClass(beam.DoFn):
     yield element
 
 
-def encode(element, class_names, image_size=None, max_image_bytes=sources.MAX_IMAGE_BYTES):
-  """Reads, checks, converts and encodes one element's image. Returns (record, example):
-  the serialized tf.Example for the shard and the example for the Summary, {"split",
-  "label", "shape": (height, width), "converted": (kind, ...)}. Raises images.BadImage."""
+def encode(element, class_names, image_size=None, max_image_bytes=sources.MAX_IMAGE_BYTES,
+           image_format=features.SOURCE):
+  """Reads, checks, converts and encodes one element's image, stored as `image_format`
+  (features.IMAGE_FORMATS). Returns (record, example): the serialized tf.Example for the
+  shard and the example for the Summary, {"split", "label", "shape": (height, width),
+  "converted": (kind, ...)}. Raises images.BadImage."""
   if "pixels" in element:
-    encoded, fmt, pixels = images.from_pixels(element["pixels"], image_size)
+    encoded, fmt, pixels = images.from_pixels(element["pixels"], image_size, image_format)
     kinds = ()
   else:
     encoded, fmt, pixels, kinds = images.prepare(
-        _read(element["path"], max_image_bytes), image_size)
+        _read(element["path"], max_image_bytes), image_size, image_format)
   for kind in kinds:
     counter(f"converted/{kind}").inc()
   split, label = element["split"], element["label"]
@@ -223,17 +225,19 @@ class WriteShard(beam.DoFn):
 
   progress: a job_progress.Plan: every image written or rejected is counted in this worker
   process's job_progress.Counter, which logs a line every plan.every_seconds (None: no
-  lines).
+  lines). image_format: what the records store (encode).
   """
 
   def __init__(self, output_dir, num_shards, class_names, image_size=None,
-               max_image_bytes=sources.MAX_IMAGE_BYTES, progress=None):
+               max_image_bytes=sources.MAX_IMAGE_BYTES, progress=None,
+               image_format=features.SOURCE):
     self._output_dir = output_dir
     self._num_shards = num_shards
     self._class_names = class_names
     self._image_size = image_size
     self._max_image_bytes = max_image_bytes
     self._progress = progress
+    self._image_format = image_format
 
   def process(self, shard):
     (split, index), elements = shard
@@ -250,7 +254,7 @@ class WriteShard(beam.DoFn):
       for element in elements:
         try:
           record, example = encode(element, self._class_names, self._image_size,
-                                   self._max_image_bytes)
+                                   self._max_image_bytes, self._image_format)
         except images.BadImage as e:
           counter(f"rejected/{e.reason}").inc()
           self._count_done()
@@ -373,11 +377,12 @@ def GroupByShard(elements, num_shards):
 
 @beam.ptransform_fn
 def WriteShards(shards, output_dir, num_shards, class_names, image_size,
-                max_image_bytes=sources.MAX_IMAGE_BYTES, progress=None):
+                max_image_bytes=sources.MAX_IMAGE_BYTES, progress=None,
+                image_format=features.SOURCE):
   """Grouped shards -> (examples, rejections, shard file names): see WriteShard."""
   written = shards | "Write" >> beam.ParDo(WriteShard(
-      output_dir, num_shards, class_names, image_size, max_image_bytes, progress)).with_outputs(
-          REJECTED, SHARD_FILES, main="examples")
+      output_dir, num_shards, class_names, image_size, max_image_bytes, progress,
+      image_format)).with_outputs(REJECTED, SHARD_FILES, main="examples")
   return written.examples, written[REJECTED], written[SHARD_FILES]
 
 
@@ -413,11 +418,14 @@ def WriteMetadata(examples, files, reason_counts, *, output_dir, meta, split_nam
 
 def build(pipeline, plan, *, output_dir, split_names, num_shards, kept, validation_fraction,
           test_fraction, image_size, max_reject_fraction, command, shard_plans=(), excluded=0,
-          max_image_bytes=sources.MAX_IMAGE_BYTES, progress=None):
+          max_image_bytes=sources.MAX_IMAGE_BYTES, progress=None,
+          image_format=features.SOURCE):
   """Adds the whole job to `pipeline`. num_shards: split -> count. shard_plans, excluded:
   what write_shard_plans returned for plan.elements (required when there are any).
   max_image_bytes: larger files are rejected as file_too_large unread (None: no limit).
-  progress: a job_progress.Plan for the shard writers' progress lines (None: none)."""
+  progress: a job_progress.Plan for the shard writers' progress lines (None: none).
+  image_format: what the records store (features.IMAGE_FORMATS), also written into
+  tfrecords_info.json."""
   if plan.elements and not shard_plans:
     raise ValueError("the plan has path elements: write them with write_shard_plans first")
   p = pipeline
@@ -434,13 +442,13 @@ def build(pipeline, plan, *, output_dir, split_names, num_shards, kept, validati
   examples, rejections, files = (
       shards | "AllShards" >> beam.Flatten()
       | "WriteShards" >> WriteShards(output_dir, num_shards, class_names, image_size,
-                                     max_image_bytes, progress))
+                                     max_image_bytes, progress, image_format))
   planned_rejections = p | "PlanRejections" >> PlanRejections(plan.rejected)
   reason_counts = ((planned_rejections, rejections)
                    | "WriteRejections" >> WriteRejections(output_dir))
   meta = {"source": plan.description, "class_names": tuple(class_names),
           "coarse_class_names": tuple(plan.coarse_class_names), "command": command,
-          "skipped": dict(plan.skipped)}
+          "skipped": dict(plan.skipped), "image_format": image_format}
   return examples | "WriteMetadata" >> WriteMetadata(
       files, reason_counts, output_dir=output_dir, meta=meta, split_names=split_names,
       max_reject_fraction=max_reject_fraction)

@@ -33,6 +33,7 @@ from absl import flags
 
 from pipeline import archives
 from pipeline import command_line
+from pipeline import features
 from pipeline import job_progress
 from pipeline import logs
 from pipeline import output_files
@@ -78,6 +79,12 @@ def define_flags():
   flags.DEFINE_integer("image_size", 0, "Resize every image to this height and width "
                        "(0: keep the size; the trainer then needs all images the same size).",
                        lower_bound=0)
+  flags.DEFINE_enum("image_format", features.SOURCE, features.IMAGE_FORMATS,
+                    "What a record stores of its image. source: the file's own JPEG/PNG bytes "
+                    "when no resize or conversion is needed, else PNG (lossless). png: PNG "
+                    "always. raw: the uint8 pixels (height*width*3 bytes): no decoding in "
+                    "the trainer, which reads them a batch at a time, for shards ~3x larger "
+                    "than JPEG (docs/data.md).")
   flags.DEFINE_integer("num_shards", 0, "Shards per split (0: one per 5,000 examples).",
                        lower_bound=0)
   flags.DEFINE_float("max_reject_fraction", 0.01, "Fail the job when more than this fraction "
@@ -111,6 +118,7 @@ class JobConfig:
   class_seed: int = 0
   classes: tuple = ()
   image_size: int = 0
+  image_format: str = features.SOURCE  # features.IMAGE_FORMATS
   num_shards: int = 0
   max_reject_fraction: float = 0.01
   max_image_bytes: int = sources.MAX_IMAGE_BYTES  # 0: no limit
@@ -175,7 +183,7 @@ def remove_stale_outputs(output_dir):
   this run's shards, and what a killed run left half-written (`.temp-*` files, Beam's
   `beam-temp-*` folders) goes."""
   from apache_beam.io.filesystems import FileSystems
-  from pipeline import dataset_info, features, job_metadata, tfds_metadata
+  from pipeline import dataset_info, job_metadata, tfds_metadata
   names = (features.INFO_FILE, job_metadata.FAILED_INFO_FILE, features.REJECTED_FILE,
            job_metadata.LEGACY_FAILED_INFO_FILE) + tfds_metadata.FILES
   stale = [dataset_info.join(output_dir, n) for n in names]
@@ -269,7 +277,8 @@ def run_job(config, beam_argv=()):
         image_size=(config.image_size, config.image_size) if config.image_size else None,
         max_reject_fraction=config.max_reject_fraction, command=config.command,
         shard_plans=shard_plans, excluded=excluded,
-        max_image_bytes=config.max_image_bytes or None, progress=progress)
+        max_image_bytes=config.max_image_bytes or None, progress=progress,
+        image_format=config.image_format)
     plan.elements.clear()  # In the shard plans now: free them before the job runs.
     job_start = time.time()
     result = pipeline.run()
@@ -307,7 +316,7 @@ def summarize(config, seconds):
   """Prints what was written and rejected. Returns (exit code, info): 1 if too much was
   rejected."""
   from apache_beam.io.filesystems import FileSystems
-  from pipeline import dataset_info, features, job_metadata
+  from pipeline import dataset_info, job_metadata
   output_dir = config.output_dir
   ok_path = dataset_info.join(output_dir, features.INFO_FILE)
   failed_path = dataset_info.join(output_dir, job_metadata.FAILED_INFO_FILE)
@@ -324,7 +333,8 @@ def summarize(config, seconds):
                f"{rejected['by_reason'] or ''} -> "
                f"{dataset_info.join(output_dir, features.REJECTED_FILE)}")
   if info.converted:
-    lines.append(f"  converted (stored as PNG): {info.converted}")
+    stored = "raw" if info.image_format == features.RAW else "PNG"
+    lines.append(f"  converted (stored as {stored}): {info.converted}")
   print("\n".join(lines), flush=True)
   if path == failed_path:
     logging.error(

@@ -14,6 +14,8 @@ trainer and the tools with `load`. Every field that is written:
       "class_names": ["airplane", ...],           # label i is class_names[i]
       "coarse_class_names": [...],                # CIFAR-100 superclasses, else []
       "image_shape": [32, 32, 3],                 # null when images differ in size
+      "image_format": "raw",                      # the job's --image_format, when not
+                                                  # "source" (absent: "source")
       "splits": {
         "train": {"num_examples": 45000,
                   "shards": ["images-train.tfrecord-00000-of-00008", ...],  # relative
@@ -27,6 +29,10 @@ trainer and the tools with `load`. Every field that is written:
       "skipped": {"hidden_file": 0},              # inputs left out while planning, by reason
       "command": "python -m pipeline.build_tfrecords ..."
     }
+
+`image_format` tells the trainer that every record holds raw pixels (features.py), which it
+then decodes a batch at a time; it is left out for the default, "source" (so that the default
+output is what it was before the flag, byte for byte, and files without it read as "source").
 
 Files written before 2026-12 may also hold `train_mean` and `train_std` (per-channel pixel
 statistics that no model used); the reader ignores them.
@@ -78,6 +84,7 @@ class DatasetInfo:
   splits: dict  # split name -> SplitInfo
   coarse_class_names: tuple = ()
   image_shape: Optional[tuple] = None
+  image_format: str = features.SOURCE  # features.IMAGE_FORMATS: what the records store
   source: str = ""
   rejected: dict = dataclasses.field(default_factory=lambda: rejected_summary({}, 0))
   converted: dict = dataclasses.field(default_factory=dict)
@@ -137,12 +144,15 @@ class DatasetInfo:
       splits[name] = {"num_examples": split.num_examples,
                       "shards": [s[len(prefix):] for s in split.shards],
                       "per_class": list(split.per_class)}
+    image_format = ({} if self.image_format == features.SOURCE
+                    else {"image_format": self.image_format})
     return {
         "format_version": FORMAT_VERSION,
         "source": self.source,
         "class_names": list(self.class_names),
         "coarse_class_names": list(self.coarse_class_names),
         "image_shape": list(self.image_shape) if self.image_shape else None,
+        **image_format,
         "splits": splits,
         "rejected": self.rejected,
         "converted": self.converted,
@@ -241,6 +251,10 @@ def from_json(data_dir, text, *, name=features.INFO_FILE):
     except (KeyError, TypeError, ValueError) as e:
       raise DatasetInfoError(f"{path}: split {name!r} is malformed ({e!r})") from None
   shape = raw.get("image_shape")
+  image_format = raw.get("image_format", features.SOURCE)
+  if image_format not in features.IMAGE_FORMATS:
+    raise DatasetInfoError(f"{path} has image_format {image_format!r}; this code reads "
+                           f"{', '.join(features.IMAGE_FORMATS)}")
   # Fields after `splits` are optional, so that older files (and benchmarks' minimal ones)
   # still load; train_mean and train_std of older files are ignored.
   return DatasetInfo(
@@ -249,6 +263,7 @@ def from_json(data_dir, text, *, name=features.INFO_FILE):
       splits=splits,
       coarse_class_names=tuple(raw.get("coarse_class_names") or ()),
       image_shape=tuple(shape) if shape else None,
+      image_format=image_format,
       source=raw.get("source", ""),
       rejected=raw.get("rejected") or rejected_summary({}, 0),
       converted=raw.get("converted") or {},

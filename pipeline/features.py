@@ -3,9 +3,15 @@
 Every record in a shard is a serialized `tf.train.Example` with these features:
 
   key                 bytes   stable id of the example (source-specific, unique)
-  image/encoded       bytes   PNG (lossless, for sources that hand over pixels) or the
-                              original file bytes (JPEG/PNG/...) when no resize was asked
-  image/format        bytes   "png" or "jpeg"
+  image/encoded       bytes   by the Beam job's --image_format (IMAGE_FORMATS below):
+                              source (the default): the original file bytes (JPEG/PNG)
+                                when no resize or conversion was needed, else PNG (lossless;
+                                also for sources that hand over pixels);
+                              png: PNG always;
+                              raw: the uint8 pixels, height * width * 3 bytes, row-major
+                                (row, column, RGB): no decoding, so the reader can turn a
+                                whole batch of records into pixels with one decode_raw
+  image/format        bytes   "jpeg", "png" or "raw"
   image/height        int64   pixels
   image/width         int64   pixels
   label               int64   0..num_classes-1, index into tfrecords_info.json class_names
@@ -27,6 +33,16 @@ LABEL = "label"
 COARSE_LABEL = "coarse_label"
 
 NO_COARSE_LABEL = -1
+
+# Values of image/format.
+JPEG = "jpeg"
+PNG = "png"
+RAW = "raw"
+# What the Beam job's --image_format chooses to store (and tfrecords_info.json's
+# image_format says): SOURCE keeps JPEG/PNG files as they are, PNG and RAW make every
+# record that format.
+SOURCE = "source"
+IMAGE_FORMATS = (SOURCE, PNG, RAW)
 
 # File names inside a data directory.
 INFO_FILE = "tfrecords_info.json"  # this project's metadata (dataset_info.py)
@@ -136,3 +152,23 @@ def parse_single(serialized):
   """Parses one serialized example (scalar string tensor)."""
   import tensorflow as tf
   return tf.io.parse_single_example(serialized, feature_spec())
+
+
+def raw_pixels(pixels):
+  """uint8 [H, W, 3] pixels -> the image/encoded bytes of a raw record."""
+  return pixels.tobytes(order="C")
+
+
+def decode_raw(encoded, height, width):
+  """A raw record's image/encoded (scalar string tensor) -> uint8 [height, width, 3]. A byte
+  count other than height * width * 3 fails the reshape (pipeline/verify.py names it)."""
+  import tensorflow as tf
+  return tf.reshape(tf.io.decode_raw(encoded, tf.uint8), tf.stack([height, width, 3]))
+
+
+def decode_raw_batch(encoded, height, width):
+  """image/encoded of a batch of raw records ([B] string tensor), every image height x width
+  -> uint8 [B, height, width, 3], in one op for the whole batch (no per-image call)."""
+  import tensorflow as tf
+  # decode_raw of a [B] tensor is [B, bytes]; it fails if the records differ in length.
+  return tf.reshape(tf.io.decode_raw(encoded, tf.uint8), [-1, height, width, 3])

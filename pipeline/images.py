@@ -6,9 +6,10 @@ Images that are not 8-bit RGB (grayscale, RGBA, palette, CMYK, 16-bit) are conve
 kind is reported, so the caller can count them. So are two things a viewer does that a decoder
 does not: an EXIF orientation is applied (a phone's portrait JPEG is stored upright, as it is
 shown, since TensorFlow's decoders ignore EXIF), and of an animated image (GIF, APNG, WebP)
-the first frame is kept. The original bytes are kept when they are already JPEG or PNG of an
-8-bit RGB still image that needs no rotation and no resize; everything else is stored as PNG,
-which is lossless and which tf.io.decode_image reads.
+the first frame is kept. What is stored is the Beam job's --image_format (features.py):
+`source` keeps the original bytes when they are already JPEG or PNG of an 8-bit RGB still
+image that needs no rotation and no resize, and stores everything else as PNG, which is
+lossless and which tf.io.decode_image reads; `png` stores PNG always; `raw` the pixels.
 """
 
 import io
@@ -19,8 +20,10 @@ from PIL import ExifTags
 from PIL import Image
 from PIL import ImageOps
 
+from pipeline import features
+
 # Formats whose original bytes the trainer can decode as they are.
-_KEEP_FORMATS = {"JPEG": "jpeg", "PNG": "png"}
+_KEEP_FORMATS = {"JPEG": features.JPEG, "PNG": features.PNG}
 
 
 class BadImage(ValueError):
@@ -69,19 +72,40 @@ def encode_png(pixels):
   return buf.getvalue()
 
 
-def prepare(data, image_size=None):
+def _check_image_format(image_format):
+  if image_format not in features.IMAGE_FORMATS:
+    raise ValueError(f"image_format={image_format!r}: expected one of "
+                     f"{', '.join(features.IMAGE_FORMATS)}")
+
+
+def store(pixels, image_format=features.SOURCE, original=None):
+  """(encoded bytes, image/format) of the pixels (uint8 [H, W, 3]) as `image_format` stores
+  them. original: (file bytes, "jpeg"|"png") when the file's own bytes show exactly these
+  pixels (no conversion, no resize), which `source` keeps, and `png` too when they are PNG."""
+  _check_image_format(image_format)
+  if image_format == features.RAW:
+    return features.raw_pixels(pixels), features.RAW
+  if original is not None and (image_format == features.SOURCE
+                               or original[1] == features.PNG):
+    return original
+  return encode_png(pixels), features.PNG
+
+
+def prepare(data, image_size=None, image_format=features.SOURCE):
   """Checks and converts one image file's bytes.
 
   Args:
     data: the file's bytes.
     image_size: (height, width) to resize to, or None to keep the size.
+    image_format: what to store (features.IMAGE_FORMATS; see `store`).
   Returns:
-    (encoded bytes, format "jpeg"|"png", pixels uint8 [H, W, 3] as a viewer shows them,
+    (encoded bytes, format "jpeg"|"png"|"raw", pixels uint8 [H, W, 3] as a viewer shows them,
      kinds: a tuple of what was converted, e.g. ("grayscale",), ("exif_orientation",), ())
   Raises:
     BadImage with reason empty_file, not_an_image, truncated_image, corrupt_image or
     image_too_large.
   """
+  _check_image_format(image_format)  # before the image: a bad argument is not a bad image
   if not data:
     raise BadImage("empty_file", "0 bytes")
   try:
@@ -124,10 +148,9 @@ def prepare(data, image_size=None):
   if image_size is not None and pixels.shape[:2] != tuple(image_size):
     resized = Image.fromarray(pixels).resize((image_size[1], image_size[0]), Image.BILINEAR)
     pixels = np.asarray(resized, dtype=np.uint8)
-    return encode_png(pixels), "png", pixels, kinds
-  if not kinds and fmt in _KEEP_FORMATS:
-    return data, _KEEP_FORMATS[fmt], pixels, kinds
-  return encode_png(pixels), "png", pixels, kinds
+    return (*store(pixels, image_format), pixels, kinds)
+  original = (data, _KEEP_FORMATS[fmt]) if not kinds and fmt in _KEEP_FORMATS else None
+  return (*store(pixels, image_format, original), pixels, kinds)
 
 
 # EXIF orientations 2..8 (1 is upright; other values are invalid and, as viewers do, ignored).
@@ -167,10 +190,11 @@ def _check_complete(data):
     raise BadImage("truncated_image", "JPEG: no end-of-image marker (the file was cut short)")
 
 
-def from_pixels(pixels, image_size=None):
-  """Pixels a source handed over (uint8 [H, W, 3]) -> (PNG bytes, "png", pixels)."""
+def from_pixels(pixels, image_size=None, image_format=features.SOURCE):
+  """Pixels a source handed over (uint8 [H, W, 3]) -> (encoded bytes, "png"|"raw", pixels):
+  PNG unless image_format is raw."""
   pixels = np.asarray(pixels, dtype=np.uint8)
   if image_size is not None and pixels.shape[:2] != tuple(image_size):
     pixels = np.asarray(Image.fromarray(pixels).resize((image_size[1], image_size[0]),
                                                        Image.BILINEAR), dtype=np.uint8)
-  return encode_png(pixels), "png", pixels
+  return (*store(pixels, image_format), pixels)

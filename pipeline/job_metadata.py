@@ -94,7 +94,8 @@ def write_info(summary, *, output_dir, meta, split_names, files, rejected,
         output_dir, info.class_names, info.image_shape,
         {split: (lengths[split], summary.bytes[split]) for split in split_infos},
         description=f"Written by `{info.command}` from {info.source}." if info.command
-        else f"Written by pipeline.build_tfrecords from {info.source}.", beam=True)
+        else f"Written by pipeline.build_tfrecords from {info.source}.", beam=True,
+        image_format=info.image_format)
   name = features.INFO_FILE if ok else FAILED_INFO_FILE
   dataset_info.write(info, name=name, beam=True)
   return name

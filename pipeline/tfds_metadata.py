@@ -12,7 +12,10 @@ own metadata is `tfrecords_info.json` (dataset_info.py).
 The features describe the records of features.py as they are stored. TFDS nests feature
 names with "/", so the record key `image/encoded` is the feature `encoded` of a dict
 `image`: TFDS decodes it (JPEG or PNG) to uint8 pixels and hands `image/format`,
-`image/height` and `image/width` back beside it, as `image["format"]` and so on.
+`image/height` and `image/width` back beside it, as `image["format"]` and so on. Raw records
+(--image_format=raw) are described as what they are, bytes, which TFDS hands back undecoded
+(`np.frombuffer(image["encoded"], np.uint8).reshape(height, width, 3)` is the image): TFDS's
+Image feature only decodes JPEG and PNG.
 
 The files are those `tfds.folder_dataset.write_metadata` writes (it is called on a local
 staging folder holding empty stand-ins for the shards, whose names it reads), then each is
@@ -32,15 +35,18 @@ VERSION = "1.0.0"
 FILES = ("dataset_info.json", "features.json", f"{features.LABEL}.labels.txt")
 
 
-def feature_connector(class_names, image_shape=None):
+def feature_connector(class_names, image_shape=None, image_format=features.SOURCE):
   """The tfds FeaturesDict of features.py's records. image_shape: (height, width, 3) when
-  every image has it, else None (TFDS then leaves height and width unknown)."""
+  every image has it, else None (TFDS then leaves height and width unknown). image_format:
+  what the records store (features.IMAGE_FORMATS)."""
   import numpy as np
   import tensorflow_datasets as tfds
   height, width = (image_shape[0], image_shape[1]) if image_shape else (None, None)
   image_key, image_feature = features.IMAGE.split("/")
+  encoded = (tfds.features.Tensor(shape=(), dtype=np.bytes_) if image_format == features.RAW
+             else tfds.features.Image(shape=(height, width, 3)))
   image = {
-      image_feature: tfds.features.Image(shape=(height, width, 3)),
+      image_feature: encoded,
       features.FORMAT.split("/")[1]: tfds.features.Text(),
       features.HEIGHT.split("/")[1]: tfds.features.Scalar(dtype=np.int64),
       features.WIDTH.split("/")[1]: tfds.features.Scalar(dtype=np.int64),
@@ -54,7 +60,8 @@ def feature_connector(class_names, image_shape=None):
   })
 
 
-def metadata_files(class_names, image_shape, splits, *, description=""):
+def metadata_files(class_names, image_shape, splits, *, description="",
+                   image_format=features.SOURCE):
   """{file name: bytes} of TFDS's metadata. splits: {split: (shard_lengths, num_bytes)},
   shard_lengths[i] the records in shard i of features.shard_name(split, i, len)."""
   import tensorflow_datasets as tfds
@@ -63,7 +70,7 @@ def metadata_files(class_names, image_shape, splits, *, description=""):
       for i in range(len(lengths)):
         open(os.path.join(staging, features.shard_name(split, i, len(lengths))), "wb").close()
     tfds.folder_dataset.write_metadata(
-        data_dir=staging, features=feature_connector(class_names, image_shape),
+        data_dir=staging, features=feature_connector(class_names, image_shape, image_format),
         split_infos=[tfds.core.SplitInfo(name=split, shard_lengths=list(lengths),
                                          num_bytes=num_bytes)
                      for split, (lengths, num_bytes) in splits.items()],
@@ -79,12 +86,13 @@ def metadata_files(class_names, image_shape, splits, *, description=""):
     return out
 
 
-def write(data_dir, class_names, image_shape, splits, *, description="", beam=False):
+def write(data_dir, class_names, image_shape, splits, *, description="", beam=False,
+          image_format=features.SOURCE):
   """Writes TFDS's metadata (metadata_files) into data_dir (local or gs://), each file
   atomically; beam: through Beam's FileSystems, else tf.io.gfile. Returns the paths."""
   paths = []
-  for name, data in metadata_files(class_names, image_shape, splits,
-                                   description=description).items():
+  for name, data in metadata_files(class_names, image_shape, splits, description=description,
+                                   image_format=image_format).items():
     path = output_files.join(data_dir, name)
     output_files.write_atomically(path, data, beam=beam)
     paths.append(path)

@@ -10,6 +10,9 @@ Checked, each problem named by shard and record index (and key, once it parses):
   * record counts per split and per class equal tfrecords_info.json's;
   * labels are in 0..num_classes-1, coarse labels in range (or -1 without coarse classes);
   * keys are unique across the checked splits (no example twice);
+  * every record's image/format agrees with tfrecords_info.json's image_format (raw records
+    where it says raw, and only there: the trainer reads raw ones with decode_raw), and a raw
+    record holds height * width * 3 bytes (checked with decode=False too: it costs a length);
   * with decode=True, every image decodes to 3 channels at its recorded height and width,
     and at tfrecords_info.json's image_shape when it has one.
 
@@ -209,22 +212,28 @@ def _verify_shard(shard, info, decode):
     # numpy per record: ~50x faster. The image bytes only when they are decoded (copying
     # them out costs a third of a --nodecode pass over 224-px records).
     arrays = {k: v.numpy() for k, v in parsed.items() if decode or k != features.IMAGE}
-    shapes = _decoded_shapes(parsed[features.IMAGE]) if decode else None
+    lengths = tf.strings.length(parsed[features.IMAGE]).numpy()  # bytes of each image
+    shapes = (_decoded_shapes(parsed[features.IMAGE], parsed[features.FORMAT]) if decode
+              else None)
     for i in range(len(batch)):
       _verify_record(shard, start + i, {k: v[i] for k, v in arrays.items()}, info, r,
-                     decode, shape=None if shapes is None else tuple(shapes[i]))
+                     decode, shape=None if shapes is None else tuple(shapes[i]),
+                     length=int(lengths[i]))
     r.num_records += len(batch)
     start += len(batch)
 
 
-def _decoded_shapes(encoded):
+def _decoded_shapes(encoded, formats):
   """[N, 3] shapes of a batch of encoded images, decoded in parallel in one tf.data pass; None
-  when one of them does not decode (the caller then decodes one by one to name it)."""
+  when one of them does not decode (the caller then decodes one by one to name it). Raw
+  records are not decoded here (their shape is their length: _verify_record)."""
   import tensorflow as tf
 
-  def shape(image):
-    return tf.shape(tf.io.decode_image(image, channels=3, expand_animations=False))
-  ds = tf.data.Dataset.from_tensor_slices(encoded).map(
+  def shape(image, image_format):
+    return tf.cond(
+        tf.equal(image_format, features.RAW), lambda: tf.zeros([3], tf.int32),
+        lambda: tf.shape(tf.io.decode_image(image, channels=3, expand_animations=False)))
+  ds = tf.data.Dataset.from_tensor_slices((encoded, formats)).map(
       shape, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(BATCH)
   try:
     return next(iter(ds)).numpy()
@@ -250,7 +259,7 @@ def _count_readable(shard, start):
   return count
 
 
-def _verify_record(shard, index, ex, info, r, decode, shape=None):
+def _verify_record(shard, index, ex, info, r, decode, shape=None, length=None):
   import tensorflow as tf
   key = ex[features.KEY].decode(errors="replace")
   where = f"{shard}: record {index} (key {key!r})"
@@ -266,6 +275,18 @@ def _verify_record(shard, index, ex, info, r, decode, shape=None):
     r.add(f"{where}: coarse label {coarse} is outside "
           f"{'0..%d' % (num_coarse - 1) if num_coarse else '-1 (no coarse classes)'}", index)
   r.keys.append((key, index))
+  height, width = int(ex[features.HEIGHT]), int(ex[features.WIDTH])
+  raw = ex[features.FORMAT] == features.RAW.encode()
+  if raw != (info.image_format == features.RAW):
+    r.add(f"{where}: image format {ex[features.FORMAT].decode(errors='replace')!r}, but "
+          f"{features.INFO_FILE} says image_format={info.image_format!r}", index)
+    return
+  if raw:
+    if length != height * width * 3:
+      r.add(f"{where}: raw image of {length} bytes, but the record says height={height} "
+            f"width={width}: {height * width * 3} bytes (height * width * 3)", index)
+      return
+    shape = (height, width, 3)
   if not decode:
     return
   if shape is None:  # Its batch had an image that does not decode: is it this one?
@@ -276,7 +297,6 @@ def _verify_record(shard, index, ex, info, r, decode, shape=None):
       r.add(f"{where}: image does not decode ({_message(e)})", index)
       return
   shape = tuple(int(x) for x in shape)
-  height, width = int(ex[features.HEIGHT]), int(ex[features.WIDTH])
   if shape != (height, width, 3):
     r.add(f"{where}: image decodes to {shape}, but the record says "
           f"height={height} width={width}", index)

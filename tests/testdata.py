@@ -32,13 +32,16 @@ def sample_files(split="train", classes=None, per_class=None):
 
 
 def write_data_dir(out_dir, *, classes=("airplane", "automobile", "bird"),
-                   per_class=None, num_shards=2, validation_every=5, image_size=None):
+                   per_class=None, num_shards=2, validation_every=5, image_size=None,
+                   image_format=None):
   """Writes TFRecords + tfrecords_info.json from the sample's real JPEGs.
 
   Train images go to `train`, except every `validation_every`-th one, which goes to
   `validation`; the sample's test images go to `test`. image_size: px to store them at,
   resized by pipeline.images.prepare (PNG, as the Beam job's --image_size); None: the
-  32-px JPEGs as they are. Returns the loaded DatasetInfo.
+  32-px JPEGs as they are. image_format: "png" or "raw" stores every image so, from the
+  pixels pipeline.images.prepare decodes (as the Beam job's --image_format); None: as
+  above. Returns the loaded DatasetInfo.
   """
   import tensorflow as tf
   from pipeline import images
@@ -51,11 +54,14 @@ def write_data_dir(out_dir, *, classes=("airplane", "automobile", "bird"),
       if split == "train" and i % validation_every == validation_every - 1:
         target = "validation"
       label = classes.index(name)
-      data, image_format, size = path.read_bytes(), "jpeg", image_size or 32
-      if image_size:
-        data, image_format, _, _ = images.prepare(data, (image_size, image_size))
+      data, size = path.read_bytes(), image_size or 32
+      if image_size or image_format:
+        data, stored_format, _, _ = images.prepare(data, (size, size),
+                                                   image_format or features.SOURCE)
+      else:
+        stored_format = features.JPEG
       examples[target].append(features.encode_example(
-          key=f"{split}/{name}/{path.name}", image=data, image_format=image_format,
+          key=f"{split}/{name}/{path.name}", image=data, image_format=stored_format,
           height=size, width=size, label=label))
   splits = {}
   for split, records in examples.items():
@@ -71,6 +77,7 @@ def write_data_dir(out_dir, *, classes=("airplane", "automobile", "bird"),
   dataset_info.write(dataset_info.DatasetInfo(
       data_dir=out_dir, class_names=tuple(classes), splits=splits,
       image_shape=(image_size or 32, image_size or 32, 3),
+      image_format=image_format or features.SOURCE,
       source=f"tests.testdata:{SAMPLE_DIR}", command="tests.testdata.write_data_dir"))
   return dataset_info.load(out_dir)
 

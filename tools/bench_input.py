@@ -23,15 +23,21 @@ And, with --stream (the default), project_host without a cache (cache=None, what
 from the TFRecords on local disk again, every epoch:
 
   project_host_stream   the 32-px JPEG records of project_host, streamed.
-  project_host_<S>, project_host_stream_<S>
+  project_host_stream_raw
+                        the same images as raw records (the Beam job's --image_format=raw:
+                        the pixels pipeline.images.prepare decodes), streamed: decoded a
+                        parse batch at a time, no JPEG decoding.
+  project_host_<S>, project_host_stream_<S>, project_host_stream_raw_<S>
                         project_host cached and streamed on the same images stored at S px
                         (--large_size, default 128): each JPEG resized by
                         pipeline.images.prepare and stored as PNG, the bytes the Beam job
-                        writes with --image_size=S; trained at S px.
+                        writes with --image_size=S, and as raw pixels (--image_size=S
+                        --image_format=raw); trained at S px.
 
-The ratio stream / cached is given per size. (The shards are local files read through the
-page cache: after the warm-up they are in RAM, so what streaming costs here is the CPU of
-reading, parsing and decoding, not the disk.)
+The ratio stream / cached is given per size and format (both streamed rows against the
+cached one: the cache holds the same pixels whatever the records store). (The shards are
+local files read through the page cache: after the warm-up they are in RAM, so what
+streaming costs here is the CPU of reading, parsing and decoding, not the disk.)
 
 All are timed in steady state: after a warm-up that fills the caches (the TFRecords are
 decoded once, in the first epoch, as in training) and traces the functions. Each repeat times
@@ -62,12 +68,14 @@ OP_METHODS = ("project_host_op", "project_device_op")
 # project_host among the ratios.
 DETERMINISTIC_METHOD = "project_host_deterministic"
 STREAM_METHOD = "project_host_stream"  # cache=None on the 32-px records
+STREAM_RAW_METHOD = "project_host_stream_raw"  # cache=None on 32-px raw records
 DEFAULT_LARGE_SIZE = 128  # px: the larger stored size of the streaming rows
 
 
 def large_methods(size):
-  """(cached, streamed) method names at the larger stored size `size` px."""
-  return f"project_host_{size}", f"project_host_stream_{size}"
+  """(cached, streamed, streamed raw) method names at the larger stored size `size` px."""
+  return (f"project_host_{size}", f"project_host_stream_{size}",
+          f"project_host_stream_raw_{size}")
 
 
 def list_images(image_dir, num_images):
@@ -92,13 +100,15 @@ def list_images(image_dir, num_images):
   return out[:num_images], [c.name for c in classes]
 
 
-def write_tfrecords(files, class_names, out_dir, image_shape, num_shards=4, resize=False):
+def write_tfrecords(files, class_names, out_dir, image_shape, num_shards=4, resize=False,
+                    image_format=None):
   """A data directory (shards + tfrecords_info.json) as the Beam job writes it, one schema
   (pipeline.features). Returns its DatasetInfo.
 
   resize=False: the original file bytes, which must be images of `image_shape`. True: each
   image resized to `image_shape` by pipeline.images.prepare and stored as it returns (PNG),
-  as the Beam job does with --image_size.
+  as the Beam job does with --image_size. image_format: "raw" or "png" stores every image so
+  (pipeline.images.prepare, as the Beam job's --image_format), resized or not.
   """
   import tensorflow as tf
   from pipeline import dataset_info
@@ -109,12 +119,14 @@ def write_tfrecords(files, class_names, out_dir, image_shape, num_shards=4, resi
     with tf.io.TFRecordWriter(os.path.join(out_dir, shard)) as writer:
       for j, (path, label) in enumerate(files[i::num_shards]):
         data = path.read_bytes()
-        if resize:
-          data, image_format, _, _ = images.prepare(data, tuple(image_shape[:2]))
+        if resize or image_format:
+          data, stored_format, _, _ = images.prepare(
+              data, tuple(image_shape[:2]) if resize else None,
+              image_format or features.SOURCE)
         else:
-          image_format = "png" if path.suffix == ".png" else "jpeg"
+          stored_format = "png" if path.suffix == ".png" else "jpeg"
         writer.write(features.encode_example(
-            key=f"{i}/{j}/{path.name}", image=data, image_format=image_format,
+            key=f"{i}/{j}/{path.name}", image=data, image_format=stored_format,
             height=image_shape[0], width=image_shape[1], label=label))
   per_class = [0] * len(class_names)
   for _, label in files:
@@ -122,7 +134,8 @@ def write_tfrecords(files, class_names, out_dir, image_shape, num_shards=4, resi
   dataset_info.write(dataset_info.DatasetInfo(
       data_dir=str(out_dir), class_names=tuple(class_names),
       splits={"train": dataset_info.split_info(str(out_dir), shards, per_class)},
-      image_shape=tuple(image_shape), source="tools.bench_input",
+      image_shape=tuple(image_shape), image_format=image_format or features.SOURCE,
+      source="tools.bench_input",
       command="tools.bench_input.write_tfrecords"))
   return dataset_info.load(out_dir)
 
@@ -230,7 +243,7 @@ class Settings:
   op_resampler: bool = False  # + OP_METHODS
   deterministic: bool = False  # + DETERMINISTIC_METHOD
   baselines: bool = True  # image_data_generator, tfdata_keras_layers, project_device
-  stream: bool = True  # + STREAM_METHOD, and large_methods(large_size) if large_size
+  stream: bool = True  # + STREAM_METHOD, STREAM_RAW_METHOD, and large_methods(large_size)
   large_size: int = DEFAULT_LARGE_SIZE  # px; 0: no rows at a larger stored size
 
 
@@ -241,17 +254,18 @@ def _methods(settings):
   if settings.deterministic:
     names += (DETERMINISTIC_METHOD,)
   if settings.stream:
-    names += (STREAM_METHOD,)
+    names += (STREAM_METHOD, STREAM_RAW_METHOD)
     if settings.large_size:
       names += large_methods(settings.large_size)
   return names
 
 
 def stream_ratios(median, large_size):
-  """{"<streamed>_vs_<cached>": ratio of medians} for each size measured."""
-  pairs = [("project_host", STREAM_METHOD)]
+  """{"<streamed>_vs_<cached>": ratio of medians} for each size and format measured."""
+  pairs = [("project_host", STREAM_METHOD), ("project_host", STREAM_RAW_METHOD)]
   if large_size:
-    pairs.append(large_methods(large_size))
+    cached, *streamed = large_methods(large_size)
+    pairs += [(cached, name) for name in streamed]
   return {f"{streamed}_vs_{cached}": median[streamed] / median[cached]
           for cached, streamed in pairs if streamed in median}
 
@@ -265,14 +279,21 @@ def run(settings=Settings(), log=None):
   large = s.stream and s.large_size and large_methods(s.large_size)
   with tempfile.TemporaryDirectory(prefix="bench_input_") as tmp:
     data_dir = os.path.join(tmp, "stored"), os.path.join(tmp, "large")
-    os.mkdir(data_dir[0])
+    raw_dir = os.path.join(tmp, "stored_raw"), os.path.join(tmp, "large_raw")
+    for d in data_dir + raw_dir:
+      os.mkdir(d)
     info = write_tfrecords(files, class_names, data_dir[0], images.shape[1:])
+    if s.stream:
+      raw_info = write_tfrecords(files, class_names, raw_dir[0], images.shape[1:],
+                                 image_format="raw")
     if large:
-      os.mkdir(data_dir[1])
       if log:
         log(f"writing {len(files)} records at {s.large_size} px")
       large_info = write_tfrecords(files, class_names, data_dir[1],
                                    (s.large_size, s.large_size, 3), resize=True)
+      large_raw_info = write_tfrecords(files, class_names, raw_dir[1],
+                                       (s.large_size, s.large_size, 3), resize=True,
+                                       image_format="raw")
     # Datasets are only defined here; each is read only if its method is measured.
     generator = image_data_generator_batches(images, labels, s.seed)
     keras_layers = keras_layers_dataset(images, labels, s.seed)
@@ -280,9 +301,12 @@ def run(settings=Settings(), log=None):
             "project_host_op": project_host_dataset(info, s.seed, "op"),
             DETERMINISTIC_METHOD: project_host_dataset(info, s.seed, deterministic=True),
             STREAM_METHOD: project_host_dataset(info, s.seed, cache=None)}
+    if s.stream:
+      host[STREAM_RAW_METHOD] = project_host_dataset(raw_info, s.seed, cache=None)
     if large:
       host[large[0]] = project_host_dataset(large_info, s.seed)
       host[large[1]] = project_host_dataset(large_info, s.seed, cache=None)
+      host[large[2]] = project_host_dataset(large_raw_info, s.seed, cache=None)
     device = {"xla": project_device_batches(info, s.seed),
               "op": project_device_batches(info, s.seed, "op")}
     # A fresh iterator for every timing: a live tf.data iterator keeps working in the
@@ -337,7 +361,7 @@ def run(settings=Settings(), log=None):
   if s.deterministic:
     result["deterministic"] = {"project_host": median[DETERMINISTIC_METHOD]}
   if s.stream:
-    result["stream"] = {STREAM_METHOD: median[STREAM_METHOD]}
+    result["stream"] = {name: median[name] for name in (STREAM_METHOD, STREAM_RAW_METHOD)}
     if large:
       result["stream"].update({name: median[name] for name in large})
   return result
@@ -370,9 +394,9 @@ def define_flags(flag_values):
                        "(trainer --deterministic).", **fv)
   flags.DEFINE_boolean("baselines", True, "Time image_data_generator, tfdata_keras_layers "
                        "and project_device; --nobaselines: only the project_host rows.", **fv)
-  flags.DEFINE_boolean("stream", True, f"Also time {STREAM_METHOD}: project_host without a "
-                       "cache, reading the shards every epoch (and the same at "
-                       "--large_size).", **fv)
+  flags.DEFINE_boolean("stream", True, f"Also time {STREAM_METHOD} and {STREAM_RAW_METHOD}: "
+                       "project_host without a cache, reading JPEG and raw shards every epoch "
+                       "(and the same at --large_size).", **fv)
   flags.DEFINE_integer("large_size", DEFAULT_LARGE_SIZE, "px: with --stream, also time "
                        "project_host cached and streamed on the images resized to this stored "
                        "size (0: not).", lower_bound=0, **fv)

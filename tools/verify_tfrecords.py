@@ -3,8 +3,9 @@ r"""Reads every record of a data directory and checks it against its tfrecords_i
   python -m tools.verify_tfrecords /tmp/cifar10_sample
   python -m tools.verify_tfrecords gs://bucket/cifar100 --splits=train,validation --nodecode
 
-Checks CRCs, record counts per split and class, label ranges, unique keys and (unless
---nodecode) that every image decodes at its recorded size; see pipeline/verify.py. Reads
+Checks CRCs, record counts per split and class, label ranges, unique keys, that raw records
+(--image_format=raw) hold height*width*3 bytes, and (unless --nodecode) that every image
+decodes at its recorded size; see pipeline/verify.py. Reads
 --parallel_shards shards at once. Prints how many MB it read in how long, one line per split
 and one per problem, naming the shard and record index.
 

@@ -4,6 +4,13 @@
     of records -> parse_batch -> [keep a class subset] -> decode [-> resize down] -> [cache
     decoded uint8] -> shuffle -> repeat -> batch [-> resize up] -> augment -> prefetch
 
+Records of raw pixels (the Beam job's --image_format=raw) of one stored size are decoded a
+parse batch at a time, before the batch is split into examples: one decode_raw and one
+reshape per 256 records instead of a JPEG/PNG decode call per image, which is what streaming
+costs (BENCHMARKS.md, "Raw records"). Raw records that differ in size are decoded one by one
+(decode_raw, reshaped by their height and width). The images are the same either way, and the
+same as PNG records of the same pixels give.
+
 Whether and where a split is cached is the caller's choice (trainer/cache.py decides it
 for `--cache`): in memory, in files, or not at all, streaming from the shards every epoch.
 
@@ -107,6 +114,10 @@ def resize_pixels(images, size):
   return tf.saturate_cast(tf.round(resized), tf.uint8)
 
 
+def _is_raw(info):
+  return info.image_format == features.RAW
+
+
 def _decoder(info, image_size):
   """Returns fn(parsed example dict) -> (uint8 [h, w, 3], int32 label) at the cached size."""
   height, width = cached_size(info, image_size)
@@ -114,14 +125,36 @@ def _decoder(info, image_size):
   # cached size; else the cached images keep the stored size.
   fixed = _stored_size_is_fixed(info)
   needs_resize = not fixed or tuple(int(s) for s in info.image_shape[:2]) != (height, width)
+  raw = _is_raw(info)
 
   def decode(example):
-    image = decode_image(example[features.IMAGE])
+    if raw:
+      image = features.decode_raw(example[features.IMAGE], example[features.HEIGHT],
+                                  example[features.WIDTH])
+    else:
+      image = decode_image(example[features.IMAGE])
     if needs_resize:
       same = tf.reduce_all(tf.equal(tf.shape(image)[:2], [height, width]))
       image = tf.cond(same, lambda: image, lambda: resize_pixels(image, (height, width)))
     image = tf.ensure_shape(image, [height, width, 3])
     return image, tf.cast(example[features.LABEL], tf.int32)
+
+  return decode
+
+
+def _batch_decoder(info, image_size):
+  """fn(parsed batch dict) -> (uint8 [B, h, w, 3], int32 [B]) at the cached size, for raw
+  records of one stored size; None for other records (decoded one by one: _decoder)."""
+  if not (_is_raw(info) and _stored_size_is_fixed(info)):
+    return None
+  stored = tuple(int(s) for s in info.image_shape[:2])
+  size = cached_size(info, image_size)
+
+  def decode(batch):
+    images = features.decode_raw_batch(batch[features.IMAGE], *stored)
+    if size != stored:  # Resized as _decoder resizes one image (the op is per image).
+      images = resize_pixels(images, size)
+    return images, tf.cast(batch[features.LABEL], tf.int32)
 
   return decode
 
@@ -166,6 +199,23 @@ def _read_decoded(files, info, image_size, *, deterministic, shard=None, file_se
   sharded = shard is not None and shard[0] > 1
   if sharded and class_filter is None:
     ds = ds.shard(*shard)  # before parsing: each pipeline parses only its share
+  decode_batch = _batch_decoder(info, image_size)
+  if decode_batch is not None:
+    # Parsed, class-filtered and decoded a batch at a time, in one map: the examples come out
+    # in the order, and with the pixels, of the per-example path below.
+
+    def parse_and_decode(serialized):
+      batch = features.parse_batch(serialized)
+      if class_filter is not None:
+        keep, relabel = class_filter
+        mask = keep(batch)
+        batch = relabel({k: tf.boolean_mask(v, mask) for k, v in batch.items()})
+      return decode_batch(batch)
+
+    ds = ds.batch(PARSE_BATCH).map(parse_and_decode, num_parallel_calls=AUTOTUNE).unbatch()
+    if sharded and class_filter is not None:
+      ds = ds.shard(*shard)
+    return ds
   ds = ds.batch(PARSE_BATCH).map(features.parse_batch, num_parallel_calls=AUTOTUNE)
   ds = ds.unbatch()
   if class_filter is not None:

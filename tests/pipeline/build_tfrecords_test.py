@@ -16,6 +16,7 @@ from pipeline import build_tfrecords
 from pipeline import dataset_info
 from pipeline import features
 from pipeline import tfds_metadata
+from pipeline import verify
 from tests import testdata
 from tests.pipeline import cifar_archive
 
@@ -58,8 +59,12 @@ def test_image_dir_job_writes_counted_shards_and_metadata(tmp_path):
     assert [labels[i] for i in range(3)] == splits[split]["per_class"]
     keys[split] = {r[features.KEY].numpy().decode() for r in records}
     assert len(keys[split]) == len(records)
-    # Unresized JPEG files keep their original bytes.
+    # Unresized JPEG files keep their original bytes (the default --image_format=source,
+    # which tfrecords_info.json leaves unsaid, as before the flag).
     assert {r[features.FORMAT].numpy() for r in records} == {b"jpeg"}
+    key = records[0][features.KEY].numpy().decode()  # e.g. train/cat/0003.jpg
+    assert records[0][features.IMAGE].numpy() == (testdata.SAMPLE_DIR / key).read_bytes()
+  assert "image_format" not in info
   assert not keys["train"] & keys["validation"] and all(k.startswith("test/")
                                                       for k in keys["test"])
   # Beam counters agree with the files.
@@ -167,3 +172,45 @@ def test_two_workers_write_the_same_records_and_metadata_as_one(tmp_path):
     infos[name] = info
   assert records["one"] == records["two"] and infos["one"] == infos["two"]
   assert sum(len(r) for r in records["one"].values()) == 100
+
+
+def test_raw_records_hold_the_pixels_of_the_png_records(tmp_path):
+  # One class, resized for one of the runs too, so that the pixels come from every path
+  # (kept JPEG files decoded by PIL, resized ones).
+  outputs = {}
+  for image_format in ("png", "raw"):
+    for image_size in (0, 20):
+      config = build_tfrecords.JobConfig(
+          output_dir=str(tmp_path / f"{image_format}{image_size}"), source="image_dir",
+          image_dir=str(testdata.SAMPLE_DIR), classes=("frog",), num_shards=1,
+          image_format=image_format, image_size=image_size)
+      result = build_tfrecords.run_job(config)
+      assert result.exit_code == 0
+      outputs[(image_format, image_size)] = config.output_dir, result.info
+  for image_size in (0, 20):
+    (png_dir, png_info), (raw_dir, raw_info) = (outputs[(f, image_size)]
+                                                for f in ("png", "raw"))
+    assert png_info["image_format"] == "png" and raw_info["image_format"] == "raw"
+    assert dataset_info.load(raw_dir).image_format == "raw"
+    side = image_size or 32
+    assert raw_info["image_shape"] == [side, side, 3]
+    for split in png_info["splits"]:
+      png = {r[features.KEY].numpy(): r for r in read_split(png_dir, png_info, split)}
+      raw = {r[features.KEY].numpy(): r for r in read_split(raw_dir, raw_info, split)}
+      assert png.keys() == raw.keys() and png
+      for key, r in raw.items():
+        assert r[features.FORMAT].numpy() == b"raw"
+        assert png[key][features.FORMAT].numpy() == b"png"
+        assert len(r[features.IMAGE].numpy()) == side * side * 3
+        np.testing.assert_array_equal(
+            features.decode_raw(r[features.IMAGE], r[features.HEIGHT], r[features.WIDTH]),
+            tf.io.decode_png(png[key][features.IMAGE]))
+  # The raw data directory passes the verifier.
+  assert verify.verify_data_dir(outputs[("raw", 0)][0], decode=True).ok
+  # TFDS reads the raw records as bytes (its Image feature decodes JPEG and PNG only).
+  import tensorflow_datasets as tfds
+  raw_dir, raw_info = outputs[("raw", 0)]
+  example = next(iter(tfds.builder_from_directory(raw_dir).as_dataset(split="test")))
+  by_key = {r[features.KEY].numpy(): r for r in read_split(raw_dir, raw_info, "test")}
+  assert example["image"]["encoded"].numpy() == by_key[
+      example[features.KEY].numpy()][features.IMAGE].numpy()

@@ -71,6 +71,19 @@ def test_older_files_load_and_their_pixel_statistics_are_ignored(tmp_path):
   assert "train_mean" not in info.to_json()
 
 
+def test_image_format_is_written_when_not_the_default_and_read_as_source_when_absent(
+    tmp_path):
+  info = make_info(tmp_path)
+  assert info.image_format == features.SOURCE and "image_format" not in info.to_json()
+  assert dataset_info.from_json(str(tmp_path), info.to_json_text()).image_format == "source"
+  raw = dataclasses.replace(info, image_format=features.RAW)
+  dataset_info.write(raw)
+  assert json.load(open(tmp_path / features.INFO_FILE))["image_format"] == "raw"
+  assert dataset_info.load(str(tmp_path), check_files=False) == raw
+  with pytest.raises(dataset_info.DatasetInfoError, match="image_format 'webp'"):
+    dataset_info.from_json(str(tmp_path), json.dumps(dict(raw.to_json(), image_format="webp")))
+
+
 def test_a_subset_keeps_the_stored_classes_and_is_not_written(tmp_path):
   info = make_info(tmp_path)
   subset = info.subset([2, 0])

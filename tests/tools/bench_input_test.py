@@ -20,12 +20,15 @@ def test_every_method_is_timed_in_every_repeat(capsys):
   result = json.loads(capsys.readouterr().out)
   assert sorted(result["images_per_s"]) == sorted(bench_input.METHODS)
   large = bench_input.large_methods(48)
+  streamed = (bench_input.STREAM_METHOD, bench_input.STREAM_RAW_METHOD)
   timed = (*bench_input.METHODS, *bench_input.OP_METHODS, bench_input.DETERMINISTIC_METHOD,
-           bench_input.STREAM_METHOD, *large)
+           *streamed, *large)
   assert sorted(result["runs"]) == sorted(timed)
-  assert sorted(result["stream"]) == sorted((bench_input.STREAM_METHOD, *large))
-  assert result["ratios"]["project_host_stream_vs_project_host"] > 0
-  assert result["ratios"]["project_host_stream_48_vs_project_host_48"] > 0
+  assert sorted(result["stream"]) == sorted((*streamed, *large))
+  for ratio in ("project_host_stream_vs_project_host", "project_host_stream_raw_vs_project_host",
+                "project_host_stream_48_vs_project_host_48",
+                "project_host_stream_raw_48_vs_project_host_48"):
+    assert result["ratios"][ratio] > 0
   assert all(len(v) == 2 and min(v) > 0 for v in result["runs"].values())
   assert result["settings"]["image_shape"] == [32, 32, 3]
   assert sorted(result["op_resampler"]) == ["project_device", "project_host"]
@@ -69,6 +72,24 @@ def test_stream_rows_read_the_shards_every_epoch_and_cached_rows_once(tmp_path):
   import tensorflow as tf
   with pytest.raises(tf.errors.NotFoundError):
     next(iter(streamed))  # a new epoch from the shards, which are gone
+
+
+def test_raw_rows_stream_raw_records_of_the_same_images(tmp_path):
+  import numpy as np
+  import tensorflow as tf
+  from pipeline import features
+  files, class_names = bench_input.list_images(testdata.SAMPLE_DIR / "train", 4)
+  for f in ("png", "raw"):
+    (tmp_path / f).mkdir()
+  png, raw = (bench_input.write_tfrecords(files, class_names, str(tmp_path / f), (48, 48, 3),
+                                          1, resize=True, image_format=f)
+              for f in ("png", "raw"))
+  assert raw.image_format == "raw"
+  for a, b in zip(*(tf.data.TFRecordDataset(i.split("train").shards) for i in (png, raw))):
+    a, b = features.parse_single(a), features.parse_single(b)
+    assert b[features.FORMAT].numpy() == b"raw" and a[features.KEY] == b[features.KEY]
+    np.testing.assert_array_equal(tf.io.decode_png(a[features.IMAGE]),
+                                  features.decode_raw(b[features.IMAGE], 48, 48))
 
 
 def test_larger_records_are_what_the_beam_job_stores_at_that_size(tmp_path):

@@ -35,6 +35,8 @@ HELP_CASES = [
 ERROR_CASES = [
     ("pipeline.build_tfrecords", "pipeline.build_tfrecords", ["--source=image_dir"],
      "--output_dir"),
+    ("pipeline.build_tfrecords", "pipeline.build_tfrecords",
+     ["--source=image_dir", "--output_dir=/tmp/x", "--image_format=jpg"], "--image_format"),
     ("trainer.main", "trainer.main", ["--epochs=x"], "--epochs"),
     # The old name runs trainer.main itself, so its lines are trainer.main's.
     ("trainer.train", "trainer.main", ["--data_dir=d", "--model_dir=m", "--model=nope"],

@@ -151,6 +151,40 @@ def test_an_image_that_does_not_decode_is_named(fresh_data_dir):
                                    "height=16 width=32")
 
 
+def test_raw_records_pass_and_a_raw_record_of_the_wrong_length_is_named(make_data_dir,
+                                                                         tmp_path):
+  data_dir = str(tmp_path / "raw")
+  shutil.copytree(make_data_dir(per_class=5, image_format=features.RAW), data_dir)
+  assert verify.verify_data_dir(data_dir, decode=True).ok
+  path = os.path.join(data_dir, SHARD)
+
+  def damage(i, r):
+    image = features.parse_single(r)[features.IMAGE].numpy()
+    if i == 1:
+      return reencode(r, image=image[:-3])  # a pixel short
+    if i == 3:
+      return reencode(r, height=16)  # its size fields lie
+    return r
+  rewrite_shard(path, damage)
+  for decode in (False, True):  # A length is checked without decoding too.
+    report = verify.verify_data_dir(data_dir, decode=decode)
+    assert len(report.errors) == 2, report.errors
+    assert report.errors[0].startswith(f"{path}: record 1 (key 'train/")
+    assert report.errors[0].endswith("raw image of 3069 bytes, but the record says height=32 "
+                                     "width=32: 3072 bytes (height * width * 3)")
+    assert report.errors[1].startswith(f"{path}: record 3 (key 'train/")
+    assert "raw image of 3072 bytes, but the record says height=16 width=32" in report.errors[1]
+
+
+def test_a_record_format_that_disagrees_with_image_format_is_named(fresh_data_dir):
+  # JPEG records under metadata that says raw: the trainer would read them with decode_raw.
+  edit_info(fresh_data_dir, lambda info: info.update(image_format="raw"))
+  report = verify.verify_data_dir(fresh_data_dir, splits=["test"], decode=False)
+  assert len(report.errors) == 15, report.errors
+  assert report.errors[0].endswith("image format 'jpeg', but tfrecords_info.json says "
+                                   "image_format='raw'")
+
+
 def test_missing_info_or_split_raise_dataset_info_errors(fresh_data_dir, tmp_path):
   data_dir = fresh_data_dir
   with pytest.raises(dataset_info.DatasetInfoError,

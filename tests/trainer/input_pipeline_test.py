@@ -244,3 +244,93 @@ def test_steps_per_epoch(info):
   splits["train"] = dataclasses.replace(splits["train"], num_examples=0)
   with pytest.raises(ValueError, match="empty"):
     input_pipeline.steps_per_epoch(dataclasses.replace(info, splits=splits), 8)
+
+
+# --- raw records (the Beam job's --image_format=raw) ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def png_and_raw(make_data_dir):
+  """The same pixels stored as PNG and as raw records (lossless both: the images must agree
+  to the byte)."""
+  return tuple(dataset_info.load(make_data_dir(per_class=10, num_shards=2, image_format=f))
+               for f in (features.PNG, features.RAW))
+
+
+def _take(ds, n):
+  return [tuple(np.asarray(t) for t in b) for b in ds.take(n).as_numpy_iterator()]
+
+
+def _assert_same_batches(a, b):
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    for u, v in zip(x, y):
+      assert u.dtype == v.dtype
+      np.testing.assert_array_equal(u, v)
+
+
+def test_raw_records_are_read_a_batch_at_a_time_into_the_png_records_images(png_and_raw):
+  png, raw = png_and_raw
+  assert (png.image_format, raw.image_format) == ("png", "raw")
+  formats = {features.parse_single(r)[features.FORMAT].numpy()
+             for r in tf.data.TFRecordDataset(list(raw.split("train").shards))}
+  assert formats == {b"raw"}
+  # Deterministic train batches, augmented: the same for one seed whatever the format. The
+  # cached size below the stored one resizes a whole parse batch at once, above it after
+  # the batching; cache=None streams (the path the raw format is for).
+  for image_size, cache in ((None, None), (16, None), (48, "memory")):
+    batches = [
+        _take(input_pipeline.train_dataset(info, batch_size=5, seed=4, deterministic=True,
+                                           augment=augment.AugmentConfig(), cache=cache,
+                                           image_size=image_size), 12)
+        for info in (png, raw)]
+    _assert_same_batches(*batches)
+    assert batches[1][0][0].shape[1:3] == (image_size or 32,) * 2
+  plain = [_take(input_pipeline.train_dataset(info, batch_size=NUM_TRAIN, seed=4,
+                                              deterministic=True, cache=None), 2)
+           for info in (png, raw)]
+  _assert_same_batches(*plain)
+  # An epoch is every record once, as decoded from the PNG shards.
+  assert collections.Counter(_examples(*plain[1][0])) == collections.Counter(
+      _records(png.split("train").shards))
+
+
+@pytest.mark.parametrize("pipelines", [1, 2])
+def test_raw_eval_passes_and_class_subsets_are_the_png_ones(png_and_raw, pipelines):
+  for subset in (None, (2, 0)):
+    passes = []
+    for info in png_and_raw:
+      if subset:
+        info = info.subset(subset)
+      for i in range(pipelines):
+        context = tf.distribute.InputContext(num_input_pipelines=pipelines,
+                                             input_pipeline_id=i,
+                                             num_replicas_in_sync=pipelines)
+        for image_size in (None, 16):
+          ds, steps = input_pipeline.eval_dataset(info, "test", batch_size=4,
+                                                  input_context=context, image_size=image_size)
+          passes.append((steps, list(ds.as_numpy_iterator())))
+    half = len(passes) // 2
+    for (steps_png, png), (steps_raw, raw) in zip(passes[:half], passes[half:]):
+      assert steps_png == steps_raw
+      _assert_same_batches(png, raw)
+    labels = np.concatenate([b[1][b[2] > 0] for _, batches in passes[half:]
+                             for b in batches])
+    assert set(labels) == ({0, 1} if subset else {0, 1, 2})
+
+
+def test_raw_records_of_varying_size_are_decoded_one_by_one_by_their_height_and_width(
+    png_and_raw):
+  # Without one stored size the trainer decodes each raw record by its own height and width.
+  png, raw = (dataclasses.replace(info, image_shape=None) for info in png_and_raw)
+  passes = [list(input_pipeline.eval_dataset(info, "test", batch_size=8, image_size=s)[0]
+                 .as_numpy_iterator()) for s in (32, 20) for info in (png, raw)]
+  _assert_same_batches(passes[0], passes[1])
+  _assert_same_batches(passes[2], passes[3])
+  # A record whose bytes are not height * width * 3 fails, not silently misreads.
+  record = features.encode_example(key="k", image=b"\x00" * 100, image_format="raw",
+                                   height=32, width=32, label=0)
+  parsed = features.parse_single(tf.constant(record))
+  with pytest.raises(tf.errors.InvalidArgumentError):
+    features.decode_raw(parsed[features.IMAGE], parsed[features.HEIGHT],
+                        parsed[features.WIDTH])
