@@ -2,6 +2,7 @@
 trainer runs on the shipped JPEGs (one that trains and is resumed, one whose runs fail)."""
 
 import csv
+import glob
 import json
 import os
 import re
@@ -9,6 +10,7 @@ import re
 import pytest
 
 from tests import testdata
+from tools import cli
 from tools import sweep
 from trainer import workdir
 
@@ -246,3 +248,12 @@ def test_failed_runs_are_reported_the_sweep_goes_on_and_exits_non_zero(
   with open(out_dir / "sweep.csv") as f:
     assert [r["status"] for r in csv.DictReader(f)] == ["failed", "failed"]
   assert "failed" in out.splitlines()[-2]  # the table
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(cli.REPO, "configs", "*.sweep"))),
+                         ids=os.path.basename)
+def test_every_shipped_sweep_config_parses_and_its_runs_flags_check(path):
+  # A typo in a committed config (or a flagfile it names) fails here, not hours into a grid.
+  runs = sweep.expand(sweep.load_config(path), ["--data_dir=DATA"], cwd=str(cli.REPO))
+  assert runs
+  sweep.validate(runs, "/tmp/out")
