@@ -19,8 +19,8 @@ import array
 import csv
 import dataclasses
 import errno
-import hashlib
 import functools
+import hashlib
 import os
 import posixpath
 import stat
