@@ -227,15 +227,14 @@ def plan_path_list(csv_path, *, class_names_file=""):
         # A row starts on the line after the previous one ended (a quoted field can span
         # lines).
         line_no, last_line = last_line + 1, reader.line_num
-        problem = _row_problem(row, header)
+        path, label, split = _fields(row)
+        problem = _row_problem(row, header, path, label, split)
         if problem:
           plan.rejected.append((f"{csv_path}:{line_no}", "malformed_row", problem))
           continue
-        path = row["path"].strip()
         full = _normalize(path if (_is_remote(path) or os.path.isabs(path))
                           else base + "/" + path)
-        rows.append([line_no, full, path, row["label"].strip(),
-                     (row.get("split") or "train").strip() or "train"])
+        rows.append([line_no, full, path, label, split])
         digests.append(_digest(full))
   except FileNotFoundError:
     raise SourceError(f"--path_list={csv_path}: no such file") from None
@@ -281,18 +280,22 @@ def plan_path_list(csv_path, *, class_names_file=""):
   return plan
 
 
-def _row_problem(row, header):
-  """Why a CSV row is malformed, or None."""
+def _fields(row):
+  """(path, label, split) of a CSV row, stripped; split defaults to train."""
+  return ((row.get("path") or "").strip(), (row.get("label") or "").strip(),
+          (row.get("split") or "train").strip() or "train")
+
+
+def _row_problem(row, header, path, label, split):
+  """Why a CSV row (its _fields: path, label, split) is malformed, or None."""
   if None in row or None in row.values():
     return f"{len(header)} columns expected: {_raw_row(row)}"
   if "\ufffd" in _raw_row(row):
     return f"not valid UTF-8: {_raw_row(row)}"
-  path, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
   if not path or not label:
     return f"empty path or label: {_raw_row(row)}"
   if any(ord(c) < 32 for c in path):
     return f"control character in path {path!r}"
-  split = (row.get("split") or "train").strip() or "train"
   if split not in SPLIT_DIRS:
     return f"split {split!r} is not train or test"
   return None

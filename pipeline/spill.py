@@ -23,8 +23,8 @@ class Spill:
   iterating reads them back in the order appended (while appending goes on, too: reads do
   not move the write position)."""
 
-  def __init__(self, transform=None, directory=None):
-    self._file = tempfile.TemporaryFile(dir=directory)
+  def __init__(self, transform=None):
+    self._file = tempfile.TemporaryFile()
     self._count = 0
     self.transform = transform
 
