@@ -75,8 +75,8 @@ def plan_image_dir(root):
   every file is rejected as not_in_class_folder anyway) it is a read_error row.
 
   The paths go to a spill.Spill as they are listed, and plan.elements is one: the launcher
-  holds the folder names, not a row per image (a local tree is walked folder by folder; a
-  gs:// listing is one list, as gcsfs returns it).
+  holds the folder names, not a row per image: local and gs:// trees alike are walked
+  folder by folder.
   """
   fs, base = fsspec.core.url_to_fs(root)
   if not fs.isdir(base):
@@ -84,11 +84,7 @@ def plan_image_dir(root):
   listed = spill.Spill()  # relative paths of everything that is not a folder
   unlisted = []
   if _is_remote(root):
-    try:
-      found = sorted(fs.find(base))
-    except Exception as e:  # gcsfs's HttpError on a 403, say: the whole listing failed.
-      raise SourceError(f"--image_dir={root}: cannot be listed ({type(e).__name__}: {e})") from None
-    found = (posixpath.relpath(p, base) for p in found)
+    found = _walk_remote_tree(fs, base, root)
   else:
     found = _walk_local_tree(base, unlisted)
   top = set()  # the first folder of every path that has one
@@ -184,6 +180,40 @@ def _walk_local_tree(base, unlisted):
       else:
         yield child
     pending.extend(reversed(folders))  # walked in sorted order
+
+
+def _walk_remote_tree(fs, base, root):
+  """_walk_local_tree for an fsspec file system such as gcsfs: the relative path of every
+  object under `base`, folder by folder, each folder's entries in sorted order.
+
+  Not fs.find: gcsfs lists the whole prefix into one list and keeps every entry (a dict of
+  the object's metadata, about a kilobyte) in its listings cache, which for an ImageNet-sized
+  bucket is gigabytes in the launcher. Here each folder is listed on its own and dropped from
+  the cache once read, so memory is the folders still to walk and one folder's entries. A
+  listing that fails (a 403, say) stops planning, naming the folder: on an object store a
+  folder that cannot be listed cannot be told from an empty one.
+  """
+  pending = [base.rstrip("/")]
+  while pending:
+    path = pending.pop()
+    try:
+      entries = fs.ls(path, detail=True, refresh=True)
+    except Exception as e:  # gcsfs's HttpError on a 403, say
+      where = root if path == base.rstrip("/") else _full(root, posixpath.relpath(path, base))
+      raise SourceError(f"--image_dir={root}: cannot list {where} "
+                        f"({type(e).__name__}: {e})") from None
+    finally:
+      fs.invalidate_cache(path)
+    folders = []
+    for entry in sorted(entries, key=lambda entry: entry["name"]):
+      name = entry["name"].rstrip("/")
+      if name == path:  # the folder's own placeholder object ("folder/")
+        continue
+      if entry["type"] == "directory":
+        folders.append(name)
+      else:
+        yield posixpath.relpath(name, base)
+    pending.extend(reversed(folders))
 
 
 def _errno_text(e):

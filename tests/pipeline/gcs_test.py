@@ -16,6 +16,7 @@ import os
 
 from tests import gcs_emulator  # Before anything imports gcsfs (it reads an env var at import).
 
+import fsspec
 import pytest
 import tensorflow as tf
 
@@ -120,9 +121,18 @@ def test_image_dir_and_archive_planning_on_gs(gcs):
     fs.pipe(gcs.url(f"tree/test/{name}/{path.name}"), path.read_bytes())
   for path, name in testdata.sample_files("train", CLASSES, 3):
     fs.pipe(gcs.url(f"tree/train/{name}/{path.name}"), path.read_bytes())
+  fs.pipe(gcs.url("tree/README"), b"not an image")
+  fs.pipe(gcs.url(f"tree/train/{CLASSES[0]}/deeper/x.jpg"), b"too deep")
   plan = sources.plan_image_dir(gcs.url("tree"))
   assert plan.class_names == list(CLASSES) and plan.has_test
   assert plan.split_sizes == {"train": 6, "test": 4}
+  assert sorted((source, reason) for source, reason, _ in plan.rejected) == [
+      (gcs.url("tree/README"), "not_in_class_folder"),
+      (gcs.url(f"tree/train/{CLASSES[0]}/deeper/x.jpg"), "not_in_class_folder")]
+  # Listed folder by folder, each dropped from gcsfs's listings cache once read (fs.find
+  # would leave an entry per object there: gigabytes for an ImageNet-sized bucket).
+  planner_fs = fsspec.core.url_to_fs(gcs.url("tree"))[0]
+  assert not planner_fs.dircache
   assert all(e["path"].startswith(f"gs://{BUCKET}/tree/") for e in plan.elements)
   first = next(iter(plan.elements))
   assert sources.read_bytes(first["path"]) == testdata.sample_files(
