@@ -115,17 +115,47 @@ def import_holding_notices(module_name):
 class ProjectRecordsOnly(logging.Filter):
   """Passes warnings and errors, and records below WARNING only from the project's files:
   logged from them in this process, or (Beam's multi_processing workers) relayed by Beam's
-  logging service with a log_location in them."""
+  logging service with a log_location in them.
+
+  A relayed record that passes is rewritten as the worker logged it (unwrap_relayed): its
+  message, file, line and time, not Beam's one-line dump of the whole log entry."""
 
   def filter(self, record):
-    if record.levelno >= logging.WARNING:
-      return True
-    if _is_project_file(record.pathname):
-      return True
-    if record.name.startswith("apache_beam") and record.msg == "Worker: %s":
+    relayed = record.name.startswith("apache_beam") and record.msg == "Worker: %s"
+    if relayed:
       location = _WORKER_LOCATION.search(record.getMessage())
-      return bool(location) and _is_project_file(location.group(1))
-    return False
+      keep = (record.levelno >= logging.WARNING
+              or (bool(location) and _is_project_file(location.group(1))))
+      if keep:
+        unwrap_relayed(record)
+      return keep
+    return record.levelno >= logging.WARNING or _is_project_file(record.pathname)
+
+
+def unwrap_relayed(record):
+  """Rewrites, in place, a record that Beam's local job service logged for a worker process
+  ('Worker: severity: INFO timestamp {...} message: "..." log_location: "path:line" ...', the
+  text form of a Fn API LogEntry) into the worker's own message, file, line and time. A
+  record that does not parse as one is left as it is."""
+  from google.protobuf import text_format  # pylint: disable=g-import-not-at-top
+  # Only Beam's jobs relay records: Beam is loaded when there is one to unwrap.
+  from apache_beam.portability.api import beam_fn_api_pb2  # pylint: disable=g-import-not-at-top
+  entry = beam_fn_api_pb2.LogEntry()
+  try:
+    text_format.Parse(str(record.args[0]), entry, allow_unknown_field=True)
+  except (text_format.ParseError, IndexError, TypeError):
+    return
+  if not entry.message:
+    return
+  record.msg, record.args = entry.message, ()
+  path, _, line = entry.log_location.rpartition(":")
+  if path and line.isdigit():
+    record.pathname, record.lineno = path, int(line)
+    record.filename = os.path.basename(path)
+    record.module = os.path.splitext(record.filename)[0]
+  if entry.HasField("timestamp"):
+    record.created = entry.timestamp.seconds + entry.timestamp.nanos / 1e9
+    record.msecs = (entry.timestamp.nanos // 1_000_000) % 1000
 
 
 # Beam's BeamFnLoggingServicer logs each worker record as 'Worker: %s' % str(LogEntry), whose

@@ -6,6 +6,7 @@ import re
 
 from pipeline import build_tfrecords
 from pipeline import job_progress
+from pipeline import logs
 from tests import testdata
 
 SAMPLE_IMAGES = 500  # the shipped sample: 400 train and 100 test JPEGs
@@ -111,11 +112,16 @@ def test_the_job_prints_done_of_the_planned_total_and_a_last_line_of_what_it_wro
 
 def test_with_two_worker_processes_each_gives_its_share_and_the_last_line_is_exact(
     tmp_path, caplog):
+  # The filter the commands put on absl's handler (pipeline/logs.py): it lets the workers'
+  # lines through and unwraps them from Beam's relay ('Worker: ... message: "<line>" ...').
+  caplog.handler.addFilter(logs.ProjectRecordsOnly())
   messages, written = run_sample(tmp_path, caplog, [
       "--direct_running_mode=multi_processing", "--direct_num_workers=2"])
-  # Relayed by Beam's logging service: 'Worker: ... message: "<our line>" ...'.
   shares = [m for m in messages if "build_tfrecords: this worker: " in m]
-  assert shares and all("its share of 500 over 2 workers" in m for m in shares), shares[:3]
+  assert shares and all(m.startswith("build_tfrecords: this worker: ") for m in shares), \
+      shares[:3]
+  assert all("its share of 500 over 2 workers" in m for m in shares), shares[:3]
+  assert not any(m.startswith("Worker: ") for m in messages), messages[:3]
   assert not any(LINE.search(m) for m in messages)  # no worker claims the job's count
   final = [m for m in messages if m.startswith("build_tfrecords: ") and " in " in m]
   assert written == SAMPLE_IMAGES and len(final) == 1

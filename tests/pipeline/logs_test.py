@@ -67,7 +67,16 @@ def test_records_below_warning_pass_only_from_the_projects_files():
   entry = ('severity: INFO timestamp {   seconds: 1 } message: "build_tfrecords: this worker: '
            '7,500 images, 900 images/s" log_location: "%sjob_progress.py:138" thread: "7"')
   relay = "apache_beam.runners.portability.local_job_service"
-  assert keep(record(relay, "/venv/local_job_service.py", msg="Worker: %s",
-                     args=(entry % logs.PROJECT_DIRS[0],)))
+  relayed = record(relay, "/venv/local_job_service.py", msg="Worker: %s",
+                   args=(entry % logs.PROJECT_DIRS[0],))
+  assert keep(relayed)
+  # ...and shown as the worker logged it, not as Beam's dump of the whole entry.
+  assert relayed.getMessage() == "build_tfrecords: this worker: 7,500 images, 900 images/s"
+  assert (relayed.filename, relayed.lineno, relayed.created) == ("job_progress.py", 138, 1.0)
+  assert relayed.pathname == f"{logs.PROJECT_DIRS[0]}job_progress.py"
+  # A relayed warning passes whoever logged it; text that is not a log entry stays as it was.
+  odd = record(relay, "/venv/local_job_service.py", level=logging.WARNING, msg="Worker: %s",
+               args=("not { a log entry",))
+  assert keep(odd) and odd.getMessage() == "Worker: not { a log entry"
   assert not keep(record(relay, "/venv/local_job_service.py", msg="Worker: %s",
                          args=(entry % "/venv/apache_beam/runners/worker/",)))
