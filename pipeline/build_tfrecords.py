@@ -7,14 +7,17 @@ folder or a TensorFlow Datasets dataset, as an Apache Beam job.
 
 Beam's own options pass through untouched: `--runner` (DirectRunner by default; DataflowRunner,
 FlinkRunner, SparkRunner with their options), `--direct_running_mode=multi_processing
---direct_num_workers=2`, and so on. See README.md.
+--direct_num_workers=2`, and so on. See README.md. An argument that is neither this job's flag
+nor one of Beam's options (a typo: --num_shard=4) is refused, naming it and the closest flag.
 
 Exit status: 0 written; 1 more than --max_reject_fraction rejected (see rejected.csv); 2 the
 source cannot be read at all (one line naming it, before the job starts); 3 an OS error while
 reading or writing (a full disk, permissions): one line naming the path and the error, the
 job's temporary files removed, and no traceback unless --verbosity=1 asks for it. A mistake
-in this job's flags (a missing --source, a bad value) is exit status 1 and one line,
-`pipeline.build_tfrecords: error: ...` (docs/cli.md).
+in this job's flags (a missing --source, an unknown --source, --source=image_dir without
+--image_dir, an unknown argument) is exit status 1 and one line,
+`pipeline.build_tfrecords: error: ...` (docs/cli.md); --classes or --num_classes that the
+source's classes do not fit is status 2, as a source that cannot be read.
 
 It prints its own lines (the plan, a progress line every --progress_seconds and a last one:
 pipeline/job_progress.py) and a summary; Beam's and TensorFlow's INFO lines only with
@@ -22,6 +25,7 @@ pipeline/job_progress.py) and a summary; Beam's and TensorFlow's INFO lines only
 """
 
 import dataclasses
+import difflib
 import logging
 import shlex
 import sys
@@ -142,6 +146,11 @@ class JobResult:
   counters: dict  # "examples/train" -> count, from Beam's metrics
 
 
+class FlagError(sources.SourceError):
+  """The job's flags ask for no source it can plan (--source unknown, or without the flag
+  that names its input): a mistake in the flags, exit status 1 on the command line."""
+
+
 def make_plan(config):
   source = config.source
   if source == "cifar100":
@@ -152,17 +161,17 @@ def make_plan(config):
     return plan
   if source == "path_list":
     if not config.path_list:
-      raise sources.SourceError("--source=path_list needs --path_list=<csv>")
+      raise FlagError("--source=path_list needs --path_list=<csv>")
     return sources.plan_path_list(config.path_list, class_names_file=config.class_names_file)
   if source == "image_dir":
     if not config.image_dir:
-      raise sources.SourceError("--source=image_dir needs --image_dir=<root>")
+      raise FlagError("--source=image_dir needs --image_dir=<root>")
     return sources.plan_image_dir(config.image_dir)
   if source and source.startswith("tfds:"):
     return archives.plan_tfds(source[len("tfds:"):], data_dir=config.tfds_data_dir,
                              manual_dir=config.tfds_manual_dir)
-  raise sources.SourceError(f"--source={source!r}: expected cifar100, path_list, image_dir or "
-                            "tfds:<name>")
+  raise FlagError(f"--source={source!r}: expected cifar100, path_list, image_dir or "
+                  "tfds:<name>")
 
 
 def split_sizes(plan, config):
@@ -364,10 +373,15 @@ def main(argv):
     for handler in logging.getLogger().handlers:
       handler.addFilter(_NoBeamTracebacks())
   config = JobConfig.from_flags()
+  unknown = unknown_args(argv[1:])
+  if unknown:
+    command_line.fail(NAME, unknown)
   if config.source and config.source.startswith("tfds:"):
     logs.import_tensorflow(verbose)  # tensorflow_datasets imports it: without its notices
   try:
     result = run_job(config, argv[1:])
+  except FlagError as e:
+    command_line.fail(NAME, e)
   except (sources.SourceError, splits.ClassSubsetError) as e:
     command_line.fail(NAME, e, status=2)
   except Exception as e:  # pylint: disable=broad-except
@@ -378,6 +392,31 @@ def main(argv):
       logging.error("the job failed:", exc_info=True)
     command_line.fail(NAME, line, status=3)
   sys.exit(result.exit_code)
+
+
+def unknown_args(beam_argv):
+  """None if every argument that is not this job's flag is one of Beam's pipeline options;
+  else the error line naming the others (a typo such as --num_shard=4, which Beam itself
+  would log once and drop, the job then running without it), with the closest flag names.
+
+  Beam's own parser decides (get_all_options hands it to add_extra_args_fn): every option
+  of every runner that Beam registers, so Dataflow's, Flink's and Spark's pass."""
+  if not beam_argv:
+    return None  # and no Beam import: a refused source stays quick (run_job imports it)
+  from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=g-import-not-at-top
+  parsers = []
+  PipelineOptions(list(beam_argv)).get_all_options(add_extra_args_fn=parsers.append)
+  _, unknown = parsers[0].parse_known_args(list(beam_argv))
+  if not unknown:
+    return None
+  known = [f"--{name}" for name in FLAGS] + [
+      option for action in parsers[0]._actions for option in action.option_strings]  # pylint: disable=protected-access
+  named = []
+  for arg in unknown:
+    close = difflib.get_close_matches(arg.split("=", 1)[0], known, n=1)
+    named.append(f"{arg} (did you mean {close[0]}?)" if close else arg)
+  return (f"unknown argument{'s' if len(unknown) > 1 else ''} {', '.join(named)}: neither "
+          "this job's flags (--helpfull) nor Beam's pipeline options")
 
 
 def parse_flags(argv):

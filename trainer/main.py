@@ -6,8 +6,9 @@ r"""Trains an image classifier on a TFRecord data directory written by pipeline.
 
 Rerunning the same command resumes from the last checkpoint in --model_dir. Results land in
 --model_dir (results.json, history.csv, model.keras, saved_model/, tensorboard/; see
-trainer/workdir.py). This is the only module that defines flags; it builds the strategy and
-calls trainer.train.train_and_evaluate. `python -m trainer.train` is the same command.
+trainer/workdir.py). This is the only training module that defines flags (trainer.evaluate
+and trainer.predict have their own); it builds the strategy and calls
+trainer.train.train_and_evaluate. `python -m trainer.train` is the same command.
 
 It prints its own lines (the cache decision, each epoch, the test result, where the results
 and the model went); TensorFlow's and absl's internal INFO lines only with --verbosity=1,
@@ -15,7 +16,8 @@ which shows debug lines too (pipeline/logs.py). Warnings and errors always show.
 
 Exit status: 0 trained (or already finished); 1 a mistake in the flags or the data, or a run
 state that stops it (one line `trainer.main: error: ...`, naming the flag or path); 130 or 143
-stopped by SIGINT or SIGTERM (128 + the signal) after saving a checkpoint. docs/cli.md has
+stopped by SIGINT or SIGTERM (128 + the signal) at the next train step, that epoch abandoned
+and the last epoch's checkpoint kept (rerunning resumes from it). docs/cli.md has
 every command's.
 """
 

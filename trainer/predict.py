@@ -18,8 +18,8 @@ Prints one line per image on stdout, in input order: `path<TAB>class<TAB>probabi
 (by the file's extension) instead. An image that cannot be read or decoded is reported on
 stderr (`trainer.predict: PATH: reason: detail`) and the rest are still predicted. A progress
 line goes to stderr every --progress_seconds. Exit status: 0 when every image was predicted,
-2 when some failed, 1 when nothing could be predicted (bad flags, no model, no inputs: one
-line `trainer.predict: error: ...` naming it). docs/cli.md has every command's.
+2 when some failed (also when all did), 1 when the command could not run (bad flags, no model,
+no inputs: one line `trainer.predict: error: ...` naming it). docs/cli.md has every command's.
 """
 
 import collections

@@ -146,6 +146,19 @@ def test_cli_passes_beam_options_through_and_names_bad_input(tmp_path):
   assert unset.stderr.strip().splitlines()[-1] == (
       "pipeline.build_tfrecords: error: --source is required; --output_dir is required")
   assert "Traceback" not in unset.stderr
+  # Flag mistakes are status 1, before the job: a typo that Beam would drop (and the job run
+  # without it), and a source without the flag that names its input.
+  typo = subprocess.run(cmd + ["--num_shard=1"], capture_output=True, text=True,
+                        cwd=testdata.REPO, timeout=120)
+  assert typo.returncode == 1, typo.stderr[-2000:]
+  assert typo.stderr.strip().splitlines()[-1] == (
+      "pipeline.build_tfrecords: error: unknown argument --num_shard=1 (did you mean "
+      "--num_shards?): neither this job's flags (--helpfull) nor Beam's pipeline options")
+  no_dir = subprocess.run(cmd[:4] + [f"--output_dir={out}"], capture_output=True, text=True,
+                          cwd=testdata.REPO, timeout=120)
+  assert no_dir.returncode == 1 and no_dir.stderr.strip().splitlines()[-1] == (
+      "pipeline.build_tfrecords: error: --source=image_dir needs --image_dir=<root>")
+  assert json.load(open(out / features.INFO_FILE))["class_names"] == ["frog"]  # untouched
 
 
 def test_shards_mix_classes_rather_than_running_through_them_in_folder_order(tmp_path):
