@@ -25,7 +25,8 @@ Sections:
   Runs               run, model, the flags that differ between runs, test loss and accuracy
                      (the best test accuracy in bold), val accuracy (history.csv's
                      val_accuracy at the best epoch: of the weights tested), best epoch,
-                     epochs run, wall time.
+                     epochs run, wall time (of a resumed run, with its earlier
+                     processes' epochs from history.csv).
   Learning curves    per run, loss and accuracy (train and validation) per epoch, the best
                      epoch (results.json's best_epoch; the lowest val_loss if unfinished)
                      dashed; with more than one run, every run's val_accuracy overlaid,

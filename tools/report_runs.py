@@ -67,9 +67,19 @@ class Run:
 
   @property
   def wall_time_s(self):
+    """Seconds the run took. results.json's wall_time_s times only the process that
+    finished the run: for a resumed run the epochs trained before it (history.csv's times
+    of epochs up to resumed_from_epoch) are added, so a run stopped and resumed to be
+    tested is not reported as the seconds of its test."""
     if self.results:
       value = self.results.get("wall_time_s")
-      return float(value) if _is_number(value) else None
+      if not _is_number(value):
+        return None
+      resumed = self.results.get("resumed_from_epoch")
+      if _is_number(resumed) and resumed > 0:
+        value += sum(r["time"] for r in self.history
+                     if "time" in r and r["epoch"] <= resumed)
+      return float(value)
     times = [r["time"] for r in self.history if "time" in r]
     return sum(times) if times else None
 

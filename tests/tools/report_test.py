@@ -486,3 +486,18 @@ def test_swept_flag_axes_log_scale_rule_and_value_ticks(tmp_path):
   assert report_figures.log_flag_axis("head_learning_rate", [0.001, 0.002])
   assert not report_figures.log_flag_axis("learning_rate", [0.001, 0.001])
   assert not report_figures.log_flag_axis("epochs", [-1.0, 100.0])
+
+
+def test_a_resumed_runs_wall_time_counts_the_epochs_before_the_resume(tmp_path):
+  """results.json's wall_time_s is the finishing process's: a run stopped after its epochs
+  and resumed only to be tested must not show the seconds of its test."""
+  run_dir = write_run(tmp_path / "resumed", "0.001", 0.8, 0.7, 8, 10)
+  results = workdir.read_results(str(run_dir))
+  results.update(resumed_from_epoch=10, wall_time_s=9.0)
+  workdir.write_results(workdir.RunDirs(str(run_dir)), results)
+  run, = report_runs.load_runs([str(run_dir)])
+  epochs = sum(30 + epoch % 3 for epoch in range(1, 11))  # history_rows' times
+  assert run.wall_time_s == pytest.approx(9.0 + epochs)
+  results.update(resumed_from_epoch=0)
+  workdir.write_results(workdir.RunDirs(str(run_dir)), results)
+  assert report_runs.load_runs([str(run_dir)])[0].wall_time_s == pytest.approx(9.0)
