@@ -84,7 +84,7 @@ def plan_image_dir(root):
   listed = spill.Spill()  # relative paths of everything that is not a folder
   unlisted = []
   if _is_remote(root):
-    found = _walk_remote_tree(fs, base, root)
+    found = _walk_remote_tree(fs, base, unlisted)
   else:
     found = _walk_local_tree(base, unlisted)
   top = set()  # the first folder of every path that has one
@@ -182,7 +182,7 @@ def _walk_local_tree(base, unlisted):
     pending.extend(reversed(folders))  # walked in sorted order
 
 
-def _walk_remote_tree(fs, base, root):
+def _walk_remote_tree(fs, base, unlisted):
   """_walk_local_tree for an fsspec file system such as gcsfs: the relative path of every
   object under `base`, folder by folder, each folder's entries in sorted order.
 
@@ -190,18 +190,17 @@ def _walk_remote_tree(fs, base, root):
   the object's metadata, about a kilobyte) in its listings cache, which for an ImageNet-sized
   bucket is gigabytes in the launcher. Here each folder is listed on its own and dropped from
   the cache once read, so memory is the folders still to walk and one folder's entries. A
-  listing that fails (a 403, say) stops planning, naming the folder: on an object store a
-  folder that cannot be listed cannot be told from an empty one.
+  folder whose listing fails (a 403, say) goes to `unlisted` as (relative folder, error),
+  as in _walk_local_tree, for plan_image_dir to refuse or record.
   """
   pending = [base.rstrip("/")]
   while pending:
     path = pending.pop()
     try:
       entries = fs.ls(path, detail=True, refresh=True)
-    except Exception as e:  # gcsfs's HttpError on a 403, say
-      where = root if path == base.rstrip("/") else _full(root, posixpath.relpath(path, base))
-      raise SourceError(f"--image_dir={root}: cannot list {where} "
-                        f"({type(e).__name__}: {e})") from None
+    except Exception as e:  # pylint: disable=broad-except  # gcsfs's HttpError on a 403, say
+      unlisted.append((posixpath.relpath(path, base.rstrip("/")), e))
+      continue
     finally:
       fs.invalidate_cache(path)
     folders = []
@@ -217,7 +216,10 @@ def _walk_remote_tree(fs, base, root):
 
 
 def _errno_text(e):
-  """'Permission denied (EACCES)' for an OSError."""
+  """'Permission denied (EACCES)' for an OSError; 'HttpError: ...' for another error (an
+  object store's)."""
+  if not isinstance(e, OSError):
+    return f"{type(e).__name__}: {e}"
   name = errno.errorcode.get(e.errno, "") if e.errno else ""
   return f"{e.strerror or e}" + (f" ({name})" if name else "")
 
