@@ -156,12 +156,14 @@ def decode_all(files):
 # --- the four methods: each returns an endless iterator of batches -------------------------
 
 
-def image_data_generator_batches(images, labels, seed):
+def image_data_generator_batches(images, labels, seed, batch_size=BATCH_SIZE):
+  """The report's input path, endless: ImageDataGenerator.flow over all the images,
+  permuted every pass (tools.reference_fit trains on it)."""
   from keras.src.legacy.preprocessing.image import ImageDataGenerator
   generator = ImageDataGenerator(horizontal_flip=True, rotation_range=15, zoom_range=0.1,
                                  width_shift_range=0.1, height_shift_range=0.1)
   # float32, as the report fed it (ImageDataGenerator converts to floatx anyway).
-  return generator.flow(images.astype("float32"), labels, batch_size=BATCH_SIZE,
+  return generator.flow(images.astype("float32"), labels, batch_size=batch_size,
                         shuffle=True, seed=seed)
 
 

@@ -60,9 +60,10 @@ def run(data_dir, model_dir, *, model_name="basic", epochs=500, patience=25, bat
   """Trains and tests; returns results.json's dict."""
   import keras
   import tensorflow as tf
-  from keras.src.legacy.preprocessing.image import ImageDataGenerator
   from pipeline import dataset_info
+  from tools import bench_input
   from trainer import models
+  from trainer import train
   from trainer import workdir
 
   try:
@@ -83,10 +84,7 @@ def run(data_dir, model_dir, *, model_name="basic", epochs=500, patience=25, bat
   model = models.build(model_name, info.num_classes, tuple(x_train.shape[1:]))
   model.compile(optimizer=keras.optimizers.Adam(learning_rate),
                 loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-  generator = ImageDataGenerator(horizontal_flip=True, rotation_range=15, zoom_range=0.1,
-                                 width_shift_range=0.1, height_shift_range=0.1)
-  batches = generator.flow(x_train.astype("float32"), y_train, batch_size=batch_size,
-                           shuffle=True, seed=seed)
+  batches = bench_input.image_data_generator_batches(x_train, y_train, seed, batch_size)
   dirs = workdir.RunDirs(model_dir)
   tf.io.gfile.makedirs(model_dir)
   history = []
@@ -130,7 +128,7 @@ def run(data_dir, model_dir, *, model_name="basic", epochs=500, patience=25, bat
       "examples_per_s": round(len(history) * len(x_train) / train_s, 1),
       "wall_time_s": round(time.time() - started, 3), "num_replicas": 1,
       "strategy": "keras_fit", "model": model_name,
-      "trainable_parameters": int(sum(keras.ops.size(v) for v in model.trainable_weights)),
+      "trainable_parameters": train.count_parameters(model.trainable_variables),
       "global_batch_size": batch_size, "dtype_policy": "float32",
       "class_names": list(info.class_names)}
   workdir.write_results(dirs, results)
