@@ -118,12 +118,20 @@ class ProjectRecordsOnly(logging.Filter):
   logging service with a log_location in them.
 
   A relayed record that passes is rewritten as the worker logged it (unwrap_relayed): its
-  message, file, line and time, not Beam's one-line dump of the whole log entry."""
+  message, file, line and time, not Beam's one-line dump of the whole log entry. One relayed
+  warning is dropped: every multi_processing worker's "No semi_persistent_directory found:
+  User registered objects (e.g. schema, logical type) ... may not be effective" (Beam's
+  sdk_worker_main, apache-beam 2.x under cloudpickle), which is about a pickled main session
+  this job neither has nor needs."""
 
   def filter(self, record):
     relayed = record.name.startswith("apache_beam") and record.msg == "Worker: %s"
     if relayed:
-      location = _WORKER_LOCATION.search(record.getMessage())
+      text = record.getMessage()
+      location = _WORKER_LOCATION.search(text)
+      if _NO_MAIN_SESSION in text and location and location.group(1).endswith(
+          _SDK_WORKER_MAIN):
+        return False
       keep = (record.levelno >= logging.WARNING
               or (bool(location) and _is_project_file(location.group(1))))
       if keep:
@@ -161,6 +169,8 @@ def unwrap_relayed(record):
 # Beam's BeamFnLoggingServicer logs each worker record as 'Worker: %s' % str(LogEntry), whose
 # log_location is "<path>:<line>".
 _WORKER_LOCATION = re.compile(r'log_location: "([^"]+?)(?::\d+)?"')
+_NO_MAIN_SESSION = 'message: "No semi_persistent_directory found:'
+_SDK_WORKER_MAIN = "/apache_beam/runners/worker/sdk_worker_main.py"
 _FILTER = ProjectRecordsOnly()
 
 

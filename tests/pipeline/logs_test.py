@@ -80,3 +80,16 @@ def test_records_below_warning_pass_only_from_the_projects_files():
   assert keep(odd) and odd.getMessage() == "Worker: not { a log entry"
   assert not keep(record(relay, "/venv/local_job_service.py", msg="Worker: %s",
                          args=(entry % "/venv/apache_beam/runners/worker/",)))
+  # Every worker's warning about a pickled main session this job does not use is dropped;
+  # the same words from anywhere else, or another sdk_worker_main warning, are not.
+  session = ('severity: WARN timestamp {   seconds: 1 } message: "No semi_persistent_directory'
+             ' found:  User registered objects (e.g. schema, logical type) throughregisteries '
+             'may not be effective" log_location: "%s:421" thread: "7"')
+  beam_main = "/venv/lib/apache_beam/runners/worker/sdk_worker_main.py"
+  assert not keep(record(relay, "/venv/local_job_service.py", level=logging.WARNING,
+                         msg="Worker: %s", args=(session % beam_main,)))
+  assert keep(record(relay, "/venv/local_job_service.py", level=logging.WARNING,
+                     msg="Worker: %s", args=(session % "/venv/elsewhere.py",)))
+  other = session.replace("No semi_persistent_directory found", "No session file found")
+  assert keep(record(relay, "/venv/local_job_service.py", level=logging.WARNING,
+                     msg="Worker: %s", args=(other % beam_main,)))
