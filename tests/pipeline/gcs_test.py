@@ -123,6 +123,10 @@ def test_image_dir_and_archive_planning_on_gs(gcs):
     fs.pipe(gcs.url(f"tree/train/{name}/{path.name}"), path.read_bytes())
   fs.pipe(gcs.url("tree/README"), b"not an image")
   fs.pipe(gcs.url(f"tree/train/{CLASSES[0]}/deeper/x.jpg"), b"too deep")
+  # The planner's gcsfs instance is fsspec's cached one, shared with whatever ran before in this
+  # process (another test's reads may have left listings there): start it empty.
+  planner_fs = fsspec.core.url_to_fs(gcs.url("tree"))[0]
+  planner_fs.invalidate_cache()
   plan = sources.plan_image_dir(gcs.url("tree"))
   assert plan.class_names == list(CLASSES) and plan.has_test
   assert plan.split_sizes == {"train": 6, "test": 4}
@@ -131,7 +135,7 @@ def test_image_dir_and_archive_planning_on_gs(gcs):
       (gcs.url(f"tree/train/{CLASSES[0]}/deeper/x.jpg"), "not_in_class_folder")]
   # Listed folder by folder, each dropped from gcsfs's listings cache once read (fs.find
   # would leave an entry per object there: gigabytes for an ImageNet-sized bucket).
-  planner_fs = fsspec.core.url_to_fs(gcs.url("tree"))[0]
+  assert planner_fs is fsspec.core.url_to_fs(gcs.url("tree"))[0]
   assert not planner_fs.dircache
   assert all(e["path"].startswith(f"gs://{BUCKET}/tree/") for e in plan.elements)
   first = next(iter(plan.elements))
